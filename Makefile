@@ -1,0 +1,33 @@
+# bty-live developer entry points. `make setup` is what a fresh Debian 12/13 machine runs first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BTY := $(VENV)/bin/bty
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test bench lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-host.sh
+	scripts/setup-host.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check bty_live tests tools
+	$(VENV)/bin/mypy bty_live
+
+bench: setup
+	$(PY) tools/bench.py
+
+demo: setup
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf build bench-out demo-out .pytest_cache .mypy_cache .ruff_cache

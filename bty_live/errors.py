@@ -1,0 +1,79 @@
+"""Error classes, one per stage of a flash.
+
+The engine and its helpers raise these and never exit; front-ends map each class to
+an exit code (see `bty_live.cli.EXIT_CODES`). Every message is one line that names
+the thing that went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class BtyError(Exception):
+    """Base of every error bty-live reports to a user."""
+
+    #: short machine-readable class name, used in JSON events and receipts
+    kind = "error"
+
+
+class UsageError(BtyError):
+    kind = "usage"
+
+
+class ImageError(BtyError):
+    """The image cannot be used at all: missing, unreadable, unknown format, bad manifest."""
+
+    kind = "image"
+
+
+class SourceCorruptError(ImageError):
+    """The image's compressed stream is corrupt or truncated."""
+
+    kind = "corrupt"
+
+
+class DigestMismatchError(ImageError):
+    """The decompressed image does not match the digest its manifest promises."""
+
+    kind = "digest"
+
+
+class SelectorError(BtyError):
+    """A disk selector matched no eligible disk, or more than one."""
+
+    kind = "selector"
+
+
+class TargetRefusedError(BtyError):
+    """The chosen disk must not be written: boot medium, mounted, in use, read-only, too small."""
+
+    kind = "refused"
+
+
+class TargetIOError(BtyError):
+    """Writing or reading the target failed (I/O error, no space)."""
+
+    kind = "io"
+
+
+class TargetVanishedError(TargetIOError):
+    """The target disk disappeared while it was being written."""
+
+    kind = "vanished"
+
+
+class VerifyError(BtyError):
+    """The bytes read back from the target differ from the image."""
+
+    kind = "verify"
+
+
+class FixupError(BtyError):
+    """Moving the backup GPT or growing the last partition failed."""
+
+    kind = "fixup"
+
+
+class Cancelled(BtyError):
+    """The user (or a signal) stopped the run."""
+
+    kind = "cancelled"

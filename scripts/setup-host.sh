@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Install the host packages bty-live needs, on Debian 12 (bookworm) or Debian 13 (trixie).
+# Idempotent: re-running it installs nothing new. Called by `make setup`.
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+
+debian_major=$(cut -d. -f1 /etc/debian_version 2>/dev/null || echo unknown)
+export DEBIAN_FRONTEND=noninteractive
+
+# Tools the engine, tests and benchmark call: image building, partitioning,
+# compression, peers (dd, zstd, bmaptool), and the headers pyparted builds against.
+common=(
+    python3 python3-venv python3-dev build-essential pkg-config
+    util-linux fdisk gdisk parted e2fsprogs dosfstools mtools exfatprogs exfat-fuse
+    zstd xz-utils gzip bmap-tools coreutils procps psmisc
+)
+# The live stick and the QEMU rig.
+live=(
+    kmod cpio qemu-system-x86 qemu-utils ovmf debian-archive-keyring
+    systemd-container dpkg-dev apt
+)
+
+stamp=/var/lib/bty-live-setup.stamp
+want="$debian_major ${common[*]} ${live[*]}"
+if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && command -v mkosi >/dev/null; then
+    echo "setup-host: host packages already installed (Debian $debian_major)"
+    exit 0
+fi
+
+case "$debian_major" in
+12)
+    # mkosi 24 and systemd 254 (with ukify and systemd-boot) only exist in bookworm-backports.
+    # libudev-dev must then come from backports as well, or libparted-dev cannot be installed.
+    src=/etc/apt/sources.list.d/bookworm-backports.sources
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        $SUDO tee "$src" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${common[@]}" "${live[@]}"
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+        mkosi systemd systemd-boot systemd-boot-efi udev libudev-dev libparted-dev
+    ;;
+13)
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${common[@]}" "${live[@]}" \
+        mkosi systemd-boot systemd-boot-efi systemd-repart systemd-ukify udev libudev-dev libparted-dev
+    ;;
+*)
+    echo "setup-host: unsupported system (/etc/debian_version: $debian_major); need Debian 12 or 13" >&2
+    exit 1
+    ;;
+esac
+
+echo "$want" | $SUDO tee "$stamp" >/dev/null
+echo "setup-host: done (Debian $debian_major)"

@@ -1,0 +1,88 @@
+"""Shared fixtures: real loop devices as target disks.
+
+Tests that need loop devices, mounts or raw block I/O need root; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class LoopDevice:
+    path: str  # /dev/loopN
+    backing_file: Path
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read straight from the device node (bypassing nothing; call drop_caches() first if needed)."""
+        with open(self.path, "rb", buffering=0) as dev:
+            dev.seek(offset)
+            return dev.read(length)
+
+
+def _losetup(*args: str) -> str:
+    return subprocess.run(["losetup", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices")
+
+
+@pytest.fixture
+def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
+    """Factory: make_loop(size, *, read_only=False, sector_size=512, backing_dir=None, fill=None).
+
+    Creates a sparse backing file (or one filled with `fill` bytes repeated) and attaches it.
+    Every device is detached at the end of the test.
+    """
+    created: list[LoopDevice] = []
+
+    def factory(
+        size: int,
+        *,
+        read_only: bool = False,
+        sector_size: int = 512,
+        backing_dir: Path | None = None,
+        fill: bytes | None = None,
+        name: str | None = None,
+    ) -> LoopDevice:
+        directory = backing_dir or tmp_path
+        backing = directory / (name or f"disk{len(created)}.img")
+        with open(backing, "wb") as f:
+            if fill:
+                chunk = (fill * (1 << 20 // len(fill) + 1))[: 1 << 20]
+                for _ in range(size // len(chunk)):
+                    f.write(chunk)
+                f.write(chunk[: size % len(chunk)])
+            else:
+                f.truncate(size)
+        args = ["-f", "--show", "--sector-size", str(sector_size)]
+        if read_only:
+            args.append("--read-only")
+        path = _losetup(*args, str(backing))
+        loop = LoopDevice(path=path, backing_file=backing)
+        created.append(loop)
+        return loop
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    yield factory
+    for loop in created:
+        subprocess.run(["umount", "-q", "-A", loop.path], check=False, capture_output=True)
+        for part in Path("/dev").glob(f"{loop.name}p*"):
+            subprocess.run(["umount", "-q", str(part)], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", loop.path], check=False, capture_output=True)
+
+
+def drop_caches() -> None:
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
