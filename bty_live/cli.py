@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bty: cancelled", file=sys.stderr)
         return 130
     except errors.BtyError as exc:
-        print(f"bty: {exc}", file=sys.stderr)
+        print(f"bty: {exc.full_message()}", file=sys.stderr)
         return exit_code_for(exc)
     except BrokenPipeError:
         return 0

@@ -13,6 +13,11 @@ class BtyError(Exception):
 
     #: short machine-readable class name, used in JSON events and receipts
     kind = "error"
+    #: what was done about it afterwards (e.g. "the target was wiped"), shown after the message
+    aftermath: str = ""
+
+    def full_message(self) -> str:
+        return f"{self}; {self.aftermath}" if self.aftermath else str(self)
 
 
 class UsageError(BtyError):

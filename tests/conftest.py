@@ -42,7 +42,8 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
     """Factory: make_loop(size, *, read_only=False, sector_size=512, backing_dir=None, fill=None).
 
     Creates a sparse backing file (or one filled with `fill` bytes repeated) and attaches it.
-    Every device is detached at the end of the test.
+    Every device is detached at the end of the test, by path: a test must not detach a
+    `make_loop` device itself (another process may get that number in between).
     """
     created: list[LoopDevice] = []
 
@@ -80,6 +81,8 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
         subprocess.run(["umount", "-q", "-A", loop.path], check=False, capture_output=True)
         for part in Path("/dev").glob(f"{loop.name}p*"):
             subprocess.run(["umount", "-q", str(part)], check=False, capture_output=True)
+        # partitions added by partx/BLKRRPART outlive the detach on loops without partscan
+        subprocess.run(["partx", "-d", loop.path], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", loop.path], check=False, capture_output=True)
 
 

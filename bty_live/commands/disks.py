@@ -1,0 +1,113 @@
+"""`bty disks`: list the disks and say which may be written, and why not."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bty_live.disks import boot_medium_devnums, discover_disks
+from bty_live.eligibility import Assessed, EligibilityContext, assess_all
+from bty_live.units import format_size, parse_size
+
+DESCRIPTION = """\
+List the disks bty could write, one per line, and whether each is eligible.
+
+columns:
+  NAME      kernel name (the device node is /dev/NAME)
+  SIZE      capacity, in binary units (GiB = 2^30 bytes)
+  TRAN      transport: usb, sata, nvme, scsi, virtio, mmc or loop
+  MODEL     model string reported by the disk (a loop device shows its backing file)
+  SERIAL    serial number, "-" when the disk reports none
+  ELIGIBLE  "yes", or why the disk must not be written
+
+a disk is not eligible when it is the boot medium (it holds / or the images directory),
+has a mounted filesystem, is held by device-mapper/LVM/md, is active swap, is read-only,
+has no medium (size 0), or is smaller than --min-size.
+
+Loop devices with a backing file are listed like other disks. Virtual devices (zram, ram,
+dm, md, unbound loop devices, empty drives) are hidden unless --all is given.
+"""
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "disks",
+        help="list disks and whether each may be written",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of disks with every field, plus `eligible` and `reasons`")
+    parser.add_argument("--all", action="store_true", help="also list virtual and empty devices")
+    parser.add_argument("--images", metavar="DIR",
+                        help="images directory; the disk holding it counts as boot medium "
+                             "(default: $BTY_IMAGES, else ./images)")
+    parser.add_argument("--min-size", metavar="SIZE", type=_size_arg,
+                        help="mark disks smaller than SIZE (e.g. 8G, 16GB) as too small")
+    parser.set_defaults(func=run)
+
+
+def resolve_images_dir(arg: str | None) -> Path:
+    """The images directory: the catalog's rule when it exists, else arg, $BTY_IMAGES, ./images."""
+    try:
+        from bty_live.catalog import resolve_images_dir as catalog_rule
+    except ImportError:
+        return Path(arg or os.environ.get("BTY_IMAGES") or "images")
+    return Path(catalog_rule(arg))
+
+
+def assessed_to_json(item: Assessed) -> dict[str, Any]:
+    data = dataclasses.asdict(item.disk)
+    data["eligible"] = item.eligible
+    data["reasons"] = list(item.reasons)
+    return data
+
+
+def _model_cell(item: Assessed) -> str:
+    disk = item.disk
+    if disk.loop_backing_file:
+        return disk.loop_backing_file
+    return " ".join(part for part in (disk.vendor, disk.model) if part) or "-"
+
+
+def _render_table(assessed: list[Assessed], console: Console) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE"):
+        table.add_column(column, overflow="fold", justify="right" if column == "SIZE" else "left")
+    for item in assessed:
+        disk = item.disk
+        verdict = Text("yes", style="green") if item.eligible else Text("; ".join(item.reasons), style="red")
+        table.add_row(disk.name, format_size(disk.size), disk.transport, _model_cell(item),
+                      disk.serial or "-", verdict)
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    images_dir = resolve_images_dir(args.images)
+    ctx = EligibilityContext(
+        boot_devnums=boot_medium_devnums([Path("/"), images_dir]),
+        image_size=args.min_size,
+    )
+    assessed = assess_all(discover_disks(include_virtual=args.all), ctx)
+    if args.json:
+        print(json.dumps([assessed_to_json(item) for item in assessed], indent=2))
+    elif not assessed:
+        print("no disks found (use --all to include virtual and empty devices)")
+    else:
+        _render_table(assessed, Console(highlight=False))
+    return 0

@@ -1,0 +1,158 @@
+"""`bty flash IMAGE DISK`: plan, confirm, flash, verify, fix up, print the receipt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bty_live import engine
+from bty_live.disks import describe_contents
+from bty_live.errors import Cancelled, UsageError
+from bty_live.image import ImageSource
+from bty_live.plan import FlashOptions, FlashPlan, VerifyMode
+from bty_live.prepare import prepare_plan
+from bty_live.receipt import save_receipt
+
+from .render import JsonLines, make_renderer
+
+DESCRIPTION = """\
+Write IMAGE onto DISK and prove it landed.
+
+IMAGE is a path, or a name / file name / blake3 prefix from the images directory (`bty images`).
+Formats: raw (.img .raw .iso), zstd (.zst, multi-frame frames decompressed in parallel), xz, gzip,
+detected by their first bytes.
+
+DISK is a device node (/dev/sdb), a /dev/disk/by-* link, a name (sdb), or a selector that must
+match exactly one eligible disk: serial=S, wwn=W, path=P, model=M, vendor=V, tran=nvme|sata|usb|
+virtio|scsi|mmc|loop, size>=100G, size<=2T, comma-combined, plus largest / smallest.
+
+What happens:
+  1. plan: the image's size, digest and partition table; the disk's identity and eligibility
+     (never the boot medium, the disk holding the images, a mounted, held, swapping, read-only
+     or too-small disk). --dry-run stops here and shows what the disk holds now.
+  2. confirm: type the disk's name (skipped with --yes).
+  3. write: decompress, blake3-hash and write with O_DIRECT in overlapping stages; all-zero
+     ranges are zeroed by the device (BLKZEROOUT) instead of written, so holes read back as
+     zeroes too. The disk is opened exclusively and its identity re-checked before the first write.
+  4. verify: the stream digest must equal the manifest's; then (default) the disk is read back
+     with O_DIRECT and must hash the same (--verify readback|stream|off).
+  5. fix-ups: a GPT image on a larger disk gets its backup GPT moved to the disk's end;
+     --grow extends the last partition to the end of the disk (not its filesystem).
+  6. receipt: JSON saved under $BTY_RECEIPTS (default ~/.local/state/bty-live/receipts) or --receipt.
+
+Any failure after the first write wipes the partition-table signatures at the start and end of
+the disk, so a half-written disk never looks bootable, and prints one line naming the cause.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bty_live.cli import exit_codes_help
+
+    parser = subparsers.add_parser(
+        "flash",
+        help="write an image onto a disk, verified end to end",
+        description=DESCRIPTION,
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image path, or name in the images directory")
+    parser.add_argument("disk", metavar="DISK", help="device node, by-id link, name, or selector")
+    parser.add_argument("--images", metavar="DIR", help="images directory (default: $BTY_IMAGES, the stick's "
+                        "images partition, else ./images)")
+    parser.add_argument("--verify", choices=[m.value for m in VerifyMode], default=VerifyMode.READBACK.value,
+                        help="readback (default): stream digest + O_DIRECT read-back; stream: digest of the "
+                        "decompressed stream only; off: no comparison")
+    parser.add_argument("--grow", action="store_true", help="grow the last partition to the end of the disk")
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--dry-run", "-n", action="store_true",
+                        help="print the plan and what the disk holds now; write nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="print progress events as JSON, one per line, then the receipt")
+    parser.add_argument("--receipt", metavar="FILE", type=Path, help="where to save the JSON receipt")
+    parser.add_argument("--no-zeroout", action="store_true",
+                        help="write zero ranges as data instead of asking the device to zero them")
+    parser.set_defaults(func=run)
+
+
+def build_plan(args: argparse.Namespace) -> FlashPlan:
+    options = FlashOptions(
+        verify=VerifyMode(args.verify),
+        grow=args.grow,
+        zeroout=False if args.no_zeroout else None,
+    )
+    return prepare_plan(args.image, args.disk, options, args.images)
+
+
+def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:
+    image: ImageSource = plan.image
+    return {
+        "plan": {
+            "image": str(image.path),
+            "name": image.name,
+            "compression": str(image.compression),
+            "size": image.size,
+            "size_source": image.size_source,
+            "blake3": image.expected_blake3,
+            "target": plan.target.path,
+            "target_size": plan.target.size,
+            "serial": plan.target.serial,
+            "model": plan.target.model,
+            "verify": str(plan.options.verify),
+            "relocate_backup_gpt": plan.relocate_backup_gpt,
+            "grow_last_partition": plan.grow_last_partition,
+            "notes": list(plan.notes),
+            "target_contents": contents,
+        }
+    }
+
+
+def confirm(plan: FlashPlan, contents: list[str]) -> None:
+    name = plan.disk.name
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to erase {plan.disk.path} without confirmation: stdin is not a terminal; "
+                         "pass --yes")
+    print(f"\nEverything on {plan.disk.path} will be destroyed:", file=sys.stderr)
+    for line in contents:
+        print(f"  {line}", file=sys.stderr)
+    try:
+        answer = input(f"Type the disk's name ({name}) to erase it and write {plan.image.name}: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != name:
+        raise Cancelled(f"not confirmed (expected {name!r}); nothing was written")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = build_plan(args)
+    contents = describe_contents(plan.disk)
+    if args.json and args.dry_run:
+        print(json.dumps(plan_json(plan, contents)))
+        return 0
+    if not args.json:
+        for line in plan.describe():
+            print(line, file=sys.stderr)
+    if args.dry_run:
+        print(f"\n{plan.disk.path} holds now (would be destroyed):", file=sys.stderr)
+        for line in contents:
+            print(f"  {line}", file=sys.stderr)
+        print("dry run: nothing was written", file=sys.stderr)
+        return 0
+    if not args.yes:
+        confirm(plan, contents)
+    renderer = make_renderer(args.json)
+    try:
+        receipt = engine.flash(plan, renderer)
+    finally:
+        renderer.close()
+    try:
+        save_receipt(receipt, path=args.receipt)
+    except OSError as exc:
+        print(f"bty: warning: the receipt could not be saved ({exc}); it follows below", file=sys.stderr)
+    if isinstance(renderer, JsonLines):
+        print(json.dumps({"receipt": receipt.to_dict()}))
+    else:
+        for line in receipt.summary():
+            print(line)
+    return 0

@@ -1,0 +1,260 @@
+"""The flash engine: executes a FlashPlan and reports through the event stream.
+
+    open target (O_EXCL) -> re-check identity and eligibility -> write pass (stream digest)
+    -> compare with manifest -> read-back pass -> partition-table fix-ups -> receipt
+
+Front-ends (CLI, TUI, unattended, PXE agent) build the plan, pass a sink for events and an
+optional cancel event, and get a Receipt back or a BtyError. The engine never prints and never
+exits. Once the first byte is written, any failure wipes the partition-table signatures at the
+start and end of the target, so a half-written disk never looks like a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from bty_live.bmap import BmapRangeVerifier
+from bty_live.copy import CopyResult, StreamConsumer, WritePass
+from bty_live.disks import boot_medium_devnums, find_disk, read_identity
+from bty_live.eligibility import EligibilityContext, reasons
+from bty_live.errors import (
+    BtyError,
+    DigestMismatchError,
+    FixupError,
+    TargetRefusedError,
+    VerifyError,
+)
+from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
+from bty_live.fixups import check_partition_table, fix_partition_table
+from bty_live.formats import ImageReader
+from bty_live.plan import FlashPlan, VerifyMode
+from bty_live.readback import readback_digest
+from bty_live.receipt import Receipt
+from bty_live.target import BlockTarget
+from bty_live.units import format_size
+
+
+class _BmapConsumer(StreamConsumer):
+    def __init__(self, verifier: BmapRangeVerifier) -> None:
+        self.verifier = verifier
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        self.verifier.feed(offset, data)
+
+    def finish(self) -> None:
+        self.verifier.finish()
+
+
+def flash(plan: FlashPlan, sink: EventSink = discard, cancel: threading.Event | None = None) -> Receipt:
+    """Write, verify and fix up per `plan`; raise a BtyError (after wiping, if needed) on failure."""
+    return _Run(plan, sink, cancel).execute()
+
+
+class _Run:
+    def __init__(self, plan: FlashPlan, sink: EventSink, cancel: threading.Event | None) -> None:
+        self.plan = plan
+        self.sink = sink
+        self.cancel = cancel or threading.Event()
+        self.phases: dict[str, float] = {}
+        self.target: BlockTarget | None = None
+        self.started_at = datetime.now(UTC)
+
+    def info(self, phase: Phase, message: str) -> None:
+        self.sink(Event(phase, Kind.INFO, message=message))
+
+    def execute(self) -> Receipt:
+        plan = self.plan
+        try:
+            self.info(Phase.PLAN, f"flashing {plan.image.name} onto {plan.target.path}")
+            self.target = BlockTarget.open(plan.target.path)
+            self._recheck_target(self.target)
+            copy = self._write(self.target)
+            stream_check = self._check_stream(copy)
+            readback_check = self._readback(copy)
+            fixups = self._fixups(self.target)
+            receipt = self._receipt(copy, stream_check, readback_check, fixups)
+            self.sink(Event(Phase.DONE, Kind.END, bytes_out=copy.size, total=copy.size, digest=copy.digest,
+                            message="; ".join(receipt.summary()[:1])))
+            return receipt
+        except BaseException as exc:
+            error = exc if isinstance(exc, BtyError) else None
+            wiped = self._wipe_if_touched(exc)
+            if error is not None and wiped:
+                error.aftermath = wiped
+            message = error.full_message() if error else f"{type(exc).__name__}: {exc}"
+            self.sink(Event(Phase.FAILED, Kind.ERROR, message=message,
+                            error=error.kind if error else type(exc).__name__))
+            raise
+        finally:
+            if self.target is not None:
+                self.target.close()
+
+    # -- safety -------------------------------------------------------------------------------
+
+    def _recheck_target(self, target: BlockTarget) -> None:
+        """Right before the first write: same disk as planned, still not in use or protected."""
+        plan = self.plan
+        now = read_identity(plan.target.path)
+        changes = plan.target.differences(now)
+        if changes:
+            raise TargetRefusedError(
+                f"target {plan.target.path} is not the disk that was chosen ({'; '.join(changes)}); "
+                "nothing was written: choose the disk again"
+            )
+        if (os.major(target.info.rdev), os.minor(target.info.rdev)) != now.devnum:
+            raise TargetRefusedError(f"target {plan.target.path} changed while it was opened; nothing was written")
+        disk = find_disk(plan.target.path)
+        ctx = EligibilityContext(boot_devnums=boot_medium_devnums(plan.protected_paths),
+                                 image_size=plan.image.size)
+        found = reasons(disk, ctx)
+        if found:
+            raise TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(found))
+
+    def _wipe_if_touched(self, exc: BaseException) -> str | None:
+        target = self.target
+        if target is None or not target.touched or isinstance(exc, FixupError):
+            return None
+        image_end = self.plan.image.size or 0
+        with _sigint_blocked():
+            wiped = target.wipe_signatures((image_end,) if image_end else ())
+            target.reread_partitions()
+        if not wiped:
+            return f"could not wipe {target.path}: treat it as damaged"
+        return f"{target.path} wiped: partition tables and signatures at its start and end were zeroed"
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def _write(self, target: BlockTarget) -> CopyResult:
+        plan = self.plan
+        image = plan.image
+        extra: StreamConsumer | None = None
+        if image.bmap is not None and image.manifest is None and image.bmap.checksum_type:
+            extra = _BmapConsumer(BmapRangeVerifier(image.bmap, f"image {image.path.name}"))
+            self.info(Phase.WRITE, f"no manifest: checking the image against bmap "
+                                   f"{image.bmap.source or 'sidecar'} range checksums")
+        meter = ProgressMeter(self.sink, Phase.WRITE, image.size)
+        meter.start(f"writing {image.name} to {target.path}")
+        with ImageReader(image.path, image.compression, expected_size=image.size) as reader:
+            copy = WritePass(
+                reader,
+                target,
+                expected_size=image.size,
+                frames=image.frames,
+                use_zeroout=plan.options.zeroout,
+                extra_consumer=extra,
+                cancel=self.cancel,
+            )
+            result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
+        self.phases["write"] = result.seconds
+        meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
+                  message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
+        return result
+
+    def _check_stream(self, copy: CopyResult) -> str:
+        plan = self.plan
+        expected = plan.image.expected_blake3
+        if plan.options.verify == VerifyMode.OFF:
+            return "skipped"
+        if expected is None:
+            self.info(Phase.VERIFY, "no manifest: the stream digest is recorded but compared with nothing")
+            return "no manifest"
+        if copy.digest != expected:
+            raise DigestMismatchError(
+                f"image {plan.image.path.name} does not match its manifest: blake3 {copy.digest[:16]}... "
+                f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
+                "or rerun `bty images add` if you changed it on purpose"
+            )
+        self.info(Phase.VERIFY, f"stream blake3 matches the manifest ({expected[:16]}...)")
+        return "match"
+
+    def _readback(self, copy: CopyResult) -> str:
+        if self.plan.options.verify != VerifyMode.READBACK:
+            return "skipped"
+        assert self.target is not None
+        self.target.drop_cache()
+        meter = ProgressMeter(self.sink, Phase.VERIFY, copy.size)
+        meter.start(f"reading back {format_size(copy.size)} from {self.target.path}")
+        result = readback_digest(
+            self.target.path,
+            copy.size,
+            tick=lambda c: meter.update(0, c.bytes_hashed),
+            cancel=self.cancel,
+        )
+        self.phases["verify"] = result.seconds
+        meter.end(0, result.size, digest=result.digest)
+        if result.digest != copy.digest:
+            raise VerifyError(
+                f"read-back of {self.target.path} does not match what was written (blake3 {result.digest[:16]}... "
+                f"!= {copy.digest[:16]}...): the disk returned different bytes; it may be failing or "
+                "counterfeit: try another disk"
+            )
+        return "match"
+
+    def _fixups(self, target: BlockTarget) -> list[str]:
+        plan = self.plan
+        started = time.monotonic()
+        self.sink(Event(Phase.FIXUP, Kind.START, message="partition table"))
+        target.reread_partitions()
+        done = fix_partition_table(
+            target.path,
+            relocate_backup_gpt=plan.relocate_backup_gpt,
+            grow_last_partition=plan.grow_last_partition,
+        )
+        for line in done:
+            self.info(Phase.FIXUP, line)
+        if plan.image.has_gpt:
+            verdict = check_partition_table(target.path)
+            self.info(Phase.FIXUP, verdict)
+            done.append(verdict)
+        target.reread_partitions()
+        self.phases["fixup"] = time.monotonic() - started
+        self.sink(Event(Phase.FIXUP, Kind.END, elapsed=self.phases["fixup"]))
+        return done
+
+    def _receipt(self, copy: CopyResult, stream_check: str, readback_check: str, fixups: list[str]) -> Receipt:
+        plan = self.plan
+        disk = plan.disk
+        return Receipt(
+            result="ok",
+            image_name=plan.image.name,
+            image_path=str(plan.image.path),
+            image_size=copy.size,
+            image_blake3=copy.digest,
+            manifest_blake3=plan.image.expected_blake3,
+            target_path=disk.path,
+            target_model=disk.model,
+            target_serial=disk.serial,
+            target_wwn=disk.wwn,
+            target_size=disk.size,
+            target_transport=disk.transport,
+            target_by_id=list(disk.by_id),
+            bytes_written=copy.written,
+            bytes_zeroed=copy.zeroed,
+            verify_mode=str(plan.options.verify),
+            stream_check=stream_check,
+            readback_check=readback_check,
+            fixups=fixups,
+            phases=dict(self.phases),
+            started_at=self.started_at.isoformat(timespec="seconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            parallel_frames=copy.parallel_frames,
+        )
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """A second Ctrl-C must not interrupt the wipe that makes a half-written disk safe."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

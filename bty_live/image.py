@@ -1,0 +1,124 @@
+"""What to copy: everything known about an image before a single byte is written.
+
+`load_image_source()` reads the manifest and bmap sidecars, detects the compression, walks a
+zstd file's frames (which also proves the file is complete, before the disk is touched) and
+parses the partition table from the first MiB of the decompressed stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bty_live import zstd_frames
+from bty_live.bmap import Bmap, find_bmap_sidecar, load_bmap
+from bty_live.catalog import describe_image
+from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
+from bty_live.formats import Compression, ImageReader, detect_compression
+from bty_live.manifest import Manifest
+from bty_live.partition_table import PartitionTable, parse_partition_table
+from bty_live.units import format_size
+
+HEAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    path: Path
+    name: str
+    compression: Compression
+    file_size: int
+    #: decompressed size, when known before decompressing, and where it came from
+    size: int | None
+    size_source: str
+    manifest: Manifest | None
+    bmap: Bmap | None
+    #: zstd frame index (None for other formats)
+    frames: tuple[zstd_frames.Frame, ...] | None
+    table: PartitionTable | None
+
+    @property
+    def expected_blake3(self) -> str | None:
+        return self.manifest.blake3 if self.manifest else None
+
+    @property
+    def has_gpt(self) -> bool:
+        return self.table is not None and self.table.scheme == "gpt"
+
+
+def load_image_source(path: Path) -> ImageSource:
+    entry = describe_image(path)
+    if entry.format_error:
+        raise ImageError(entry.format_error)
+    if entry.manifest_error:
+        raise ImageError(entry.manifest_error)
+    compression = entry.compression or detect_compression(path)
+    size, size_source = None, "unknown until decompressed"
+    if entry.manifest:
+        size, size_source = entry.manifest.size, "manifest"
+
+    frames = None
+    if compression == Compression.ZSTD:
+        frames = _scan_zstd(path)
+        declared = sum(f.content_size or 0 for f in frames)
+        if all(f.content_size is not None for f in frames):
+            if size is not None and declared != size:
+                raise DigestMismatchError(
+                    f"image {path.name} decompresses to {format_size(declared)} but its manifest says "
+                    f"{format_size(size)}; the manifest belongs to another image: rerun `bty images add`"
+                )
+            if size is None:
+                size, size_source = declared, "zstd frame headers"
+    elif size is None and entry.size is not None:
+        size, size_source = entry.size, "xz index" if compression == Compression.XZ else "file size"
+
+    bmap = None
+    bmap_path = entry.bmap_path or find_bmap_sidecar(path)
+    if bmap_path is not None:
+        bmap = load_bmap(bmap_path)
+        if size is not None and bmap.image_size != size:
+            raise ImageError(
+                f"bmap {bmap_path.name} describes a {format_size(bmap.image_size)} image but {path.name} is "
+                f"{format_size(size)}; regenerate it with bmaptool create or remove it"
+            )
+        if size is None:
+            size, size_source = bmap.image_size, "bmap"
+
+    head = read_head(path, compression, size)
+    table = parse_partition_table(head, size) if head else None
+    return ImageSource(
+        path=path,
+        name=entry.name,
+        compression=compression,
+        file_size=entry.file_size,
+        size=size,
+        size_source=size_source,
+        manifest=entry.manifest,
+        bmap=bmap,
+        frames=tuple(frames) if frames is not None else None,
+        table=table,
+    )
+
+
+def _scan_zstd(path: Path) -> list[zstd_frames.Frame]:
+    with open(path, "rb") as f:
+        try:
+            summary = zstd_frames.scan_content_size(f, record=True)
+        except zstd_frames.FrameError as exc:
+            raise SourceCorruptError(f"image {path.name} is not a well-formed zstd stream ({exc}); "
+                                     "re-copy it") from exc
+    if not summary.complete or not summary.index:
+        raise SourceCorruptError(
+            f"image {path.name} is truncated: its last zstd frame is cut short after "
+            f"{format_size(path.stat().st_size)}; re-copy it"
+        )
+    return summary.index
+
+
+def read_head(path: Path, compression: Compression, size: int | None) -> bytes:
+    """The first MiB of the decompressed image (less if the image is smaller)."""
+    want = HEAD_BYTES if size is None else min(HEAD_BYTES, size)
+    buffer = bytearray(want)
+    with ImageReader(path, compression) as reader:
+        n = reader.readinto(memoryview(buffer))
+    return bytes(buffer[:n])

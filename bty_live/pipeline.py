@@ -1,0 +1,154 @@
+"""Thread plumbing shared by the write and read-back passes.
+
+A pass is a few stage threads connected by bounded queues of page-aligned buffers. The stages'
+heavy calls (zstd decompression, blake3, pread/pwrite, ioctls) release the GIL, so the stages
+really overlap. Memory is bounded by the buffer pool. The first exception in any stage stops
+every stage (an `abort` event plus sentinels) and is re-raised in the calling thread, which
+also turns Ctrl-C into a stop within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import mmap
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bty_live.errors import Cancelled
+
+POLL = 0.05  # seconds a blocked stage waits before re-checking the abort flag
+
+
+class Aborted(Exception):
+    """Raised inside a stage when another stage failed or the run was cancelled."""
+
+
+@dataclass(eq=False)
+class Buffer:
+    memory: mmap.mmap
+    view: memoryview
+    #: consumers still reading this buffer; it returns to the pool at zero
+    pending: int = 0
+    #: image offset of the first byte and the count of valid bytes
+    offset: int = 0
+    length: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class BufferPool:
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._free: queue.Queue[Buffer] = queue.Queue()
+        self._all: list[Buffer] = []
+        for _ in range(count):
+            memory = mmap.mmap(-1, size)
+            buf = Buffer(memory, memoryview(memory))
+            self._all.append(buf)
+            self._free.put(buf)
+
+    def acquire(self, abort: threading.Event, consumers: int) -> Buffer:
+        while True:
+            if abort.is_set():
+                raise Aborted
+            try:
+                buf = self._free.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            buf.pending = consumers
+            return buf
+
+    def release(self, buf: Buffer) -> None:
+        with buf.lock:
+            buf.pending -= 1
+            done = buf.pending == 0
+        if done:
+            self._free.put(buf)
+
+    def close(self) -> None:
+        for buf in self._all:
+            try:
+                buf.view.release()
+                buf.memory.close()
+            except BufferError:
+                pass  # a failed stage's traceback still holds a slice: the GC frees it later
+
+
+class Channel:
+    """A bounded FIFO of buffers from one stage to another; None marks the end."""
+
+    def __init__(self, abort: threading.Event, maxsize: int = 0) -> None:
+        self._queue: queue.Queue[Buffer | None] = queue.Queue(maxsize)
+        self._abort = abort
+
+    def put(self, item: Buffer | None) -> None:
+        while True:
+            if self._abort.is_set():
+                raise Aborted
+            try:
+                self._queue.put(item, timeout=POLL)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[Buffer]:
+        while True:
+            if self._abort.is_set():
+                raise Aborted
+            try:
+                item = self._queue.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            yield item
+
+
+class StageRunner:
+    """Runs stage functions in threads; `wait()` ticks progress and re-raises the first error."""
+
+    def __init__(self, cancel: threading.Event | None = None) -> None:
+        self.abort = threading.Event()
+        self.cancel = cancel or threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guard, args=(target,), name=f"bty-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guard(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self.abort.set()
+
+    def wait(self, tick: Callable[[], None], interval: float = 0.1) -> None:
+        """Block until every stage ends, calling `tick` every `interval` seconds.
+
+        Ctrl-C (KeyboardInterrupt in this thread) or a set `cancel` event stops the stages and
+        raises Cancelled; a stage's exception is re-raised here.
+        """
+        try:
+            for thread in self._threads:
+                while thread.is_alive():
+                    thread.join(interval)
+                    if self.cancel.is_set() and not self.abort.is_set():
+                        self.fail(Cancelled("cancelled by the user"))
+                    tick()
+        except KeyboardInterrupt:
+            self.fail(Cancelled("cancelled by the user (Ctrl-C)"))
+            for thread in self._threads:
+                thread.join(5)
+        if self._error is not None:
+            raise self._error

@@ -1,0 +1,42 @@
+"""Gather what a plan needs (the image, the disks, what is protected) and make the plan.
+
+The I/O half of planning, shared by every front-end: the CLI, the TUI and unattended mode all
+call `prepare_plan` and get the same checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bty_live.catalog import find_image, resolve_images_dir
+from bty_live.disks import Disk, boot_medium_devnums, discover_disks, find_disk
+from bty_live.eligibility import EligibilityContext, assess_all, reasons
+from bty_live.image import load_image_source
+from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
+from bty_live.selector import parse_selector, select_disk
+
+
+def looks_like_selector(text: str) -> bool:
+    return any(c in text for c in "=<>") or text.strip() in ("largest", "smallest")
+
+
+def choose_disk(spec: str, ctx: EligibilityContext) -> Disk:
+    """A device node, link or name picks that disk; a selector must match exactly one eligible disk."""
+    if looks_like_selector(spec):
+        return select_disk(parse_selector(spec), assess_all(discover_disks(), ctx))
+    return find_disk(spec)
+
+
+def prepare_plan(
+    image_spec: str,
+    disk_spec: str,
+    options: FlashOptions,
+    images_dir: str | Path | None = None,
+) -> FlashPlan:
+    directory = resolve_images_dir(images_dir)
+    entry = find_image(image_spec, directory)
+    image = load_image_source(entry.path)
+    protected = protected_paths_for(image.path, directory if directory.is_dir() else None)
+    ctx = EligibilityContext(boot_devnums=boot_medium_devnums(protected), image_size=image.size)
+    disk = choose_disk(disk_spec, ctx)
+    return make_plan(image, disk, reasons(disk, ctx), options, protected)

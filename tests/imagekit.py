@@ -1,0 +1,100 @@
+"""Small real disk images for tests: GPT + ext4 with files, made with sfdisk and mkfs.ext4.
+
+No mounting: `mkfs.ext4 -d DIR -E offset=N` writes a populated filesystem straight into the
+image file at the partition's offset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import zstandard
+
+MiB = 1 << 20
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+
+
+def run(*argv: str, input: bytes | None = None) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, input=input).stdout.decode()
+
+
+def build_gpt_image(path: Path, size: int = 64 * MiB, *, seed: int = 1, files_bytes: int = 8 * MiB) -> Path:
+    """A GPT disk image: a 4 MiB 'ESP' (raw random bytes) and an ext4 root with some files.
+
+    The rest of the image is zeros, as in real images.
+    """
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    table = f"label: gpt\nstart=2048, size=8192, type={ESP_TYPE}, name=esp\n" \
+            f"start=10240, type={ROOT_X86_64}, name=root\n"
+    run("sfdisk", "-q", str(path), input=table.encode())
+    with open(path, "r+b") as f:  # "ESP" content: non-zero bytes so zero-detection has work to do
+        f.seek(2048 * 512)
+        f.write(rng.randbytes(2 * MiB))
+    tree = path.with_suffix(".tree")
+    tree.mkdir(exist_ok=True)
+    (tree / "hello.txt").write_text("bty-live test image\n")
+    (tree / "random.bin").write_bytes(rng.randbytes(files_bytes))
+    (tree / "text.txt").write_text("".join(f"line {i} of a compressible file\n" for i in range(20000)))
+    root_start = 10240 * 512
+    root_size = size - root_start - 1 * MiB
+    run("mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(tree), "-E", f"offset={root_start}",
+        str(path), f"{root_size // 1024}k")
+    return path
+
+
+def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
+    """zstd (one frame), zstd-frames (bty-packed, many frames), xz or gz copy of `raw`."""
+    data = raw.read_bytes()
+    if kind == "zst":
+        out = out or raw.with_name(raw.name + ".zst")
+        out.write_bytes(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
+    elif kind == "zst-frames":
+        out = out or raw.with_name(raw.name + ".zst")
+        cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+        with open(out, "wb") as f:
+            for i in range(0, len(data), 8 * MiB):
+                f.write(cctx.compress(data[i : i + 8 * MiB]))
+    elif kind == "xz":
+        out = out or raw.with_name(raw.name + ".xz")
+        out.write_bytes(lzma.compress(data, preset=0))
+    elif kind == "gz":
+        out = out or raw.with_name(raw.name + ".gz")
+        out.write_bytes(gzip.compress(data, compresslevel=1))
+    else:
+        raise ValueError(kind)
+    return out
+
+
+def read_device(path: str, offset: int, length: int) -> bytes:
+    """Read with O_DIRECT so the page cache of the device node cannot answer."""
+    import mmap
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, length + (-length) % 4096)
+        start = offset - offset % 4096
+        os.preadv(fd, [memoryview(buf)], start)
+        return bytes(buf[offset - start : offset - start + length])
+    finally:
+        os.close(fd)
+
+
+def device_equals_file(device: str, image: Path) -> bool:
+    """cmp: the first len(image) bytes of the device equal the raw image."""
+    size = image.stat().st_size
+    return subprocess.run(["cmp", "-n", str(size), str(image), device], capture_output=True).returncode == 0
+
+
+def looks_blank(device: str, size: int) -> bool:
+    """No partition-table or filesystem signature at the start or end of the device."""
+    head = read_device(device, 0, MiB)
+    tail = read_device(device, size - MiB, MiB)
+    return head == bytes(MiB) and tail == bytes(MiB)
