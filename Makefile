@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml scripts/setup-host.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q bty_live
 	touch $(STAMP)
 
 test: setup
@@ -24,6 +25,7 @@ lint: setup
 	$(VENV)/bin/mypy bty_live
 
 bench: setup
+	$(PY) -m compileall -q bty_live  # bytecode as installed: startup is part of what is measured
 	$(PY) tools/bench.py
 
 demo: setup

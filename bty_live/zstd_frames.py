@@ -72,13 +72,18 @@ class FrameTracker:
 
     @property
     def pending_skip(self) -> int:
-        """Bytes of block payload the walker will skip next; a seeking reader may jump over them."""
+        """Payload bytes the walker will pass over next; a reader that can seek may jump them."""
         return self._skip
 
+    @property
+    def header_bytes_wanted(self) -> int:
+        """How many bytes complete the header being parsed (0 while payload is pending)."""
+        return 0 if self._skip else self._need - len(self._header)
+
     def skipped(self, count: int) -> None:
-        """Tell the walker `count` bytes were jumped over (count <= pending_skip)."""
+        """Tell the walker `count` bytes of pending payload were jumped over."""
         if count > self._skip:
-            raise ValueError("skipped more than pending")
+            raise ValueError("skipped more than the pending payload")
         self._skip -= count
         self.offset += count
 
@@ -161,23 +166,21 @@ class FrameTracker:
 
 
 def scan_content_size(f: BinaryIO, record: bool = False) -> FrameSummary:
-    """Walk a whole zstd file by seeking over block payloads; cheap even for large files.
+    """Walk a whole zstd file reading only its headers: one small pread per block (of up to
+    128 KiB), so a multi-GiB file is walked in tens of milliseconds without being read.
 
     With `record`, the summary lists every data frame (offset, length, content size), which
     is what parallel decompression needs."""
     tracker = FrameTracker(record)
-    f.seek(0)
-    size = os.fstat(f.fileno()).st_size
-    while True:
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    while tracker.offset < size:
         if tracker.pending_skip:
             jump = min(tracker.pending_skip, size - tracker.offset)
-            f.seek(jump, os.SEEK_CUR)
             tracker.skipped(jump)
-            if tracker.pending_skip:  # the file ends inside a block
-                break
             continue
-        chunk = f.read(16)
-        if not chunk:
+        data = os.pread(fd, tracker.header_bytes_wanted, tracker.offset)
+        if not data:
             break
-        tracker.feed(chunk)  # may run past a header into payload; offset stays == f.tell()
+        tracker.feed(data)
     return tracker.summary()
