@@ -50,7 +50,7 @@ def exit_codes_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bty_live.commands import disks, flash, images, inspect
+    from bty_live.commands import disks, flash, images, inspect, unattended
 
     parser = argparse.ArgumentParser(
         prog="bty",
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bty-live {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (images, inspect, disks, flash):
+    for module in (images, inspect, disks, flash, unattended):
         module.register(subparsers)
     return parser
 

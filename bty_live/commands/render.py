@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -42,10 +42,16 @@ class JsonLines:
         pass
 
 
+class LineOutput(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class MilestoneLines:
     """Plain lines at every 10% of a phase and for every message: for serial consoles and logs."""
 
-    def __init__(self, out: TextIO | None = None, step: float = 0.10) -> None:
+    def __init__(self, out: LineOutput | None = None, step: float = 0.10) -> None:
         self.out = out or sys.stderr
         self.step = step
         self._next = step
