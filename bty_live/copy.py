@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 import zstandard
@@ -33,6 +32,7 @@ import zstandard
 from bty_live.errors import DigestMismatchError, SourceCorruptError, TargetRefusedError
 from bty_live.formats import ImageReader
 from bty_live.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
+from bty_live.sources import RawStream
 from bty_live.target import ZEROOUT_PIECE, BlockTarget
 from bty_live.units import format_size
 from bty_live.zstd_frames import Frame
@@ -126,7 +126,7 @@ class WritePass:
 
     @property
     def name(self) -> str:
-        return self.reader.path.name
+        return self.reader.name
 
     def run(self, tick: Callable[[CopyCounters], None]) -> CopyResult:
         started = time.monotonic()
@@ -298,23 +298,26 @@ class _ParallelFrames:
             runner.start(f"decompress-{i}", self._decompress)
 
     def _read(self) -> None:
+        """Read the frames front to back from a fresh stream of the source (a file or the
+        network: no seeking), skipping the skippable frames between them."""
         owner = self.owner
-        offset = 0
-        path: Path = owner.reader.path
-        with open(path, "rb", buffering=0) as f:
+        offset = 0  # decompressed
+        position = 0  # in the compressed stream
+        stream = owner.reader.source.open()
+        try:
             for seq, frame in enumerate(self.frames):
                 size = frame.content_size or 0
                 owner._check_size(offset + size)
                 buf = owner._pool.acquire(owner.runner.abort, consumers=2)
-                data = os.pread(f.fileno(), frame.length, frame.offset)
-                if len(data) != frame.length:
-                    raise SourceCorruptError(
-                        f"image {owner.name} is truncated: frame {seq} at byte {frame.offset} is cut short; "
-                        "re-copy it"
-                    )
-                owner.counters.bytes_in += len(data)
+                if frame.offset > position:
+                    _read_exactly(stream, frame.offset - position, owner.name)
+                data = _read_exactly(stream, frame.length, owner.name)
+                position = frame.offset + frame.length
+                owner.counters.bytes_in = position
                 self._put(_FrameJob(seq, frame, offset, data, buf))
                 offset += size
+        finally:
+            stream.close()
         for _ in range(owner.workers):
             self._put(None)
 
@@ -385,3 +388,15 @@ class _ParallelFrames:
             total = sum(frame.content_size or 0 for frame in self.frames)
             self.owner._end_of_stream(total)
 
+
+
+def _read_exactly(stream: RawStream, count: int, name: str) -> bytes:
+    chunks = []
+    left = count
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise SourceCorruptError(f"image {name} is truncated: a zstd frame is cut short; re-copy it")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -135,12 +135,12 @@ class _Run:
         image = plan.image
         extra: StreamConsumer | None = None
         if image.bmap is not None and image.manifest is None and image.bmap.checksum_type:
-            extra = _BmapConsumer(BmapRangeVerifier(image.bmap, f"image {image.path.name}"))
+            extra = _BmapConsumer(BmapRangeVerifier(image.bmap, f"image {image.file_name}"))
             self.info(Phase.WRITE, f"no manifest: checking the image against bmap "
                                    f"{image.bmap.source or 'sidecar'} range checksums")
         meter = ProgressMeter(self.sink, Phase.WRITE, image.size)
         meter.start(f"writing {image.name} to {target.path}")
-        with ImageReader(image.path, image.compression, expected_size=image.size) as reader:
+        with ImageReader(image.source, image.compression, expected_size=image.size) as reader:
             copy = WritePass(
                 reader,
                 target,
@@ -166,7 +166,7 @@ class _Run:
             return "no manifest"
         if copy.digest != expected:
             raise DigestMismatchError(
-                f"image {plan.image.path.name} does not match its manifest: blake3 {copy.digest[:16]}... "
+                f"image {plan.image.file_name} does not match its manifest: blake3 {copy.digest[:16]}... "
                 f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
                 "or rerun `bty images add` if you changed it on purpose"
             )
@@ -223,7 +223,7 @@ class _Run:
         return Receipt(
             result="ok",
             image_name=plan.image.name,
-            image_path=str(plan.image.path),
+            image_path=plan.image.location,
             image_size=copy.size,
             image_blake3=copy.digest,
             manifest_blake3=plan.image.expected_blake3,

@@ -20,6 +20,7 @@ import zstandard
 from bty_live import zstd_frames
 from bty_live.errors import ImageError, SourceCorruptError
 from bty_live.run import ToolError, run
+from bty_live.sources import ByteSource, FileSource, RawStream
 from bty_live.units import format_size
 
 
@@ -77,21 +78,27 @@ def detect_compression(path: Path) -> Compression:
         raise ImageError(f"image {path} does not exist; check the name with `bty images`") from exc
     except OSError as exc:
         raise ImageError(f"image {path} cannot be read: {exc.strerror}") from exc
+    return compression_of(head, path.name)
+
+
+def compression_of(head: bytes, name: str) -> Compression:
+    """The compression an image's first bytes (at least 512 when the file has them) show,
+    cross-checked with what its file name claims."""
     if not head:
-        raise ImageError(f"image {path.name} is empty (0 bytes); re-copy it")
+        raise ImageError(f"image {name} is empty (0 bytes); re-copy it")
     for offset, magic, what, fix in _UNSUPPORTED:
         if head[offset : offset + len(magic)] == magic:
-            raise ImageError(f"image {path.name} is {what}, not a disk image; {fix}")
+            raise ImageError(f"image {name} is {what}, not a disk image; {fix}")
     found = Compression.RAW
     for magic, compression in _MAGIC:
         if head.startswith(magic):
             found = compression
     if len(head) >= 4 and int.from_bytes(head[:4], "little") in _ZSTD_SKIPPABLE:
         found = Compression.ZSTD
-    claimed = claimed_compression(path)
+    claimed = claimed_compression(Path(name))
     if claimed not in (None, Compression.RAW) and found != claimed:
         raise ImageError(
-            f"image {path.name} is named like {claimed} but does not start like one "
+            f"image {name} is named like {claimed} but does not start like one "
             f"(first bytes {head[:6].hex()}); it is damaged or misnamed: re-copy or rename it"
         )
     return found
@@ -130,12 +137,13 @@ class _Stream(Protocol):
 class _CountingFile:
     """A raw file wrapper that counts the compressed bytes read and walks zstd frames."""
 
-    def __init__(self, raw: BinaryIO, tracker: zstd_frames.FrameTracker | None,
+    def __init__(self, raw: RawStream, tracker: zstd_frames.FrameTracker | None,
                  observer: Callable[[bytes | memoryview], None] | None = None) -> None:
         self.raw = raw
         self.count = 0
         self.tracker = tracker
         self.observer = observer
+        self._closed = False
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
@@ -143,7 +151,7 @@ class _CountingFile:
         return data
 
     def readinto(self, buffer: memoryview) -> int:
-        n = self.raw.readinto(buffer) or 0  # type: ignore[attr-defined]
+        n = self.raw.readinto(buffer) or 0
         if n:
             self._saw(buffer[:n])
         return n
@@ -161,11 +169,12 @@ class _CountingFile:
         return True
 
     def close(self) -> None:
+        self._closed = True
         self.raw.close()
 
     @property
     def closed(self) -> bool:
-        return self.raw.closed
+        return self._closed
 
 
 class ImageReader:
@@ -178,29 +187,35 @@ class ImageReader:
 
     READ_SIZE = 4 << 20
 
-    def __init__(self, path: Path, compression: Compression | None = None,
+    def __init__(self, source: ByteSource | Path, compression: Compression | None = None,
                  expected_size: int | None = None,
                  observer: Callable[[bytes | memoryview], None] | None = None) -> None:
-        """`observer` sees every byte of the file as read (e.g. to hash the file as shipped)."""
-        self.path = path
-        self.compression = compression or detect_compression(path)
+        """`source` is a ByteSource or a file path; `observer` sees every byte of the file as
+        read (e.g. to hash the file as shipped)."""
+        if isinstance(source, Path):
+            source = FileSource(source)
+        self.source = source
+        self.name = source.name
+        self.compression = compression or (detect_compression(source.path) if source.path else None)
+        if self.compression is None:
+            raise ValueError("the compression of a streamed image must be given")
         self.expected_size = expected_size
-        self.file_size = path.stat().st_size
+        self.file_size = source.size
         self.position = 0  # decompressed bytes returned so far
-        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        raw = source.open()
         self._tracker = zstd_frames.FrameTracker() if self.compression == Compression.ZSTD else None
         self._source = _CountingFile(raw, self._tracker, observer)
-        source = cast(BinaryIO, self._source)  # duck-typed: read, readinto, close
+        wrapped = cast(BinaryIO, self._source)  # duck-typed: read, readinto, close
         self._stream: _Stream
         if self.compression == Compression.ZSTD:
             decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
             self._stream = decompressor.stream_reader(
-                source, read_size=self.READ_SIZE, read_across_frames=True, closefd=False
+                wrapped, read_size=self.READ_SIZE, read_across_frames=True, closefd=False
             )
         elif self.compression == Compression.XZ:
-            self._stream = lzma.LZMAFile(source)  # noqa: SIM115 - closed in close()
+            self._stream = lzma.LZMAFile(wrapped)  # noqa: SIM115 - closed in close()
         elif self.compression == Compression.GZIP:
-            self._stream = gzip.GzipFile(fileobj=source)
+            self._stream = gzip.GzipFile(fileobj=wrapped)
         else:
             self._stream = self._source
 
@@ -239,13 +254,13 @@ class ImageReader:
 
     def _truncated(self) -> SourceCorruptError:
         return SourceCorruptError(
-            f"image {self.path.name} is truncated: its {self.compression} stream ends {self._where()}; "
+            f"image {self.name} is truncated: its {self.compression} stream ends {self._where()}; "
             "re-copy it"
         )
 
     def _corrupt(self, detail: str) -> SourceCorruptError:
         return SourceCorruptError(
-            f"image {self.path.name} is corrupt {self._where()} ({self.compression}: {detail}); re-copy it"
+            f"image {self.name} is corrupt {self._where()} ({self.compression}: {detail}); re-copy it"
         )
 
     def close(self) -> None:

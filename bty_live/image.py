@@ -14,9 +14,10 @@ from bty_live import zstd_frames
 from bty_live.bmap import Bmap, find_bmap_sidecar, load_bmap
 from bty_live.catalog import describe_image
 from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
-from bty_live.formats import Compression, ImageReader, detect_compression
+from bty_live.formats import Compression, ImageReader, compression_of, detect_compression
 from bty_live.manifest import Manifest
 from bty_live.partition_table import PartitionTable, parse_partition_table
+from bty_live.sources import ByteSource, FileSource
 from bty_live.units import format_size
 
 HEAD_BYTES = 1 << 20
@@ -24,10 +25,10 @@ HEAD_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class ImageSource:
-    path: Path
+    source: ByteSource
     name: str
     compression: Compression
-    file_size: int
+    file_size: int | None
     #: decompressed size, when known before decompressing, and where it came from
     size: int | None
     size_source: str
@@ -36,6 +37,20 @@ class ImageSource:
     #: zstd frame index (None for other formats)
     frames: tuple[zstd_frames.Frame, ...] | None
     table: PartitionTable | None
+
+    @property
+    def path(self) -> Path | None:
+        """The local file, if the image is one (not for images streamed from a server)."""
+        return self.source.path
+
+    @property
+    def file_name(self) -> str:
+        return self.source.name
+
+    @property
+    def location(self) -> str:
+        """Where the image comes from, for plans and receipts: a path or a URL."""
+        return str(self.source.path) if self.source.path else str(getattr(self.source, "url", self.source.name))
 
     @property
     def expected_blake3(self) -> str | None:
@@ -87,7 +102,7 @@ def load_image_source(path: Path) -> ImageSource:
     head = read_head(path, compression, size)
     table = parse_partition_table(head, size) if head else None
     return ImageSource(
-        path=path,
+        source=FileSource(path),
         name=entry.name,
         compression=compression,
         file_size=entry.file_size,
@@ -115,10 +130,43 @@ def _scan_zstd(path: Path) -> list[zstd_frames.Frame]:
     return summary.index
 
 
-def read_head(path: Path, compression: Compression, size: int | None) -> bytes:
+def read_head(source: ByteSource | Path, compression: Compression, size: int | None) -> bytes:
     """The first MiB of the decompressed image (less if the image is smaller)."""
     want = HEAD_BYTES if size is None else min(HEAD_BYTES, size)
     buffer = bytearray(want)
-    with ImageReader(path, compression) as reader:
+    with ImageReader(source, compression) as reader:
         n = reader.readinto(memoryview(buffer))
     return bytes(buffer[:n])
+
+
+def load_streamed_image_source(
+    source: ByteSource,
+    *,
+    name: str,
+    size: int | None,
+    blake3: str | None,
+) -> ImageSource:
+    """An image that arrives as a stream (the PXE agent's HTTP download): what its server says
+    it is (name, decompressed size, blake3), checked against its first bytes. A stream cannot
+    be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped)
+    and frames are decompressed one after another."""
+    stream = source.open()
+    try:
+        first = stream.read(512)
+    finally:
+        stream.close()
+    compression = compression_of(first, source.name)
+    manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
+    head = read_head(source, compression, size)
+    return ImageSource(
+        source=source,
+        name=name,
+        compression=compression,
+        file_size=source.size,
+        size=size,
+        size_source="server" if size else "unknown until decompressed",
+        manifest=manifest,
+        bmap=None,
+        frames=None,
+        table=parse_partition_table(head, size) if head else None,
+    )

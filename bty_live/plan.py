@@ -52,7 +52,8 @@ class FlashPlan:
         size = format_size(image.size) if image.size is not None else "unknown size"
         digest = f"blake3 {image.expected_blake3[:16]}..." if image.expected_blake3 else "no manifest: unverified"
         lines = [
-            f"image:   {image.path} ({image.compression}, {format_size(image.file_size)} file, {size} "
+            f"image:   {image.location} ({image.compression}, "
+            f"{format_size(image.file_size) if image.file_size is not None else 'streamed'} file, {size} "
             f"decompressed [{image.size_source}])",
             f"digest:  {digest}",
             f"target:  {disk.path} ({format_size(disk.size)}, {disk.transport}, model {disk.model or '-'}, "
@@ -73,9 +74,11 @@ class FlashPlan:
         return lines
 
 
-def protected_paths_for(image_path: Path, images_dir: Path | None) -> tuple[Path, ...]:
+def protected_paths_for(image_path: Path | None, images_dir: Path | None) -> tuple[Path, ...]:
     """The running system, the images directory and the image file: their disks are off limits."""
-    paths = [Path("/"), image_path.resolve().parent]
+    paths = [Path("/")]
+    if image_path is not None:
+        paths.append(image_path.resolve().parent)
     if images_dir is not None:
         paths.append(images_dir)
     return tuple(paths)
@@ -93,7 +96,7 @@ def make_plan(
         raise TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(reasons))
     if image.size is not None and image.size > disk.size:
         raise TargetRefusedError(
-            f"target {disk.path} ({format_size(disk.size)}) is too small for image {image.path.name} "
+            f"target {disk.path} ({format_size(disk.size)}) is too small for image {image.file_name} "
             f"({format_size(image.size)}); use a larger disk"
         )
     notes: list[str] = []

@@ -89,7 +89,7 @@ def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:
     image: ImageSource = plan.image
     return {
         "plan": {
-            "image": str(image.path),
+            "image": image.location,
             "name": image.name,
             "compression": str(image.compression),
             "size": image.size,
