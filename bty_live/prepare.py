@@ -11,7 +11,7 @@ from pathlib import Path
 from bty_live.catalog import find_image, resolve_images_dir
 from bty_live.disks import Disk, boot_medium_devnums, discover_disks, find_disk
 from bty_live.eligibility import EligibilityContext, assess_all, reasons
-from bty_live.image import load_image_source
+from bty_live.image import ImageSource, load_image_source
 from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
 from bty_live.selector import parse_selector, select_disk
 
@@ -33,10 +33,21 @@ def prepare_plan(
     options: FlashOptions,
     images_dir: str | Path | None = None,
 ) -> FlashPlan:
+    """Plan flashing an image of the catalog (or a path) onto a disk (or a selector)."""
     directory = resolve_images_dir(images_dir)
     entry = find_image(image_spec, directory)
     image = load_image_source(entry.path)
-    protected = protected_paths_for(image.path, directory if directory.is_dir() else None)
+    return prepare_plan_for(image, disk_spec, options, directory if directory.is_dir() else None)
+
+
+def prepare_plan_for(
+    image: ImageSource,
+    disk_spec: str,
+    options: FlashOptions,
+    images_dir: Path | None = None,
+) -> FlashPlan:
+    """Plan flashing an image already loaded (a file, or a stream from a server) onto a disk."""
+    protected = protected_paths_for(image.path, images_dir)
     ctx = EligibilityContext(boot_devnums=boot_medium_devnums(protected), image_size=image.size)
     disk = choose_disk(disk_spec, ctx)
     return make_plan(image, disk, reasons(disk, ctx), options, protected)
