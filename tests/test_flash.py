@@ -448,3 +448,23 @@ def test_bmap_of_another_image_is_refused(images: Path, tmp_path: Path, make_loo
     loop = make_loop(IMAGE_SIZE)
     assert bty("flash", str(images / "disk.img"), loop.path, "--yes") == 3
     assert "regenerate it with bmaptool create" in capsys.readouterr().err
+
+
+def test_a_target_detached_after_planning_is_reported_vanished_and_nothing_is_written(
+        images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # attached by hand (not make_loop): the test detaches it itself, and make_loop's teardown
+    # must never detach a number some other process may have taken in between
+    backing = tmp_path / "gone.img"
+    backing.write_bytes(b"\x42" * IMAGE_SIZE)
+    device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    try:
+        plan = prepare_plan(str(images / "disk.img"), device, FlashOptions())
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+    from bty_live.errors import TargetVanishedError
+
+    with pytest.raises(TargetVanishedError, match="unplugged or detached"):
+        engine.flash(plan)
+    assert backing.read_bytes()[: 1 << 20] == b"\x42" * (1 << 20)
+    assert cli.exit_code_for(TargetVanishedError("x")) == 9
