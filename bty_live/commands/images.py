@@ -33,15 +33,9 @@ Subcommands: add (write manifests), pack (recompress as parallel-friendly multi-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("images", help="list images; add manifests; pack images",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", metavar="DIR", help="images directory")
-    parser.add_argument("--json", action="store_true", help="print the list as JSON")
-    parser.set_defaults(func=run_list)
+    _list_options(parser)
     sub = parser.add_subparsers(dest="images_command", metavar="SUBCOMMAND")
-
-    lister = sub.add_parser("list", help="list the images (the default)")
-    lister.add_argument("--images", metavar="DIR", help="images directory")
-    lister.add_argument("--json", action="store_true", help="print the list as JSON")
-    lister.set_defaults(func=run_list)
+    _list_options(sub.add_parser("list", help="list the images (the default)"))
 
     add = sub.add_parser(
         "add",
@@ -51,10 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and tuning fields; only the digests are replaced.",
     )
     add.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    add.add_argument("--name", help="image name (default: the file name without its suffixes)")
-    add.add_argument("--description", help="one-line description")
-    add.add_argument("--os", dest="os_name", help="operating system, e.g. debian-12, windows-11, freebsd-14")
-    add.add_argument("--arch", help="architecture (default: from the image's partition types, if any)")
+    _manifest_options(add)
     add.set_defaults(func=run_add)
 
     pack = sub.add_parser(
@@ -68,11 +59,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pack.add_argument("source", type=Path, metavar="SOURCE")
     pack.add_argument("-o", "--output", type=Path, metavar="OUTPUT")
     pack.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
-    pack.add_argument("--name", help="image name for the manifest")
-    pack.add_argument("--description", help="one-line description for the manifest")
-    pack.add_argument("--os", dest="os_name", help="operating system for the manifest")
-    pack.add_argument("--arch", help="architecture for the manifest")
+    _manifest_options(pack)
     pack.set_defaults(func=run_pack)
+
+
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", metavar="DIR", help="images directory")
+    parser.add_argument("--json", action="store_true", help="print the list as JSON")
+    parser.set_defaults(func=run_list)
+
+
+def _manifest_options(parser: argparse.ArgumentParser) -> None:
+    """What a manifest says about an image beyond its digests."""
+    parser.add_argument("--name", help="image name (default: the file name without its suffixes)")
+    parser.add_argument("--description", help="one-line description")
+    parser.add_argument("--os", dest="os_name", help="operating system, e.g. debian-12, windows-11, freebsd-14")
+    parser.add_argument("--arch", help="architecture (default: from the image's partition types, if any)")
 
 
 # -- list ---------------------------------------------------------------------------------------
