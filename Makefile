@@ -14,19 +14,21 @@ $(STAMP): pyproject.toml scripts/setup-host.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m compileall -q bty_live
+	$(PY) -m compileall -q bty_live cijoe
 	touch $(STAMP)
 
 test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check bty_live tests tools
+	$(VENV)/bin/ruff check bty_live cijoe tests tools
 	$(VENV)/bin/mypy bty_live
+	$(VENV)/bin/mypy -p cijoe.bty
 
 bench: setup
 	$(PY) -m compileall -q bty_live  # bytecode as installed: startup is part of what is measured
 	$(PY) tools/bench.py
+	$(PY) tools/bench_tui.py
 
 demo: setup
 	$(PY) tools/demo.py

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from bty_live import __version__, errors
 from bty_live.run import ToolError
+from bty_live.tune.model import TuneError
 
 #: exit code per error class; the first matching class (most specific first) wins
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -27,6 +28,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.TargetIOError, 8, "I/O error or no space on the target"),
     (errors.VerifyError, 10, "read-back verification failed"),
     (errors.FixupError, 11, "partition-table fix-up failed"),
+    (TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
     (ToolError, 12, "a required tool is missing or failed"),
     (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given)"),
     (errors.BtyError, 1, "other error"),
@@ -50,7 +52,7 @@ def exit_codes_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bty_live.commands import disks, flash, images, inspect, unattended
+    from bty_live.commands import disks, flash, images, inspect, ledger, tui, unattended
 
     parser = argparse.ArgumentParser(
         prog="bty",
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bty-live {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (images, inspect, disks, flash, unattended):
+    for module in (images, inspect, disks, flash, tui, unattended, ledger):
         module.register(subparsers)
     return parser
 

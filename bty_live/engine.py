@@ -1,12 +1,14 @@
 """The flash engine: executes a FlashPlan and reports through the event stream.
 
     open target (O_EXCL) -> re-check identity and eligibility -> write pass (stream digest)
-    -> compare with manifest -> read-back pass -> partition-table fix-ups -> receipt
+    -> compare with manifest -> read-back pass -> partition-table fix-ups -> tuning (CIJOE)
+    -> receipt (saved) -> known-good ledger record
 
 Front-ends (CLI, TUI, unattended, PXE agent) build the plan, pass a sink for events and an
 optional cancel event, and get a Receipt back or a BtyError. The engine never prints and never
 exits. Once the first byte is written, any failure wipes the partition-table signatures at the
-start and end of the target, so a half-written disk never looks like a good one.
+start and end of the target, so a half-written disk never looks like a good one. Every run,
+passed or failed, appends one record to the plan's ledger.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bty_live.bmap import BmapRangeVerifier
@@ -33,10 +36,13 @@ from bty_live.errors import (
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.fixups import check_partition_table, fix_partition_table
 from bty_live.formats import ImageReader
+from bty_live.ledger import LedgerError, PhaseTracker, append_record, make_record
+from bty_live.machine import read_machine_identity
 from bty_live.plan import FlashPlan, VerifyMode
 from bty_live.readback import readback_digest
-from bty_live.receipt import Receipt
+from bty_live.receipt import Receipt, save_receipt
 from bty_live.target import BlockTarget
+from bty_live.tune import TuneResult, run_tuning
 from bty_live.units import format_size
 
 
@@ -59,7 +65,8 @@ def flash(plan: FlashPlan, sink: EventSink = discard, cancel: threading.Event | 
 class _Run:
     def __init__(self, plan: FlashPlan, sink: EventSink, cancel: threading.Event | None) -> None:
         self.plan = plan
-        self.sink = sink
+        self.tracker = PhaseTracker(sink)  # for the ledger: which phase a failure stopped
+        self.sink: EventSink = self.tracker
         self.cancel = cancel or threading.Event()
         self.phases: dict[str, float] = {}
         self.target: BlockTarget | None = None
@@ -78,7 +85,10 @@ class _Run:
             stream_check = self._check_stream(copy)
             readback_check = self._readback(copy)
             fixups = self._fixups(self.target)
-            receipt = self._receipt(copy, stream_check, readback_check, fixups)
+            tune = self._tune(copy)
+            receipt = self._receipt(copy, stream_check, readback_check, fixups, tune)
+            self._save(receipt)
+            self._record(receipt=receipt, tune=tune)
             self.sink(Event(Phase.DONE, Kind.END, bytes_out=copy.size, total=copy.size, digest=copy.digest,
                             message="; ".join(receipt.summary()[:1])))
             return receipt
@@ -90,6 +100,7 @@ class _Run:
             message = error.full_message() if error else f"{type(exc).__name__}: {exc}"
             self.sink(Event(Phase.FAILED, Kind.ERROR, message=message,
                             error=error.kind if error else type(exc).__name__))
+            self._record(error=exc)
             raise
         finally:
             if self.target is not None:
@@ -120,6 +131,12 @@ class _Run:
         target = self.target
         if target is None or not target.touched or isinstance(exc, FixupError):
             return None
+        if target.fd < 0:  # closed for tuning (the kernel must mount its partitions): reopen it
+            try:
+                target = self.target = BlockTarget.open(target.path)
+                target.touched = True
+            except BtyError as reopen:
+                return f"could not reopen {self.plan.target.path} to wipe it ({reopen}): treat it as damaged"
         image_end = self.plan.image.size or 0
         with _sigint_blocked():
             wiped = target.wipe_signatures((image_end,) if image_end else ())
@@ -217,7 +234,48 @@ class _Run:
         self.sink(Event(Phase.FIXUP, Kind.END, elapsed=self.phases["fixup"]))
         return done
 
-    def _receipt(self, copy: CopyResult, stream_check: str, readback_check: str, fixups: list[str]) -> Receipt:
+    def _tune(self, copy: CopyResult) -> TuneResult | None:
+        """Run the CIJOE task on the written system. The target is closed first: holding it
+        with O_EXCL would stop the kernel from mounting its partitions."""
+        request = self.plan.tune
+        if request is None:
+            return None
+        assert self.target is not None
+        self.target.close()
+        result = run_tuning(replace(request, disk=self.plan.target.path, image_blake3=copy.digest), self.sink)
+        self.phases["tune"] = result.seconds
+        return result
+
+    def _save(self, receipt: Receipt) -> None:
+        plan = self.plan
+        if plan.receipt_path is None and plan.receipts_dir is None:
+            return
+        try:
+            save_receipt(receipt, directory=plan.receipts_dir, path=plan.receipt_path)
+        except OSError as exc:
+            self.info(Phase.DONE, f"warning: the receipt could not be saved ({exc})")
+
+    def _record(self, *, receipt: Receipt | None = None, tune: TuneResult | None = None,
+                error: BaseException | None = None) -> None:
+        """One ledger record per run; a ledger that cannot be written is a warning, not a failure."""
+        plan = self.plan
+        if plan.ledger is None:
+            return
+        request = plan.tune
+        record = make_record(
+            image_name=plan.image.name, image_blake3=plan.image.expected_blake3,
+            machine=request.machine if request and request.machine else read_machine_identity(),
+            disk_path=plan.target.path, disk_model=plan.disk.model, disk_serial=plan.disk.serial,
+            task=request.task if request else None, task_digest=plan.tune_digest,
+            receipt=receipt, tune=tune, error=error, tracker=self.tracker,
+        )
+        try:
+            append_record(plan.ledger, record)
+        except (LedgerError, OSError) as exc:
+            self.info(Phase.DONE, f"warning: the ledger {plan.ledger} could not be written ({exc})")
+
+    def _receipt(self, copy: CopyResult, stream_check: str, readback_check: str, fixups: list[str],
+                 tune: TuneResult | None = None) -> Receipt:
         plan = self.plan
         disk = plan.disk
         return Receipt(
@@ -244,6 +302,7 @@ class _Run:
             started_at=self.started_at.isoformat(timespec="seconds"),
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parallel_frames=copy.parallel_frames,
+            tune=tune.to_dict() if tune is not None else None,
         )
 
 

@@ -35,6 +35,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class TuneSpec:
     task: str | None = None  # CIJOE task file, relative to the images directory
     config: str | None = None  # CIJOE config file, relative to the images directory
+    #: which partition holds the root filesystem, when the partition types do not say: a
+    #: partition number, a GPT partition name or a filesystem label
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Manifest:
         if self.sha256:
             data["sha256"] = self.sha256
         data.update(self.extra)
-        tune = {k: v for k, v in (("task", self.tune.task), ("config", self.tune.config)) if v}
+        tune = {k: v for k, v in (("task", self.tune.task), ("config", self.tune.config),
+                                  ("root", self.tune.root)) if v}
         if tune:
             data["tune"] = tune
         return tomli_w.dumps(data)
@@ -108,7 +112,11 @@ def parse_manifest(text: str, source: str) -> Manifest:
     tune_data = data.pop("tune", {})
     if not isinstance(tune_data, dict):
         raise bad("tune", "must be a table ([tune] with task = ... and config = ...)")
-    tune = TuneSpec(task=tune_data.get("task"), config=tune_data.get("config"))
+    root = tune_data.get("root")
+    if root is not None and (isinstance(root, bool) or not isinstance(root, (int, str))):
+        raise bad("tune.root", "must be a partition number, a partition name or a filesystem label")
+    tune = TuneSpec(task=tune_data.get("task"), config=tune_data.get("config"),
+                    root=str(root) if root is not None else None)
     return Manifest(
         name=name.strip(),
         size=size,

@@ -14,6 +14,7 @@ from pathlib import Path
 from bty_live.disks import Disk, DiskIdentity
 from bty_live.errors import TargetRefusedError
 from bty_live.image import ImageSource
+from bty_live.tune.model import TuneRequest
 from bty_live.units import format_size
 
 
@@ -29,6 +30,13 @@ class FlashOptions:
     grow: bool = False
     #: None: use BLKZEROOUT when the device zeroes by itself; True/False force it
     zeroout: bool | None = None
+    #: post-flash tuning: None = the manifest's task, "off" = none, else a CIJOE task file
+    tune: str | None = None
+    #: the known-good ledger; None = ledger.jsonl in the images directory (when there is one)
+    ledger: Path | None = None
+    #: where the engine saves the receipt: a file, or a directory (None = the default directory)
+    receipt: Path | None = None
+    receipts_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,12 @@ class FlashPlan:
     #: re-resolved right before the first write
     protected_paths: tuple[Path, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: the CIJOE task to run on the written system (disk and digest are filled in by the engine)
+    tune: TuneRequest | None = None
+    tune_digest: str | None = None
+    ledger: Path | None = None
+    receipt_path: Path | None = None
+    receipts_dir: Path | None = None
 
     def describe(self) -> list[str]:
         """Human lines for --dry-run and the confirmation prompt."""
@@ -70,6 +84,7 @@ class FlashPlan:
         if self.grow_last_partition:
             fixups.append("grow the last partition to the end of the disk")
         lines.append("fix-ups: " + ("; ".join(fixups) if fixups else "none"))
+        lines.append(f"tuning:  {self.tune.task} (CIJOE)" if self.tune else "tuning:  none")
         lines.extend(f"note:    {note}" for note in self.notes)
         return lines
 

@@ -6,14 +6,19 @@ call `prepare_plan` and get the same checks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bty_live.catalog import find_image, resolve_images_dir
 from bty_live.disks import Disk, boot_medium_devnums, discover_disks, find_disk
 from bty_live.eligibility import EligibilityContext, assess_all, reasons
 from bty_live.image import ImageSource, load_image_source
+from bty_live.ledger import default_ledger_path
+from bty_live.machine import read_machine_identity
 from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
+from bty_live.receipt import default_receipts_dir
 from bty_live.selector import parse_selector, select_disk
+from bty_live.tune import TuneRequest, choose_task, load_task, task_digest
 
 
 def looks_like_selector(text: str) -> bool:
@@ -50,4 +55,35 @@ def prepare_plan_for(
     protected = protected_paths_for(image.path, images_dir)
     ctx = EligibilityContext(boot_devnums=boot_medium_devnums(protected), image_size=image.size)
     disk = choose_disk(disk_spec, ctx)
-    return make_plan(image, disk, reasons(disk, ctx), options, protected)
+    plan = make_plan(image, disk, reasons(disk, ctx), options, protected)
+    tune, digest = tune_request_for(image, disk, options, images_dir)
+    ledger = options.ledger or (default_ledger_path(images_dir) if images_dir is not None else None)
+    receipts_dir = options.receipts_dir or (None if options.receipt else default_receipts_dir())
+    return replace(plan, tune=tune, tune_digest=digest, ledger=ledger, receipt_path=options.receipt,
+                   receipts_dir=receipts_dir)
+
+
+def tune_request_for(image: ImageSource, disk: Disk, options: FlashOptions,
+                     images_dir: Path | None) -> tuple[TuneRequest | None, str | None]:
+    """The tuning task for this flash (--tune / bty.tune= over the manifest's), read now so a
+    broken task fails before anything is written."""
+    choice = choose_task(options.tune, image.manifest, images_dir)
+    if choice is None:
+        return None, None
+    load_task(choice.task)
+    manifest = image.manifest
+    request = TuneRequest(
+        task=choice.task,
+        config=choice.config,
+        disk=disk.path,
+        image_name=image.name,
+        image_blake3=image.expected_blake3,
+        image_file=image.file_name,
+        image_os=manifest.os if manifest else "",
+        images_dir=images_dir,
+        root_hint=manifest.tune.root if manifest else None,
+        disk_model=disk.model,
+        disk_serial=disk.serial,
+        machine=read_machine_identity(),
+    )
+    return request, task_digest(choice.task)

@@ -48,6 +48,8 @@ class Receipt:
     bty_version: str = __version__
     error: str | None = None
     saved_to: str | None = None
+    #: the tuning run (bty_live.tune.TuneResult.to_dict()), when there was one
+    tune: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,15 +71,25 @@ class Receipt:
         ]
         if self.fixups:
             lines.append("  fix-ups: " + "; ".join(self.fixups))
+        if self.tune:
+            steps = len(self.tune.get("steps") or ())
+            lines.append(f"  tuning: {self.tune.get('status')} ({self.tune.get('task')}, {steps} steps"
+                         + (f"; {self.tune['note']}" if self.tune.get("note") else "")
+                         + (f"; report {self.tune['report_dir']}" if self.tune.get("report_dir") else "") + ")")
         if self.saved_to:
             lines.append(f"  receipt: {self.saved_to}")
         return lines
 
 
 def default_receipts_dir() -> Path:
+    """$BTY_RECEIPTS, else receipts/ on the live stick's images partition, else ~/.local/state."""
     env = os.environ.get(RECEIPTS_ENV)
     if env:
         return Path(env)
+    from bty_live.catalog import LIVE_IMAGES_DIR
+
+    if LIVE_IMAGES_DIR.is_dir():
+        return LIVE_IMAGES_DIR / "receipts"
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(state) / "bty-live" / "receipts"
 

@@ -33,7 +33,7 @@ from bty_live.errors import BtyError, UsageError
 from bty_live.machine import MachineIdentity, read_machine_identity
 from bty_live.plan import FlashOptions, VerifyMode
 from bty_live.prepare import prepare_plan
-from bty_live.receipt import Receipt, save_receipt
+from bty_live.receipt import Receipt
 
 ACTIVE_CONSOLES = Path("/sys/class/tty/console/active")
 MARKERS_DIR = "unattended"
@@ -206,7 +206,7 @@ def run_unattended(
             f"{done.get('target')} at {done.get('finished_at')}; not flashing again. Remove the stick to boot "
             f"the flashed disk, or delete {marker} on the stick to flash again.")
         return 0  # never reboot or power off again from here: that is how loops start
-    options = FlashOptions(verify=request.verify)
+    options = FlashOptions(verify=request.verify, tune=request.tune, receipts_dir=images_dir / "receipts")
     plan = prepare_plan(request.image, request.disk, options, images_dir)
     for line in plan.describe():
         say(f"bty unattended: {line}")
@@ -218,7 +218,7 @@ def run_unattended(
         return 0
     renderer = MilestoneLines(out=consoles)
     receipt = engine.flash(plan, renderer)
-    saved = _save(receipt, images_dir, say)
+    saved = Path(receipt.saved_to) if receipt.saved_to else None
     for line in receipt.summary():
         say(line)
     _remember(marker, receipt, saved, say)
@@ -230,14 +230,6 @@ def run_unattended(
     elif request.after == After.SHELL:
         return SHELL_EXIT_CODE
     return 0
-
-
-def _save(receipt: Receipt, images_dir: Path, say: Callable[[str], None]) -> Path | None:
-    try:
-        return save_receipt(receipt, directory=images_dir / "receipts")
-    except OSError as exc:
-        say(f"bty unattended: warning: the receipt could not be saved on the stick ({exc})")
-        return None
 
 
 def _remember(marker: Path, receipt: Receipt, saved: Path | None, say: Callable[[str], None]) -> None:

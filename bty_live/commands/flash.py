@@ -13,7 +13,6 @@ from bty_live.errors import Cancelled, UsageError
 from bty_live.image import ImageSource
 from bty_live.plan import FlashOptions, FlashPlan, VerifyMode
 from bty_live.prepare import prepare_plan
-from bty_live.receipt import save_receipt
 
 from .render import JsonLines, make_renderer
 
@@ -40,7 +39,11 @@ What happens:
      with O_DIRECT and must hash the same (--verify readback|stream|off).
   5. fix-ups: a GPT image on a larger disk gets its backup GPT moved to the disk's end;
      --grow extends the last partition to the end of the disk (not its filesystem).
-  6. receipt: JSON saved under $BTY_RECEIPTS (default ~/.local/state/bty-live/receipts) or --receipt.
+  6. tune: when the manifest names a CIJOE task (or --tune TASK), the written system's root
+     filesystem is mounted and the task runs on it (hostname, keys, machine-id, ...).
+  7. receipt: JSON saved under $BTY_RECEIPTS (default: receipts/ on the live stick's images
+     partition, else ~/.local/state/bty-live/receipts) or --receipt; one record is appended to
+     the known-good ledger (ledger.jsonl in the images directory, or --ledger).
 
 Any failure after the first write wipes the partition-table signatures at the start and end of
 the disk, so a half-written disk never looks bootable, and prints one line naming the cause.
@@ -71,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--json", action="store_true",
                         help="print progress events as JSON, one per line, then the receipt")
     parser.add_argument("--receipt", metavar="FILE", type=Path, help="where to save the JSON receipt")
+    parser.add_argument("--tune", metavar="TASK|off",
+                        help="CIJOE task that tunes the written system (default: the manifest's [tune] task); "
+                        "off skips tuning")
+    parser.add_argument("--ledger", metavar="FILE", type=Path,
+                        help="known-good ledger to append to (default: ledger.jsonl in the images directory)")
     parser.add_argument("--no-zeroout", action="store_true",
                         help="write zero ranges as data instead of asking the device to zero them")
     parser.set_defaults(func=run)
@@ -81,6 +89,9 @@ def build_plan(args: argparse.Namespace) -> FlashPlan:
         verify=VerifyMode(args.verify),
         grow=args.grow,
         zeroout=False if args.no_zeroout else None,
+        tune=args.tune,
+        ledger=args.ledger,
+        receipt=args.receipt,
     )
     return prepare_plan(args.image, args.disk, options, args.images)
 
@@ -146,10 +157,6 @@ def run(args: argparse.Namespace) -> int:
         receipt = engine.flash(plan, renderer)
     finally:
         renderer.close()
-    try:
-        save_receipt(receipt, path=args.receipt)
-    except OSError as exc:
-        print(f"bty: warning: the receipt could not be saved ({exc}); it follows below", file=sys.stderr)
     if isinstance(renderer, JsonLines):
         print(json.dumps({"receipt": receipt.to_dict()}))
     else:

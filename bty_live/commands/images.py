@@ -16,6 +16,7 @@ from bty_live.catalog import CatalogEntry, compute_digests, image_stem, list_ima
 from bty_live.errors import ImageError
 from bty_live.formats import detect_compression
 from bty_live.image import read_head
+from bty_live.ledger import default_ledger_path, known_good_for_entry, read_ledger
 from bty_live.manifest import Manifest, load_manifest, write_manifest
 from bty_live.pack import DEFAULT_LEVEL, pack_image
 from bty_live.partition_table import parse_partition_table
@@ -80,7 +81,7 @@ def _manifest_options(parser: argparse.ArgumentParser) -> None:
 # -- list ---------------------------------------------------------------------------------------
 
 
-def entry_json(entry: CatalogEntry) -> dict[str, Any]:
+def entry_json(entry: CatalogEntry, known_good_on: list[str] | None = None) -> dict[str, Any]:
     m = entry.manifest
     return {
         "name": entry.name,
@@ -95,21 +96,27 @@ def entry_json(entry: CatalogEntry) -> dict[str, Any]:
         "arch": m.arch if m else "",
         "bmap": str(entry.bmap_path) if entry.bmap_path else None,
         "problem": entry.problem,
+        "known_good_on": known_good_on or [],
     }
 
 
 def run_list(args: argparse.Namespace) -> int:
     directory = resolve_images_dir(args.images)
     entries = list_images(directory)
+    ledger = read_ledger(default_ledger_path(directory))
+    for skipped in ledger.skipped:
+        print(f"bty: warning: {ledger.path}: line {skipped.number} is damaged ({skipped.reason}) and was skipped",
+              file=sys.stderr)
+    known = {e.path: known_good_for_entry(ledger.records, e, directory) for e in entries}
     if args.json:
-        print(json.dumps([entry_json(e) for e in entries], indent=2))
+        print(json.dumps([entry_json(e, known[e.path]) for e in entries], indent=2))
         return 0
     console = Console()
     if not entries:
         console.print(f"no images in {directory}; copy some there, then `bty images add FILE`")
         return 0
     table = Table(title=f"images in {directory}", title_justify="left")
-    for column in ("NAME", "OS", "FORMAT", "SIZE", "FILE", "DIGEST", "DESCRIPTION"):
+    for column in ("NAME", "OS", "FORMAT", "SIZE", "FILE", "DIGEST", "KNOWN-GOOD ON", "DESCRIPTION"):
         table.add_column(column, overflow="fold")
     for e in entries:
         status = e.digest_status if not e.problem else f"[red]{e.problem}[/red]"
@@ -124,6 +131,7 @@ def run_list(args: argparse.Namespace) -> int:
             format_size(e.size) if e.size is not None else "?",
             e.path.name,
             status,
+            ", ".join(known[e.path]),
             e.manifest.description if e.manifest else "",
         )
     console.print(table)

@@ -1,0 +1,99 @@
+"""`bty tui [--images DIR]`: the full-screen front-end a person sees after booting the stick."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from bty_live.errors import BtyError
+
+if TYPE_CHECKING:
+    from bty_live.catalog import CatalogEntry
+
+DESCRIPTION = """\
+Choose an image and a disk with the keyboard, see what will be destroyed, flash, verify and
+fix up the partition table, read the receipt: the same engine and checks as `bty flash`.
+
+screens:
+  Images    name, OS, size, digest status (and the known-good badge) of each image
+  Disks     model, size, transport, serial and ids; disks that may not be written are dimmed,
+            with the reason, and cannot be chosen; the list follows disks being plugged in
+  Confirm   what the disk holds now and what will be written; type the disk's name to go on
+  Progress  phase, bar, MB/s, ETA, bytes written and zero-filled, elapsed; c cancels (asks
+            first), and a cancelled flash wipes the disk
+  Done      the receipt; flash another, reboot, power off or open a shell
+  Error     the cause in one line, what to do next, the details on demand
+
+keys: arrows and Enter; Esc goes back; ? or F1 help; l the log of the engine's events; s shell;
+ctrl+q quits (asking first during a flash). No mouse and no more than 16 colours are needed: it
+works on the Linux console, over a serial console and in any terminal of 80x24 or more.
+
+exit status: 0 when the user quits (or reboots/powers off), 3 when the user asks for a shell (the
+live stick's session wrapper then starts a login shell), 130 when the user quit during a flash
+(it was cancelled and the disk wiped), 70 on an internal error.
+"""
+
+#: refresh at most this often (the screen only redraws what changed, and progress arrives at
+#: most 5 times a second); a slow framebuffer or serial console is never flooded
+DEFAULT_FPS = "10"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "tui",
+        help="full-screen interface: choose an image and a disk, flash, verify",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", metavar="DIR",
+                        help="images directory (default: $BTY_IMAGES, the stick's images partition, else ./images)")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Textual reads these when it is first imported: bound the refresh rate, no animations
+    os.environ.setdefault("TEXTUAL_FPS", DEFAULT_FPS)
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    os.environ.setdefault("TEXTUAL_THEME", "ansi-dark")
+    from bty_live.cli import INTERNAL_ERROR
+    from bty_live.tui.app import make_app
+
+    app = make_app(images_dir=args.images, known_good=_known_good_badge(args.images))
+    app.run(mouse=False)
+    code = app.return_code or 0
+    # Textual ends with 1 after an unhandled exception (it has printed the traceback): a bug
+    return INTERNAL_ERROR if code == 1 else code
+
+
+def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], bool]:
+    """The ledger's verdict for this machine's model, read once per call (the list reloads)."""
+    from bty_live.catalog import resolve_images_dir
+    from bty_live.ledger import default_ledger_path, known_good_for_entry, read_ledger
+    from bty_live.machine import read_machine_identity
+
+    directory = resolve_images_dir(images)
+    model = read_machine_identity().model
+
+    def badge(entry: CatalogEntry) -> bool:
+        try:
+            records = read_ledger(default_ledger_path(directory)).records
+        except BtyError:
+            return False
+        return model in known_good_for_entry(records, entry, directory)
+
+    return badge
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bty_live.tui`: the same command without the `bty` front door."""
+    parser = argparse.ArgumentParser(prog="bty tui", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))

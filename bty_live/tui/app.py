@@ -1,0 +1,398 @@
+"""The bty-live TUI: screens over the same engine and event stream as the CLI.
+
+    Images -> Disks -> Confirm -> Progress -> Done
+                 \\________\\__________\\-> Error
+
+The screens only show data and post what the user chose; this module decides what comes next,
+runs the blocking work (planning, the flash) in thread workers and forwards the engine's events
+to the Progress screen and the log. `make_app` is the one way to build it, for the `bty tui`
+command, the tests and the snapshot apps alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.scrollbar import ScrollBar
+from textual.timer import Timer
+
+from bty_live.catalog import CatalogEntry, resolve_images_dir
+from bty_live.disks import Disk
+from bty_live.events import Event
+from bty_live.hotplug import DiskEvent
+from bty_live.plan import FlashOptions, FlashPlan
+from bty_live.tui.backend import Backend, Watcher, real_backend
+from bty_live.tui.messages import DiskHotplug, FlashEvent, FlashFinished, NextStep, Planned, StepChosen
+from bty_live.tui.progress import EventThrottle
+from bty_live.tui.screens import (
+    CancelDialog,
+    ConfirmScreen,
+    DisksScreen,
+    DoneScreen,
+    ErrorScreen,
+    HelpScreen,
+    ImagesScreen,
+    LogScreen,
+    ProgressScreen,
+)
+from bty_live.tui.text import log_line
+from bty_live.tui.widgets import CellScrollBarRender
+
+if TYPE_CHECKING:
+    from bty_live.unattended import SystemActions
+
+#: quitting during a flash cancels it: the CLI's exit code for a cancelled run
+CANCELLED_EXIT_CODE = 130
+#: hot-plug events come in bursts (a disk, then each partition): rescan once they settle
+RESCAN_DELAY = 0.3
+LOG_LINES = 2000
+#: the 16 colours of any console, drawn by the console itself: no truecolor, no 256-colour
+THEME = "ansi-dark"
+
+KnownGood = Callable[[CatalogEntry], bool]
+
+
+class BtyApp(App[int]):
+    CSS_PATH = "bty.tcss"
+    TITLE = "bty-live"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("l,f2", "log", "Log", key_display="l"),
+        Binding("ctrl+q", "quit", "Quit", key_display="^q", priority=True, show=False),
+    ]
+
+    def __init__(
+        self,
+        *,
+        images_dir: Path,
+        backend: Backend,
+        actions: SystemActions,
+        known_good: KnownGood | None = None,
+        options: FlashOptions | None = None,
+        clock: Callable[[], float] = time.time,
+        follow_hotplug: bool = True,
+    ) -> None:
+        super().__init__()
+        # whole-cell scrollbar thumbs: the partial blocks Textual draws are not in the console font
+        ScrollBar.renderer = CellScrollBarRender
+        if self.theme != THEME:  # `bty tui` sets $TEXTUAL_THEME, sparing a restyle after the first frame
+            self.theme = THEME
+        self.animation_level = "none"
+        self.images_dir = images_dir
+        self.backend = backend
+        self.actions = actions
+        self.known_good = known_good
+        self.options = options or FlashOptions()
+        self.clock = clock
+        self.follow_hotplug = follow_hotplug
+        #: the log view's lines: the engine's events and the app's own notes
+        self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.flashing = False
+        self._cancel = threading.Event()
+        self._progress: ProgressScreen | None = None
+        self._planning: DisksScreen | None = None
+        self._watcher: Watcher | None = None
+        self._rescan_timer: Timer | None = None
+        self._quit_when_finished = False
+        #: what was chosen last, so the Error screen can offer "choose another disk"
+        self._entry: CatalogEntry | None = None
+
+    # -- screens ---------------------------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen[None]:
+        return ImagesScreen(lambda: self.backend.list_images(self.images_dir), self.known_good,
+                            where=str(self.images_dir))
+
+    def get_key_display(self, binding: Binding) -> str:
+        """Key names the Linux console's font can draw (no "⏎")."""
+        display = super().get_key_display(binding)
+        return {"\u23ce": "Enter", "\u232b": "Bksp"}.get(display, display)
+
+    @property
+    def top(self) -> Screen[object] | None:
+        """The active screen, or None while the app shuts down (a late timer or message must
+        not fail on the empty screen stack)."""
+        return self.screen_stack[-1] if self.screen_stack else None
+
+    def _unwind(self, depth: int = 1) -> None:
+        """Pop screens until `depth` remain (1: the Images screen)."""
+        while len(self.screen_stack) > depth:
+            self.pop_screen()
+
+    def note(self, text: str) -> None:
+        """A line in the log view from the app itself (the engine's lines name their phase)."""
+        self._append_log(f"{time.strftime('%H:%M:%S')} {'tui':<6} {'note':<5} {text}")
+
+    def _append_log(self, line: str) -> None:
+        self.log_lines.append(line)
+        top = self.top
+        if isinstance(top, LogScreen):
+            top.append(line)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        if not self.follow_hotplug:
+            return
+
+        def on_disk_event(event: DiskEvent) -> None:  # on the watcher's thread
+            self.post_message(DiskHotplug(event))
+
+        try:
+            watcher = self.backend.watch_disks(on_disk_event)
+            watcher.start()
+        except OSError as exc:
+            self.note(f"hot-plug events unavailable ({exc}): press r on the Disks screen to rescan")
+            return
+        self._watcher = watcher
+
+    def on_unmount(self) -> None:
+        # a flash must not outlive the app: the engine stops and wipes; the worker's thread is
+        # joined when the event loop closes
+        self._cancel.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._rescan_timer is not None:
+            self._rescan_timer.stop()
+
+    # -- global actions --------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.top, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_log(self) -> None:
+        if not isinstance(self.top, LogScreen):
+            self.push_screen(LogScreen(self.log_lines))
+
+    async def action_quit(self) -> None:
+        if not self.flashing:
+            self.exit(0)
+            return
+
+        def answered(cancel: bool | None) -> None:
+            if cancel:
+                self._quit_when_finished = True
+                self._request_cancel()
+
+        self.push_screen(CancelDialog(self._progress.plan.disk.path if self._progress else "the disk"), answered)
+
+    def action_shell(self) -> None:
+        from bty_live.unattended import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
+
+        if not self.flashing:
+            self.exit(SHELL_EXIT_CODE, return_code=SHELL_EXIT_CODE)
+
+    # -- the flow: image -> disk -> plan -> confirm -> flash ---------------------------------------
+
+    @on(ImagesScreen.Chosen)
+    def _image_chosen(self, message: ImagesScreen.Chosen) -> None:
+        self._entry = message.entry
+        self.push_screen(self._disks_screen(message.entry))
+
+    def _disks_screen(self, entry: CatalogEntry) -> DisksScreen:
+        return DisksScreen(entry, lambda: self.backend.assess_disks(entry, self.images_dir))
+
+    @on(DisksScreen.Chosen)
+    def _disk_chosen(self, message: DisksScreen.Chosen) -> None:
+        screen = self.top
+        if not isinstance(screen, DisksScreen):
+            return
+        self._planning = screen
+        screen.show_planning(True)
+        self.note(f"planning {message.entry.name} onto {message.disk.path}")
+        self._plan(message.entry, message.disk)
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _plan(self, entry: CatalogEntry, disk: Disk) -> None:
+        """`prepare_plan`, as `bty flash` calls it: the image is read (a zstd file's frames are
+        walked), the disk probed again and judged by the same rules."""
+        try:
+            plan = self.backend.plan(entry, disk, self.options, self.images_dir)
+            contents = self.backend.contents(plan.disk)
+        except Exception as exc:  # noqa: BLE001 - shown on the Error screen, whatever it is
+            self.post_message(Planned(None, [], exc))
+            return
+        self.post_message(Planned(plan, contents, None))
+
+    @on(Planned)
+    def _planned(self, message: Planned) -> None:
+        screen, self._planning = self._planning, None
+        top = self.top
+        if not isinstance(top, DisksScreen) or top is not screen:
+            return  # the user went back meanwhile
+        top.show_planning(False)
+        if message.error is not None or message.plan is None:
+            error = message.error or RuntimeError("no plan")
+            self.note(f"refused: {error}")
+            self.push_screen(ErrorScreen(error, list(self.log_lines)[-6:], can_retry_disk=True))
+            return
+        self.push_screen(ConfirmScreen(message.plan, message.contents))
+
+    @on(ConfirmScreen.Confirmed)
+    def _confirmed(self, message: ConfirmScreen.Confirmed) -> None:
+        self.start_flash(message.plan)
+
+    def start_flash(self, plan: FlashPlan) -> None:
+        self._unwind(1)
+        self._cancel = threading.Event()
+        self._quit_when_finished = False
+        self.flashing = True
+        for line in plan.describe():
+            self.note(f"plan: {line}")
+        self._progress = ProgressScreen(plan, clock=self.clock)
+        self.push_screen(self._progress)
+        self._flash(plan, self._cancel)
+
+    @work(thread=True, exclusive=True, group="flash", exit_on_error=False)
+    def _flash(self, plan: FlashPlan, cancel: threading.Event) -> None:
+        """The engine, on this worker's thread. Its events go through the throttle, then across
+        to the event loop as messages; the copy loop never waits for the screen."""
+        def forward(event: Event) -> None:
+            self.post_message(FlashEvent(event))
+
+        sink = EventThrottle(forward)
+        try:
+            receipt = self.backend.flash(plan, sink, cancel)
+        except Exception as exc:  # noqa: BLE001 - every failure is shown on the Error screen
+            self.post_message(FlashFinished(None, exc))
+            return
+        try:
+            saved_to, save_error = str(self.backend.save_receipt(receipt)), None
+        except OSError as exc:
+            saved_to, save_error = None, str(exc)
+        self.post_message(FlashFinished(receipt, None, saved_to=saved_to, save_error=save_error))
+
+    @on(FlashEvent)
+    def _flash_event(self, message: FlashEvent) -> None:
+        line = log_line(message.event)
+        if line is not None:
+            self._append_log(line)
+        if self._progress is not None:
+            self._progress.show_event(message.event)
+
+    @on(ProgressScreen.CancelRequested)
+    def _cancel_requested(self) -> None:
+        self._request_cancel()
+
+    def _request_cancel(self) -> None:
+        if self.flashing and not self._cancel.is_set():
+            self.note("cancel requested: the engine stops, then wipes the target")
+            self._cancel.set()
+            if self._progress is not None:
+                self._progress.show_cancelling()
+
+    @on(FlashFinished)
+    def _flash_finished(self, message: FlashFinished) -> None:
+        self.flashing = False
+        progress, self._progress = self._progress, None
+        if self._quit_when_finished:  # quit during the flash: it was cancelled, as Ctrl-C in the CLI
+            self.exit(CANCELLED_EXIT_CODE, return_code=CANCELLED_EXIT_CODE)
+            return
+        if self.top is None:
+            return  # shutting down
+        if progress is not None:
+            while self.top is not progress and len(self.screen_stack) > 1:
+                self.pop_screen()  # a dialog, the help or the log over the Progress screen
+        if message.receipt is not None:
+            note = (f"receipt saved to {message.saved_to}" if message.saved_to
+                    else f"the receipt could not be saved ({message.save_error})")
+            self.note(note)
+            self.switch_screen(DoneScreen(message.receipt, note))
+        else:
+            error = message.error or RuntimeError("the flash ended without a receipt")
+            self.switch_screen(ErrorScreen(error, list(self.log_lines)[-6:], can_retry_disk=self._entry is not None))
+
+    # -- after: next steps -------------------------------------------------------------------------
+
+    @on(StepChosen)
+    def _step_chosen(self, message: StepChosen) -> None:
+        step = message.step
+        if step == NextStep.ANOTHER_IMAGE:
+            self._unwind(1)
+            images = self.top
+            if isinstance(images, ImagesScreen):
+                images.action_reload()
+        elif step == NextStep.ANOTHER_DISK and self._entry is not None:
+            self._unwind(1)
+            self.push_screen(self._disks_screen(self._entry))
+        elif step == NextStep.SHELL:
+            self.action_shell()
+        elif step in (NextStep.REBOOT, NextStep.POWEROFF):
+            self._power(step)
+
+    def _power(self, step: NextStep) -> None:
+        verb = "reboot" if step == NextStep.REBOOT else "power off"
+        self.note(f"{verb} requested")
+        try:
+            (self.actions.reboot if step == NextStep.REBOOT else self.actions.poweroff)()
+        except Exception as exc:  # noqa: BLE001 - tell the user, keep the app usable
+            self.notify(f"could not {verb}: {exc}", severity="error")
+            return
+        self.notify(f"{verb.capitalize()}: asked the system to {verb}...")
+
+    # -- hot-plug --------------------------------------------------------------------------------
+
+    @on(DiskHotplug)
+    def _hotplug(self, message: DiskHotplug) -> None:
+        event = message.event
+        if event.action != "changed":
+            self.note(f"disk {event.action}: {event.path}")
+        screen = self.top
+        if isinstance(screen, DisksScreen):
+            if self._rescan_timer is not None:
+                self._rescan_timer.stop()
+            self._rescan_timer = self.set_timer(RESCAN_DELAY, self._rescan_disks)
+        elif isinstance(screen, ConfirmScreen) and event.name == screen.plan.disk.name \
+                and event.action != "changed":
+            screen.disk_changed()
+
+    def _rescan_disks(self) -> None:
+        self._rescan_timer = None
+        screen = self.top
+        if isinstance(screen, DisksScreen):
+            screen.rescan()
+
+
+def make_app(
+    *,
+    images_dir: Path | str | None = None,
+    actions: SystemActions | None = None,
+    known_good: KnownGood | None = None,
+    backend: Backend | None = None,
+    options: FlashOptions | None = None,
+    clock: Callable[[], float] = time.time,
+    follow_hotplug: bool = True,
+) -> BtyApp:
+    """The app, wired to the real engine unless told otherwise.
+
+    images_dir: as `bty flash --images` (None: $BTY_IMAGES, the stick's partition, ./images).
+    actions: reboot and power off (default: `systemctl reboot|poweroff`); tests pass recorders.
+    known_good: the ledger's verdict per image, for the known-good badge (None: no badges).
+    backend: the functions the TUI calls (default: the real ones; snapshots use recorded data).
+    clock: wall time for the elapsed counter (snapshots freeze it).
+    follow_hotplug: follow hot-plug events (the Disks screen then updates by itself).
+    """
+    if actions is None:
+        from bty_live.unattended import systemd_actions
+
+        actions = systemd_actions()
+    return BtyApp(
+        images_dir=resolve_images_dir(images_dir),
+        backend=backend or real_backend(),
+        actions=actions,
+        known_good=known_good,
+        options=options,
+        clock=clock,
+        follow_hotplug=follow_hotplug,
+    )

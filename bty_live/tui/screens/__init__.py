@@ -1,0 +1,23 @@
+"""The TUI's screens, one module each. Screens get their data as constructor arguments (or
+callables they run in thread workers) and report choices by posting messages; the app decides
+what comes next."""
+
+from bty_live.tui.screens.confirm import ConfirmScreen
+from bty_live.tui.screens.dialogs import CancelDialog, HelpScreen, LogScreen
+from bty_live.tui.screens.disks import DisksScreen
+from bty_live.tui.screens.done import DoneScreen
+from bty_live.tui.screens.error import ErrorScreen
+from bty_live.tui.screens.images import ImagesScreen
+from bty_live.tui.screens.progress import ProgressScreen
+
+__all__ = [
+    "CancelDialog",
+    "ConfirmScreen",
+    "DisksScreen",
+    "DoneScreen",
+    "ErrorScreen",
+    "HelpScreen",
+    "ImagesScreen",
+    "LogScreen",
+    "ProgressScreen",
+]

@@ -1,0 +1,1 @@
+"""CIJOE configs of the bty package (collected by CIJOE, not imported by bty)."""

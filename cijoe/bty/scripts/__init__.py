@@ -1,0 +1,1 @@
+"""CIJOE scripts of the bty package (collected by CIJOE, not imported by bty)."""
