@@ -17,12 +17,13 @@ export DEBIAN_FRONTEND=noninteractive
 common=(
     python3 python3-venv python3-dev build-essential pkg-config
     util-linux fdisk gdisk parted e2fsprogs dosfstools mtools exfatprogs exfat-fuse
-    zstd xz-utils gzip bmap-tools coreutils procps psmisc time
+    zstd xz-utils gzip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
 )
 # The live stick and the QEMU rig.
 live=(
     kmod cpio qemu-system-x86 qemu-utils ovmf debian-archive-keyring
     systemd-container dpkg-dev apt
+    python3-pefile squashfs-tools bubblewrap
 )
 
 stamp=/var/lib/bty-live-setup.stamp
