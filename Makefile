@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BTY := $(VENV)/bin/bty
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test bench lint demo clean
+.PHONY: setup test bench bench-server lint demo clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ bench: setup
 	$(PY) -m compileall -q bty_live  # bytecode as installed: startup is part of what is measured
 	$(PY) tools/bench.py
 	$(PY) tools/bench_tui.py
+
+bench-server: setup
+	$(PY) tools/bench_server.py
 
 demo: setup
 	$(PY) tools/demo.py

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from bty_live import __version__, errors
+from bty_live.httpconn import NetworkError
 from bty_live.run import ToolError
 from bty_live.tune.model import TuneError
 
@@ -29,6 +30,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.VerifyError, 10, "read-back verification failed"),
     (errors.FixupError, 11, "partition-table fix-up failed"),
     (TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
+    (NetworkError, 14, "the bty server is unreachable, or refused the token"),
     (ToolError, 12, "a required tool is missing or failed"),
     (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given)"),
     (errors.BtyError, 1, "other error"),
@@ -52,7 +54,7 @@ def exit_codes_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bty_live.commands import disks, flash, images, inspect, ledger, tui, unattended
+    from bty_live.commands import agent, disks, flash, images, inspect, ledger, serve, tui, unattended
 
     parser = argparse.ArgumentParser(
         prog="bty",
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bty-live {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (images, inspect, disks, flash, tui, unattended, ledger):
+    for module in (images, inspect, disks, flash, tui, unattended, ledger, agent, serve):
         module.register(subparsers)
     return parser
 

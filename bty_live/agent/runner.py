@@ -1,0 +1,308 @@
+"""The agent's state machine: inventory -> ask -> act -> report, until it reboots or hands over.
+
+    INVENTORY  post DMI, NICs and disks (retried while the server is unreachable)
+    ASK        get the plan; the server answers flash, tui, localboot or wait
+    FLASH      HttpSource -> load_streamed_image_source -> prepare_plan_for -> engine.flash,
+               events streamed to the server by EventUplink (tuning: a seam, see tuning.py)
+    REPORT     post the receipt (retried until the server takes it) and the engine's ledger
+               record (passed or failed runs), which the server appends to its ledger.jsonl
+    REBOOT     into the flashed disk (an injected action: `systemctl reboot`, or nothing)
+    WAIT       ask again after the server's poll interval, bounded by `max_poll`
+    HANDOVER   the plan says tui: exit, and the live system's console starts the TUI
+
+A failed flash is reported (the engine's ERROR event; the disk is wiped by the engine) and the
+agent asks again: the server answers wait until someone assigns the machine anew, and the agent
+never re-runs a run id that failed here. A refused token stops the agent at once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bty_live import engine
+from bty_live.agent.api import ServerApi
+from bty_live.agent.inventory import collect_inventory
+from bty_live.agent.tuning import tuning_option
+from bty_live.agent.uplink import EventUplink, UplinkStats
+from bty_live.errors import BtyError, UsageError
+from bty_live.events import Event, EventSink, Kind, Phase
+from bty_live.http_source import HttpSource, ResumeNotice
+from bty_live.httpconn import Backoff, NetworkError, ServerUnavailableError, TokenRefusedError
+from bty_live.image import load_streamed_image_source
+from bty_live.ledger import LedgerError, read_ledger
+from bty_live.plan import FlashOptions, VerifyMode
+from bty_live.prepare import prepare_plan_for
+from bty_live.protocol import Action, AgentPlan
+from bty_live.receipt import Receipt
+from bty_live.units import format_size
+
+T = TypeVar("T")
+
+
+class AgentState(StrEnum):
+    INVENTORY = "inventory"
+    ASK = "ask"
+    FLASH = "flash"
+    REPORT = "report"
+    REBOOT = "reboot"
+    WAIT = "wait"
+    HANDOVER = "handover"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    mac: str
+    token: str | None
+    cafile: Path | None = None
+    #: False (--no-reboot): stop where the agent would reboot, and return
+    reboot: bool = True
+    #: the longest the agent waits between two questions, whatever the server suggests
+    max_poll: float = 60.0
+    #: give up after waiting (or failing to reach the server) this long; None: never
+    wait_limit: float | None = None
+    #: reconnects of an image download without progress, and the waits between them
+    download_backoff: Backoff = field(default_factory=Backoff)
+    #: backoff of calls to the API while the server is unreachable (capped by max_poll)
+    api_backoff: Backoff = field(default_factory=lambda: Backoff(attempts=1_000_000, first=1.0, cap=60.0))
+    #: seconds between two event batches
+    event_interval: float = 0.5
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    state: AgentState
+    message: str
+    receipt: Receipt | None = None
+    #: the last failure, when the agent stopped without success
+    failure: BtyError | None = None
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What the agent does to the world besides HTTP; injectable so tests never reboot."""
+
+    reboot: Callable[[], None]
+    say: Callable[[str], None]
+    #: renders the engine's events on the console (the server gets them anyway)
+    console: EventSink = field(default=lambda _event: None)
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    inventory: Callable[[str], dict[str, Any]] = collect_inventory
+
+
+@dataclass
+class FlashOutcome:
+    receipt: Receipt
+    resumes: int
+    uplink: UplinkStats
+    #: the engine's ledger record of the run (LedgerRecord.to_dict()), for the server's ledger
+    record: dict[str, Any] | None
+
+
+class _FlashFailed(Exception):
+    """A failed flash, with the ledger record the engine wrote for it (if it got that far)."""
+
+    def __init__(self, error: BtyError, record: dict[str, Any] | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.record = record
+
+
+def _last_record(ledger: Path) -> dict[str, Any] | None:
+    try:
+        records = read_ledger(ledger).records
+    except LedgerError:
+        return None
+    return records[-1].to_dict() if records else None
+
+
+class _Tee:
+    """Sends each event to several sinks; remembers whether an ERROR went out."""
+
+    def __init__(self, *sinks: EventSink) -> None:
+        self.sinks = sinks
+        self.saw_error = False
+
+    def __call__(self, event: Event) -> None:
+        self.saw_error = self.saw_error or event.kind == Kind.ERROR
+        for sink in self.sinks:
+            sink(event)
+
+
+class Agent:
+    def __init__(self, api: ServerApi, config: AgentConfig, effects: Effects,
+                 cancel: threading.Event | None = None,
+                 on_state: Callable[[AgentState, AgentPlan | None], None] | None = None) -> None:
+        self.api = api
+        self.config = config
+        self.effects = effects
+        self.cancel = cancel or threading.Event()
+        self.on_state = on_state
+        self._failed_runs: dict[str, BtyError] = {}
+        self._last_failure: BtyError | None = None
+        self._waiting_since: float | None = None
+
+    def _enter(self, state: AgentState, plan: AgentPlan | None = None) -> None:
+        if self.on_state is not None:
+            self.on_state(state, plan)
+
+    def run(self) -> AgentOutcome:
+        mac = self.config.mac
+        say = self.effects.say
+        self._enter(AgentState.INVENTORY)
+        say(f"sending the inventory of {mac} to {self.api.server}")
+        self._persist("send the inventory", lambda: self.api.post_inventory(mac, self.effects.inventory(mac)))
+        while True:
+            self._enter(AgentState.ASK)
+            plan = self._persist("ask for a plan", lambda: self.api.plan(mac))
+            if plan.action == Action.FLASH and plan.run_id in self._failed_runs:
+                plan = AgentPlan(action=Action.WAIT, poll=plan.poll,
+                                 message=f"run {plan.run_id} already failed here "
+                                         f"({self._failed_runs[plan.run_id]}); waiting for a new assignment")
+            if plan.action == Action.FLASH:
+                self._waiting_since = None
+                outcome = self._flash_and_report(plan)
+                if outcome is not None:
+                    return self._reboot(AgentState.REBOOT, f"flashed {outcome.receipt.image_name} onto "
+                                        f"{outcome.receipt.target_path}", outcome.receipt)
+            elif plan.action == Action.LOCALBOOT:
+                return self._reboot(AgentState.REBOOT, plan.message or "the server says: boot the local disk")
+            elif plan.action == Action.TUI:
+                self._enter(AgentState.HANDOVER, plan)
+                say("the server says: hand over to the TUI")
+                return AgentOutcome(AgentState.HANDOVER, "handed over to the TUI")
+            else:
+                stop = self._wait(plan)
+                if stop is not None:
+                    return stop
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def _flash_and_report(self, plan: AgentPlan) -> FlashOutcome | None:
+        """Flash and post the receipt and ledger record; None (after reporting) if the flash failed."""
+        assert plan.run_id is not None
+        run_id, mac = plan.run_id, self.config.mac
+        self._enter(AgentState.FLASH, plan)
+        self.effects.say(f"run {run_id}: {plan.message}")
+        try:
+            outcome = self._flash(plan)
+        except _FlashFailed as failed:
+            exc, failed_record = failed.error, failed.record
+            if isinstance(exc, TokenRefusedError):
+                raise exc from None
+            self._failed_runs[run_id] = exc
+            self._last_failure = exc
+            self.effects.say(f"run {run_id} FAILED: {exc.full_message()}")
+            if failed_record is not None:
+                self._best_effort("post the ledger record", lambda: self.api.post_ledger(mac, run_id, failed_record))
+            return None
+        self._enter(AgentState.REPORT, plan)
+        posted = {**outcome.receipt.to_dict(), "saved_to": None,  # the agent's copy died with its RAM disk
+                  "download": {"url": self.api.url(plan.image.url) if plan.image else None,
+                               "resumes": outcome.resumes}}
+        self._persist("post the receipt", lambda: self.api.post_receipt(mac, run_id, posted))
+        if outcome.record is not None:
+            record = outcome.record
+            self._best_effort("post the ledger record", lambda: self.api.post_ledger(mac, run_id, record))
+        for line in outcome.receipt.summary():
+            self.effects.say(line)
+        return outcome
+
+    def _flash(self, plan: AgentPlan) -> FlashOutcome:
+        """Run the engine on the streamed image; _FlashFailed carries the error and the run's ledger record."""
+        assert plan.image is not None and plan.disk is not None and plan.run_id is not None
+        image, run_id, mac = plan.image, plan.run_id, self.config.mac
+        uplink = EventUplink(lambda events: self.api.post_events(mac, run_id, events),
+                             interval=self.config.event_interval)
+        sink = _Tee(uplink, self.effects.console)
+
+        def resumed(notice: ResumeNotice) -> None:
+            sink(Event(Phase.WRITE, Kind.INFO, message=f"download dropped at {format_size(notice.offset)} "
+                                                       f"({notice.reason}); resumed there with a Range request"))
+
+        source = HttpSource(self.api.url(image.url), self.config.token, image.file_size, name=image.file_name,
+                            cafile=self.config.cafile, backoff=self.config.download_backoff, on_resume=resumed,
+                            sleep=self.effects.sleep)
+        with tempfile.TemporaryDirectory(prefix="bty-agent-") as tmp:
+            workdir = Path(tmp)
+            ledger = workdir / "ledger.jsonl"  # the engine's record of the run, forwarded to the server
+            try:
+                try:
+                    verify = VerifyMode(plan.verify)
+                except ValueError as exc:
+                    raise UsageError(f"the plan asks for verify mode {plan.verify!r}, which this agent does not "
+                                     "know; assign the machine again") from exc
+                options = FlashOptions(verify=verify, ledger=ledger, receipts_dir=workdir / "receipts",
+                                       tune=tuning_option(plan.tune, workdir, sink))  # SEAM(tuning)
+                streamed = load_streamed_image_source(source, name=image.name, size=image.size, blake3=image.blake3)
+                flash_plan = prepare_plan_for(streamed, plan.disk, options)
+                for line in flash_plan.describe():
+                    sink(Event(Phase.PLAN, Kind.INFO, message=line))
+                receipt = engine.flash(flash_plan, sink, self.cancel)
+            except BtyError as exc:
+                if not sink.saw_error:  # failed before the engine ran (image, selector): say so once
+                    sink(Event(Phase.FAILED, Kind.ERROR, message=exc.full_message(), error=exc.kind))
+                raise _FlashFailed(exc, _last_record(ledger)) from exc
+            finally:
+                stats = uplink.close()
+            return FlashOutcome(receipt=receipt, resumes=source.resumes, uplink=stats, record=_last_record(ledger))
+
+    def _reboot(self, state: AgentState, why: str, receipt: Receipt | None = None) -> AgentOutcome:
+        self._enter(state)
+        if not self.config.reboot:
+            self.effects.say(f"{why}; not rebooting (--no-reboot)")
+            return AgentOutcome(state, why, receipt)
+        self.effects.say(f"{why}; rebooting")
+        self.effects.reboot()
+        return AgentOutcome(state, why, receipt)
+
+    def _wait(self, plan: AgentPlan) -> AgentOutcome | None:
+        """Sleep before the next question; an outcome when the wait limit is reached."""
+        self._enter(AgentState.WAIT, plan)
+        now = self.effects.clock()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self.effects.say(f"waiting: {plan.message}")
+        limit = self.config.wait_limit
+        if limit is not None and now - self._waiting_since >= limit:
+            return AgentOutcome(AgentState.WAIT, f"gave up after waiting {limit:.0f} s for a plan: {plan.message}",
+                                failure=self._last_failure)
+        self.effects.sleep(min(max(plan.poll, 0.0), self.config.max_poll))
+        return None
+
+    def _best_effort(self, what: str, call: Callable[[], None], attempts: int = 3) -> None:
+        """`call`, a few times; a failure is only a warning (the run itself is reported already)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                call()
+                return
+            except NetworkError as exc:
+                if attempt == attempts or not isinstance(exc, ServerUnavailableError):
+                    self.effects.say(f"warning: could not {what} ({exc})")
+                    return
+                self.effects.sleep(min(self.config.api_backoff.delay(attempt), self.config.max_poll))
+
+    def _persist(self, what: str, call: Callable[[], T]) -> T:
+        """`call` until the server answers; only an unreachable server is retried."""
+        first_failure: float | None = None
+        retry = 0
+        while True:
+            try:
+                return call()
+            except ServerUnavailableError as exc:
+                now = self.effects.clock()
+                first_failure = now if first_failure is None else first_failure
+                limit = self.config.wait_limit
+                if limit is not None and now - first_failure >= limit:
+                    raise
+                retry += 1
+                delay = min(self.config.api_backoff.delay(retry), self.config.max_poll)
+                self.effects.say(f"could not {what} ({exc}); trying again in {delay:.0f} s")
+                self.effects.sleep(delay)

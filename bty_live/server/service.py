@@ -1,0 +1,205 @@
+"""What the server does with what agents and operators tell it: the rules, without HTTP.
+
+- An agent's inventory registers (or refreshes) its machine.
+- Asking for a plan answers from the machine's assignment: flash (with the image's size and
+  blake3), tui, localboot or wait. A flash that finished is answered with localboot, one that
+  failed with wait, so a machine never loops through the same flash.
+- Events of the current run move the plan to running (or failed) and set the status line.
+- A receipt of the current run closes the plan.
+- A ledger record (bty_live.ledger.LedgerRecord, made by the agent's engine, passed or failed)
+  is appended to the server's ledger.jsonl, the same file format `bty ledger` reads on a stick.
+Events, receipts and records of an older run are kept as evidence but change no plan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bty_live.errors import ImageError, UsageError
+from bty_live.events import Event, Kind, Phase
+from bty_live.ledger import LedgerRecord, append_record
+from bty_live.protocol import Action, AgentPlan
+from bty_live.server.images import find_served
+from bty_live.server.state import PlanRecord, PlanState, ReceiptRecord, Store
+from bty_live.units import format_rate, format_size
+
+#: the settings key under which `bty serve` records its images directory (for `bty serve assign`)
+IMAGES_DIR_SETTING = "images_dir"
+VERIFY_MODES = ("readback", "stream", "off")
+
+
+class BadRequest(ValueError):
+    """The request body is not what the API expects (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class StatusLine:
+    status: str
+    detail: str
+
+
+def status_of(event: Event) -> StatusLine | None:
+    """The machine's status line after `event`, or None if the event does not change it."""
+    if event.kind == Kind.ERROR:
+        return StatusLine("failed", event.message)
+    if event.phase == Phase.DONE:
+        return StatusLine("flashed", event.message or "flashed; waiting for the receipt")
+    label = {Phase.PLAN: "planning", Phase.WRITE: "writing", Phase.VERIFY: "verifying",
+             Phase.FIXUP: "fixing up", Phase.TUNE: "tuning"}.get(event.phase)
+    if label is None:
+        return None
+    if event.kind == Kind.PROGRESS and event.total:
+        return StatusLine(label, f"{event.bytes_out / event.total:.0%} of {format_size(event.total)} "
+                                 f"at {format_rate(event.rate)}")
+    return StatusLine(label, event.message)
+
+
+class Deployments:
+    """The server's behaviour over a Store and an images directory."""
+
+    def __init__(self, store: Store, images_dir: Path | None, poll: float = 10.0,
+                 ledger: Path | None = None) -> None:
+        self.store = store
+        self.images_dir = images_dir
+        self.poll = poll
+        self.ledger = ledger
+
+    # -- operators -----------------------------------------------------------------------------
+
+    def assign(self, mac: str, action: Action, image: str | None = None, disk: str | None = None,
+               verify: str = "readback", tune: str | None = None) -> PlanRecord:
+        """Give `mac` a new plan. A flash needs an image the server can offer and a disk selector."""
+        if verify not in VERIFY_MODES:
+            raise UsageError(f"verify mode {verify!r} is not one of {', '.join(VERIFY_MODES)}")
+        if action == Action.FLASH:
+            if not image or not disk:
+                raise UsageError("a flash needs an IMAGE and --disk SELECTOR (e.g. --disk serial=S3Z1NB0K)")
+            if self.images_dir is not None:  # the file name: unique, while manifest names may repeat
+                image = find_served(image, self.images_dir).file_name
+        elif image or disk:
+            raise UsageError(f"--action {action.value} takes no IMAGE or --disk")
+        return self.store.assign(mac, action, image=image, disk=disk, verify=verify, tune=tune)
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Every machine with its status, its plan and its last receipt."""
+        rows = []
+        for machine in self.store.machines():
+            plan = self.store.plan(machine.mac)
+            receipt = self.store.last_receipt(machine.mac)
+            rows.append({**machine.to_dict(), "plan": plan.to_dict() if plan else None,
+                         "receipt": receipt.to_dict() if receipt else None})
+        return rows
+
+    # -- agents --------------------------------------------------------------------------------
+
+    def inventory(self, mac: str, inventory: dict[str, Any]) -> None:
+        machine = inventory.get("machine")
+        model = str(machine.get("model") or "") if isinstance(machine, dict) else ""
+        self.store.record_inventory(mac, model, inventory)
+        if self.store.plan(mac) is None:
+            self.store.update_status(mac, "new", "inventory received; no plan assigned yet")
+
+    def plan_for(self, mac: str) -> AgentPlan:
+        plan = self.store.plan(mac)
+        if plan is None:
+            return self._wait(mac, f"no plan for {mac} yet: assign one with `bty serve assign {mac} IMAGE "
+                                   "--disk SELECTOR`")
+        if plan.action != Action.FLASH:
+            self.store.update_status(mac, plan.action.value, f"told to {plan.action.value} (run {plan.run_id})")
+            return AgentPlan(action=plan.action, run_id=plan.run_id, poll=self.poll,
+                             message=f"the server says {plan.action.value}")
+        if plan.state == PlanState.DONE:
+            return AgentPlan(action=Action.LOCALBOOT, run_id=plan.run_id, poll=self.poll,
+                             message=f"already flashed with {plan.image} (run {plan.run_id}): booting the local disk")
+        if plan.state == PlanState.FAILED:
+            return self._wait(mac, f"run {plan.run_id} failed ({plan.detail}); assign the machine again to retry",
+                              status="failed", detail=plan.detail)
+        assert plan.image is not None
+        if self.images_dir is None:
+            return self._wait(mac, "the server has no images directory")
+        try:
+            image = find_served(plan.image, self.images_dir)
+        except ImageError as exc:
+            return self._wait(mac, f"image {plan.image} cannot be served now ({exc})")
+        tune = image.tune_task if plan.tune is None else plan.tune  # None: the manifest's [tune] task
+        return AgentPlan(action=Action.FLASH, run_id=plan.run_id, image=image.ref(), disk=plan.disk,
+                         verify=plan.verify, tune=None if tune == "off" else tune, poll=self.poll,
+                         message=f"flash {image.name} onto {plan.disk}")
+
+    def _wait(self, mac: str, message: str, status: str = "waiting", detail: str | None = None) -> AgentPlan:
+        self.store.update_status(mac, status, message if detail is None else detail)
+        return AgentPlan(action=Action.WAIT, poll=self.poll, message=message)
+
+    def events(self, mac: str, run_id: str, raw: list[Any]) -> int:
+        """Store a batch of events; returns how many. BadRequest if any is not an engine event."""
+        events = [_event(item) for item in raw]
+        if not events:
+            return 0
+        now = time.time()
+        with self.store.transaction() as db:
+            self.store.add_events(db, mac, run_id, [e.to_dict() for e in events], now)
+            plan = self.store.plan(mac)
+            if plan is None or plan.run_id != run_id or plan.state in (PlanState.DONE, PlanState.FAILED):
+                return len(events)
+            failure = next((e for e in events if e.kind == Kind.ERROR), None)
+            if failure is not None:
+                self.store.set_plan_state(db, mac, run_id, PlanState.FAILED, failure.message, now)
+            elif plan.state == PlanState.PENDING:
+                self.store.set_plan_state(db, mac, run_id, PlanState.RUNNING, "", now)
+            line = status_of(failure) if failure is not None else _last_status(events)
+            if line is not None:
+                self.store.set_status(db, mac, line.status, line.detail, now)
+        return len(events)
+
+    def receipt(self, mac: str, run_id: str, receipt: Any) -> ReceiptRecord:
+        if not isinstance(receipt, dict) or not {"result", "image_name", "image_blake3"} <= receipt.keys():
+            raise BadRequest("a receipt needs at least result, image_name and image_blake3 (Receipt.to_dict())")
+        now = time.time()
+        with self.store.transaction() as db:
+            self.store.add_receipt(db, mac, run_id, receipt, now)
+            plan = self.store.plan(mac)
+            if plan is not None and plan.run_id == run_id:
+                ok = receipt["result"] == "ok"
+                summary = (f"{receipt['image_name']} onto {receipt.get('target_path')}, blake3 "
+                           f"{str(receipt['image_blake3'])[:16]}..., read-back {receipt.get('readback_check')}")
+                self.store.set_plan_state(db, mac, run_id, PlanState.DONE if ok else PlanState.FAILED,
+                                          summary if ok else str(receipt.get("error") or "failed"), now)
+                self.store.set_status(db, mac, "done" if ok else "failed", summary, now)
+        found = self.store.receipts(mac, limit=1)
+        return found[0]
+
+    def ledger_record(self, mac: str, run_id: str, raw: Any) -> LedgerRecord:
+        """Append an agent's ledger record to the server's ledger (LedgerError if it cannot be)."""
+        if not isinstance(raw, dict):
+            raise BadRequest("a ledger record must be a JSON object (LedgerRecord.to_dict())")
+        try:
+            record = LedgerRecord.from_dict(raw)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"not a ledger record ({exc})") from exc
+        if self.ledger is None:
+            raise BadRequest("this server keeps no ledger")
+        # the agent's receipt path is gone with its RAM disk: point at the server's copy instead
+        record = replace(record, receipt=f"bty serve: {mac} run {run_id}",
+                         macs=record.macs if mac in record.macs else (*record.macs, mac))
+        append_record(self.ledger, record)
+        return record
+
+
+def _last_status(events: list[Event]) -> StatusLine | None:
+    for event in reversed(events):
+        line = status_of(event)
+        if line is not None:
+            return line
+    return None
+
+
+def _event(item: Any) -> Event:
+    if not isinstance(item, dict):
+        raise BadRequest("each event must be a JSON object (events.Event.to_dict())")
+    try:
+        return Event.from_dict(item)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"not an engine event ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,370 @@
+"""The server's state in SQLite (stdlib sqlite3): machines, plans, events, receipts.
+
+One file, `bty-serve.sqlite3`, in the --state directory, in WAL mode so `bty serve machines`
+and `bty serve assign` work beside a running server. A `schema_version` table says which
+layout the file has; newer layouts are refused, older ones are migrated forward on open.
+This module only stores and fetches: what a receipt or an event *means* is `service.py`'s job.
+The known-good ledger is not here: it is the project's ledger.jsonl (bty_live.ledger), which the
+server appends the agents' records to, so `bty ledger` and `bty images` read it as on a stick.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bty_live.errors import BtyError
+from bty_live.protocol import Action
+
+DB_NAME = "bty-serve.sqlite3"
+
+#: each entry migrates version i to i + 1
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE machines (
+        mac TEXT PRIMARY KEY,
+        model TEXT NOT NULL DEFAULT '',
+        inventory TEXT NOT NULL DEFAULT '{}',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'new',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE plans (
+        mac TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        image TEXT,
+        disk TEXT,
+        verify TEXT NOT NULL DEFAULT 'readback',
+        tune TEXT,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        event TEXT NOT NULL
+    );
+    CREATE INDEX events_by_run ON events (mac, run_id, id);
+    CREATE TABLE receipts (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        result TEXT NOT NULL,
+        image_name TEXT NOT NULL,
+        image_blake3 TEXT NOT NULL,
+        receipt TEXT NOT NULL
+    );
+    CREATE INDEX receipts_by_mac ON receipts (mac, id);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StateError(BtyError):
+    """The state directory cannot be used."""
+
+    kind = "state"
+
+
+class PlanState(StrEnum):
+    PENDING = "pending"  # assigned, not started
+    RUNNING = "running"  # the agent reported the first event of this run
+    DONE = "done"  # receipt received, result ok
+    FAILED = "failed"  # the agent reported an error
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    mac: str
+    run_id: str
+    action: Action
+    image: str | None
+    disk: str | None
+    verify: str
+    tune: str | None
+    state: PlanState
+    detail: str
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "action": self.action.value, "image": self.image, "disk": self.disk,
+                "verify": self.verify, "tune": self.tune, "state": self.state.value, "detail": self.detail,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    mac: str
+    model: str
+    inventory: dict[str, Any]
+    first_seen: float
+    last_seen: float
+    status: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mac": self.mac, "model": self.model, "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "status": self.status, "detail": self.detail, "inventory": self.inventory}
+
+
+@dataclass(frozen=True)
+class ReceiptRecord:
+    id: int
+    mac: str
+    run_id: str
+    received_at: float
+    result: str
+    image_name: str
+    image_blake3: str
+    receipt: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "mac": self.mac, "run_id": self.run_id, "received_at": self.received_at,
+                "result": self.result, "image_name": self.image_name, "image_blake3": self.image_blake3,
+                "receipt": self.receipt}
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    run_id: str
+    received_at: float
+    event: dict[str, Any]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Store:
+    """The state database. Thread-safe: one connection, one lock, short transactions."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / DB_NAME
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"state directory {directory} cannot be used ({exc}); give a writable --state DIR") \
+                from exc
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work; everything in it commits together or not at all."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise StateError(f"state {self.path} has schema version {version}, newer than this bty "
+                                 f"understands ({SCHEMA_VERSION}); upgrade bty-live")
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if row is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            else:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    # -- machines ------------------------------------------------------------------------------
+
+    def record_inventory(self, mac: str, model: str, inventory: dict[str, Any], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO machines (mac, model, inventory, first_seen, last_seen) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (mac) DO UPDATE SET model = excluded.model, inventory = excluded.inventory, "
+                "last_seen = excluded.last_seen",
+                (mac, model, json.dumps(inventory), now, now),
+            )
+
+    def set_status(self, db: sqlite3.Connection, mac: str, status: str, detail: str, now: float) -> None:
+        """Inside a transaction: the machine's status line (creating the machine if needed)."""
+        db.execute(
+            "INSERT INTO machines (mac, first_seen, last_seen, status, detail) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (mac) DO UPDATE SET status = excluded.status, detail = excluded.detail, "
+            "last_seen = excluded.last_seen",
+            (mac, now, now, status, detail),
+        )
+
+    def update_status(self, mac: str, status: str, detail: str = "", now: float | None = None) -> None:
+        with self.transaction() as db:
+            self.set_status(db, mac, status, detail, time.time() if now is None else now)
+
+    def machine(self, mac: str) -> MachineRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT mac, model, inventory, first_seen, last_seen, status, detail "
+                                   "FROM machines WHERE mac = ?", (mac,)).fetchone()
+        return _machine(row) if row else None
+
+    def machines(self) -> list[MachineRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT mac, model, inventory, first_seen, last_seen, status, detail "
+                                    "FROM machines ORDER BY mac").fetchall()
+        return [_machine(row) for row in rows]
+
+    # -- plans ---------------------------------------------------------------------------------
+
+    def assign(self, mac: str, action: Action, *, image: str | None = None, disk: str | None = None,
+               verify: str = "readback", tune: str | None = None, status: str = "assigned",
+               now: float | None = None) -> PlanRecord:
+        """A new plan (with a new run id) for `mac`, replacing any earlier one."""
+        now = time.time() if now is None else now
+        record = PlanRecord(mac=mac, run_id=new_run_id(), action=action, image=image, disk=disk, verify=verify,
+                            tune=tune, state=PlanState.PENDING, detail="", created_at=now, updated_at=now)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO plans (mac, run_id, action, image, disk, verify, tune, state, detail, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mac) DO UPDATE SET "
+                "run_id = excluded.run_id, action = excluded.action, image = excluded.image, disk = excluded.disk, "
+                "verify = excluded.verify, tune = excluded.tune, state = excluded.state, detail = excluded.detail, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at",
+                (mac, record.run_id, action.value, image, disk, verify, tune, record.state.value, "", now, now),
+            )
+            self.set_status(db, mac, status, _plan_line(record), now)
+        return record
+
+    def plan(self, mac: str) -> PlanRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, "
+                                   "created_at, updated_at FROM plans WHERE mac = ?", (mac,)).fetchone()
+        return _plan(row) if row else None
+
+    def set_plan_state(self, db: sqlite3.Connection, mac: str, run_id: str, state: PlanState, detail: str,
+                       now: float) -> bool:
+        """Inside a transaction: move the plan of run `run_id` on; False if that run is not current."""
+        cursor = db.execute("UPDATE plans SET state = ?, detail = ?, updated_at = ? WHERE mac = ? AND run_id = ?",
+                            (state.value, detail, now, mac, run_id))
+        return cursor.rowcount > 0
+
+    # -- events --------------------------------------------------------------------------------
+
+    def add_events(self, db: sqlite3.Connection, mac: str, run_id: str, events: list[dict[str, Any]],
+                   now: float) -> None:
+        db.executemany("INSERT INTO events (mac, run_id, received_at, event) VALUES (?, ?, ?, ?)",
+                       [(mac, run_id, now, json.dumps(e, separators=(",", ":"))) for e in events])
+
+    def events(self, mac: str, run_id: str | None = None, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        query = "SELECT id, run_id, received_at, event FROM events WHERE mac = ? AND id > ?"
+        args: list[Any] = [mac, after]
+        if run_id is not None:
+            query += " AND run_id = ?"
+            args.append(run_id)
+        query += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [StoredEvent(id=r[0], run_id=r[1], received_at=r[2], event=json.loads(r[3])) for r in rows]
+
+    # -- receipts ---------------------------------------------------------------
+
+    def add_receipt(self, db: sqlite3.Connection, mac: str, run_id: str, receipt: dict[str, Any],
+                    now: float) -> int:
+        cursor = db.execute(
+            "INSERT INTO receipts (mac, run_id, received_at, result, image_name, image_blake3, receipt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (mac, run_id, now, str(receipt.get("result", "")), str(receipt.get("image_name", "")),
+             str(receipt.get("image_blake3", "")), json.dumps(receipt)),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def receipts(self, mac: str | None = None, limit: int = 100) -> list[ReceiptRecord]:
+        query = "SELECT id, mac, run_id, received_at, result, image_name, image_blake3, receipt FROM receipts"
+        args: list[Any] = []
+        if mac is not None:
+            query += " WHERE mac = ?"
+            args.append(mac)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [ReceiptRecord(id=r[0], mac=r[1], run_id=r[2], received_at=r[3], result=r[4], image_name=r[5],
+                              image_blake3=r[6], receipt=json.loads(r[7])) for r in rows]
+
+    def last_receipt(self, mac: str) -> ReceiptRecord | None:
+        found = self.receipts(mac, limit=1)
+        return found[0] if found else None
+
+    def dump(self) -> list[str]:
+        """Every row of every table, as SQL: lets tests prove a refused request changed nothing."""
+        with self._lock:
+            return list(self._db.iterdump())
+
+
+def _machine(row: tuple[Any, ...]) -> MachineRecord:
+    return MachineRecord(mac=row[0], model=row[1], inventory=json.loads(row[2]), first_seen=row[3],
+                         last_seen=row[4], status=row[5], detail=row[6])
+
+
+def _plan(row: tuple[Any, ...]) -> PlanRecord:
+    return PlanRecord(mac=row[0], run_id=row[1], action=Action(row[2]), image=row[3], disk=row[4], verify=row[5],
+                      tune=row[6], state=PlanState(row[7]), detail=row[8], created_at=row[9], updated_at=row[10])
+
+
+def _plan_line(plan: PlanRecord) -> str:
+    if plan.action == Action.FLASH:
+        return f"flash {plan.image} onto {plan.disk} (run {plan.run_id})"
+    return f"{plan.action.value} (run {plan.run_id})"

@@ -1,0 +1,160 @@
+"""Network helpers for server-mode tests: a real `bty serve` in a thread, and a TCP proxy that
+cuts connections to inject the failures a real network has.
+
+The proxy sits between a client and the server, one request per connection (which is how
+HttpSource and the agent's API client talk). It records each request's line and Range header,
+and can cut the first image download that passes a byte count, stop accepting after that cut,
+or strip Range headers (a server that ignores them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bty_live.server.config import NetbootFiles, ServerConfig
+from bty_live.server.runner import ServerThread
+
+TOKEN = "test-token-0123456789abcdef"
+MAC = "52:54:00:12:34:56"
+
+
+def make_config(root: Path, images: Path, *, netboot: bool = False, poll: float = 0.05) -> ServerConfig:
+    boot = None
+    if netboot:
+        directory = root / "netboot"
+        directory.mkdir(exist_ok=True)
+        (directory / "vmlinuz").write_bytes(b"kernel")
+        (directory / "initrd").write_bytes(b"initrd")
+        boot = NetbootFiles(directory)
+    return ServerConfig(images_dir=images, state_dir=root / "state", token=TOKEN, netboot=boot, poll=poll)
+
+
+@contextlib.contextmanager
+def running_server(config: ServerConfig) -> Iterator[ServerThread]:
+    server = ServerThread(config).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def copy_image(source: Path, images: Path, name: str | None = None) -> Path:
+    images.mkdir(parents=True, exist_ok=True)
+    target = images / (name or source.name)
+    shutil.copy(source, target)
+    return target
+
+
+@dataclass
+class Seen:
+    request_line: str
+    range: str | None
+    sent: int = 0  # response bytes passed to the client
+
+
+@dataclass
+class CutProxy:
+    """Forwards 127.0.0.1:port to `upstream` (host, port)."""
+
+    upstream: tuple[str, int]
+    #: cut the first GET /images/ response that passes this many bytes (None: never)
+    cut_after: int | None = None
+    #: after the cut, refuse every new connection (the server is gone)
+    die_after_cut: bool = False
+    #: drop Range and If-Range from requests (a server without Range support)
+    strip_range: bool = False
+    #: called just before the cut (e.g. to change the image on the server)
+    on_cut: Callable[[], None] | None = None
+    seen: list[Seen] = field(default_factory=list)
+    cuts: int = 0
+
+    def __post_init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def range_requests(self) -> list[str]:
+        return [s.range for s in self.seen if s.range]
+
+    def close(self) -> None:
+        """Stop listening: new connections are refused (shutdown wakes the blocked accept)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(65536)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        head_bytes, _, rest = head.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        range_header = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                             if line.lower().startswith("range:")), None)
+        if self.strip_range:
+            lines = [line for line in lines if not line.lower().startswith(("range:", "if-range:"))]
+        seen = Seen(lines[0], range_header)
+        with self._lock:
+            self.seen.append(seen)
+        upstream = socket.create_connection(self.upstream)
+        upstream.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + rest)
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        cut_here = self.cut_after is not None and lines[0].startswith("GET /images/")
+        try:
+            while True:
+                data = upstream.recv(1 << 20)
+                if not data:
+                    break
+                if cut_here and self._should_cut(seen, len(data)):
+                    if self.on_cut is not None:
+                        self.on_cut()
+                    if self.die_after_cut:
+                        self.close()
+                    return
+                client.sendall(data)
+                seen.sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _should_cut(self, seen: Seen, incoming: int) -> bool:
+        with self._lock:
+            if self.cuts or self.cut_after is None or seen.sent + incoming <= self.cut_after:
+                return False
+            self.cuts += 1
+            return True
+
+    @staticmethod
+    def _pump(client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                upstream.sendall(data)
+        except OSError:
+            pass

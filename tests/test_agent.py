@@ -1,0 +1,339 @@
+"""`bty agent` against a real `bty serve` on 127.0.0.1, flashing real loop devices: the image
+streams in, the disk verifies, the server lists the receipt; a cut connection resumes; a wrong
+token or a refused disk writes nothing. Plus the event uplink that must never slow a flash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bty_live import cli
+from bty_live.agent.api import ServerApi
+from bty_live.agent.inventory import collect_inventory
+from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, Effects
+from bty_live.agent.uplink import EventUplink
+from bty_live.errors import TargetRefusedError
+from bty_live.events import Event, Kind, Phase
+from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
+from bty_live.ledger import read_ledger
+from bty_live.protocol import Action, AgentPlan
+from bty_live.server.runner import ServerThread
+from bty_live.server.service import Deployments
+from tests.conftest import LoopDevice
+from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, looks_blank
+from tests.netkit import MAC, TOKEN, CutProxy, make_config, running_server
+
+IMAGE_SIZE = 64 * MiB
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gpt_image(tmp_path_factory.mktemp("img") / "disk.img", IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def zst_image(raw_image: Path) -> Path:
+    return compress(raw_image, "zst")
+
+
+def images_with(tmp_path: Path, *files: Path) -> Path:
+    directory = tmp_path / "images"
+    directory.mkdir(exist_ok=True)
+    for file in files:
+        os.link(file, directory / file.name)
+        assert cli.main(["images", "add", str(directory / file.name)]) == 0
+    return directory
+
+
+@pytest.fixture
+def server(tmp_path: Path, zst_image: Path, raw_image: Path) -> Iterator[ServerThread]:
+    images = images_with(tmp_path, zst_image, raw_image)
+    with running_server(make_config(tmp_path, images)) as running:
+        yield running
+
+
+@dataclass
+class Recorder:
+    """Effects that record instead of acting: no reboot, no sleeping, lines kept."""
+
+    reboots: int = 0
+    lines: list[str] = field(default_factory=list)
+    states: list[AgentState] = field(default_factory=list)
+
+    def effects(self) -> Effects:
+        def reboot() -> None:
+            self.reboots += 1
+
+        return Effects(reboot=reboot, say=self.lines.append, sleep=lambda _seconds: None)
+
+    def on_state(self, state: AgentState, _plan: AgentPlan | None) -> None:
+        self.states.append(state)
+
+
+def run_agent(url: str, recorder: Recorder, *, token: str = TOKEN, wait_limit: float | None = 0.0,
+              on_state: Callable[[AgentState, AgentPlan | None], None] | None = None) -> AgentOutcome:
+    config = AgentConfig(mac=MAC, token=token, wait_limit=wait_limit, event_interval=0.05,
+                         download_backoff=Backoff(attempts=4, first=0.0))
+    agent = Agent(ServerApi(url, token), config, recorder.effects(), on_state=on_state or recorder.on_state)
+    return agent.run()
+
+
+def assign(server: ServerThread, tmp_path: Path, image: str, disk: str) -> str:
+    return Deployments(server.store, tmp_path / "images").assign(MAC, Action.FLASH, image=image, disk=disk).run_id
+
+
+def device_digest(loop: LoopDevice, size: int) -> str:
+    with open(loop.path, "rb") as dev:
+        return hashlib.sha256(dev.read(size)).hexdigest()
+
+
+# -- flashing ------------------------------------------------------------------------------------
+
+
+def test_agent_flashes_a_loop_device_from_the_server_and_the_server_lists_the_receipt(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)  # same size: no GPT fix-up changes the image's bytes
+    run = assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
+    recorder = Recorder()
+
+    outcome = run_agent(server.url, recorder)
+
+    assert outcome.state == AgentState.REBOOT and recorder.reboots == 1
+    assert recorder.states[:4] == [AgentState.INVENTORY, AgentState.ASK, AgentState.FLASH, AgentState.REPORT]
+    assert device_equals_file(loop.path, raw_image)
+    stored = server.store.last_receipt(MAC)
+    assert stored is not None and stored.run_id == run and stored.result == "ok"
+    assert stored.receipt["stream_check"] == "match" and stored.receipt["readback_check"] == "match"
+    assert stored.receipt["target_path"] == loop.path and stored.receipt["download"]["resumes"] == 0
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.status == "done"
+    assert any(d["path"] == loop.path and d["eligible"] for d in machine.inventory["disks"])
+    kinds = [(e.event["phase"], e.event["kind"]) for e in server.store.events(MAC, run)]
+    for expected in [("write", "start"), ("write", "end"), ("verify", "end"), ("done", "end")]:
+        assert expected in kinds
+    assert kinds.index(("write", "start")) < kinds.index(("write", "end")) < kinds.index(("done", "end"))
+    [record] = read_ledger(tmp_path / "images" / "ledger.jsonl").records
+    assert record.result == "passed" and record.known_good and record.disk_path == loop.path
+    assert record.image_blake3 == stored.image_blake3 and MAC in record.macs
+
+
+def test_a_connection_cut_mid_transfer_resumes_and_the_disk_still_verifies(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    proxy = CutProxy(server.socket.getsockname()[:2], cut_after=24 * MiB)
+    loop = make_loop(IMAGE_SIZE)
+    run = assign(server, tmp_path, "disk.img", f"path={loop.path}")  # raw: 64 MiB on the wire
+
+    outcome = run_agent(proxy.url, Recorder())
+
+    assert outcome.state == AgentState.REBOOT and proxy.cuts == 1
+    assert device_equals_file(loop.path, raw_image)
+    [resume] = proxy.range_requests()
+    assert 0 < int(resume.removeprefix("bytes=").rstrip("-")) <= 24 * MiB
+    stored = server.store.last_receipt(MAC)
+    assert stored is not None and stored.receipt["download"]["resumes"] == 1
+    assert stored.receipt["readback_check"] == "match"
+    messages = [e.event["message"] for e in server.store.events(MAC, run)]
+    assert any("resumed there with a Range request" in m for m in messages)
+
+
+def test_the_cli_agent_takes_server_token_and_mac_from_the_kernel_command_line(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)
+    assign(server, tmp_path, "disk.img.zst", f"name={loop.name}")
+    cmdline = f"quiet bty.server={server.url} bty.token={TOKEN} BOOTIF=01-{MAC.replace(':', '-')}"
+
+    proc = subprocess.run([sys.executable, "-m", "bty_live.commands.agent", "--cmdline", cmdline, "--no-reboot"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "not rebooting (--no-reboot)" in proc.stderr
+    assert device_equals_file(loop.path, raw_image)
+    stored = server.store.last_receipt(MAC)
+    assert stored is not None and stored.result == "ok"
+
+
+# -- refusals: nothing written -------------------------------------------------------------------
+
+
+def test_a_wrong_token_is_refused_and_nothing_is_written(server: ServerThread, tmp_path: Path,
+                                                         make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE, fill=b"\xa5")
+    before = device_digest(loop, IMAGE_SIZE)
+    assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
+    state = server.store.dump()
+
+    with pytest.raises(TokenRefusedError, match=r"refused the token \(403\); check bty.token="):
+        run_agent(server.url, Recorder(), token="wrong-token-0123456789")
+    proc = subprocess.run([sys.executable, "-m", "bty_live.commands.agent", "--server", server.url,
+                           "--token", "wrong-token-0123456789", "--mac", MAC, "--no-reboot"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    assert proc.returncode == 14 and "refused the token" in proc.stderr
+    assert device_digest(loop, IMAGE_SIZE) == before
+    assert server.store.dump() == state
+
+
+def test_a_refused_disk_is_reported_nothing_is_written_and_the_agent_waits(
+        server: ServerThread, tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE // 2, fill=b"\x5a")  # too small for the image
+    before = device_digest(loop, IMAGE_SIZE // 2)
+    run = assign(server, tmp_path, "disk.img.zst", loop.path)  # a device, not a selector: refused, not unmatched
+    recorder = Recorder()
+
+    outcome = run_agent(server.url, recorder, wait_limit=0.0)
+
+    assert outcome.state == AgentState.WAIT and isinstance(outcome.failure, TargetRefusedError)
+    assert cli.exit_code_for(outcome.failure) == 7 and recorder.reboots == 0
+    assert device_digest(loop, IMAGE_SIZE // 2) == before
+    plan = server.store.plan(MAC)
+    assert plan is not None and plan.state == "failed" and "too small" in plan.detail
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.status == "failed"
+    errors = [e.event for e in server.store.events(MAC, run) if e.event["kind"] == "error"]
+    assert len(errors) == 1 and errors[0]["error"] == "refused"
+    assert server.store.last_receipt(MAC) is None
+
+
+def test_a_digest_mismatch_wipes_the_disk_and_the_server_ledger_records_the_failed_run(
+        server: ServerThread, tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    manifest = tmp_path / "images" / "disk.img.zst.toml"
+    text = manifest.read_text()
+    good = text.split('blake3 = "')[1][:64]
+    manifest.write_text(text.replace(good, "0" * 64))  # the server now promises another digest
+    loop = make_loop(IMAGE_SIZE, fill=b"\x5a")
+    run = assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
+
+    outcome = run_agent(server.url, Recorder(), wait_limit=0.0)
+
+    assert outcome.failure is not None and cli.exit_code_for(outcome.failure) == 5
+    assert looks_blank(loop.path, IMAGE_SIZE)  # written, found wrong, wiped by the engine
+    plan = server.store.plan(MAC)
+    assert plan is not None and plan.run_id == run and plan.state == "failed"
+    assert "does not match its manifest" in plan.detail
+    [record] = read_ledger(tmp_path / "images" / "ledger.jsonl").records
+    assert record.result == "failed" and record.error_kind == "digest" and not record.known_good
+    assert server.store.last_receipt(MAC) is None
+
+
+# -- the conversation ----------------------------------------------------------------------------
+
+
+def test_the_agent_waits_for_a_plan_and_flashes_once_one_is_assigned(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)
+    recorder = Recorder()
+
+    def assign_on_first_wait(state: AgentState, plan: AgentPlan | None) -> None:
+        recorder.states.append(state)
+        if state == AgentState.WAIT and recorder.states.count(AgentState.WAIT) == 1:
+            assert plan is not None and "no plan" in plan.message
+            assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
+
+    outcome = run_agent(server.url, recorder, wait_limit=None, on_state=assign_on_first_wait)
+
+    assert outcome.state == AgentState.REBOOT
+    assert recorder.states[:5] == [AgentState.INVENTORY, AgentState.ASK, AgentState.WAIT, AgentState.ASK,
+                                   AgentState.FLASH]
+    assert device_equals_file(loop.path, raw_image)
+
+
+def test_a_finished_machine_boots_its_local_disk_without_flashing_again(
+        server: ServerThread, tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)
+    run = assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
+    Deployments(server.store, None).receipt(MAC, run, {"result": "ok", "image_name": "disk", "image_blake3": "x"})
+    recorder = Recorder()
+
+    outcome = run_agent(server.url, recorder)
+
+    assert outcome.state == AgentState.REBOOT and recorder.reboots == 1 and outcome.receipt is None
+    assert AgentState.FLASH not in recorder.states
+    assert device_digest(loop, MiB) == hashlib.sha256(bytes(MiB)).hexdigest()
+
+
+def test_inventory_lists_disks_with_ids_and_eligibility(make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)
+    inventory = collect_inventory(MAC)
+    [disk] = [d for d in inventory["disks"] if d["path"] == loop.path]
+    assert disk["size"] == IMAGE_SIZE and disk["transport"] == "loop" and disk["eligible"] is True
+    assert inventory["mac"] == MAC and "model" in inventory["machine"]
+    root = [d for d in inventory["disks"] if not d["eligible"]]
+    assert all(d["reasons"] for d in root)
+
+
+# -- the event uplink (no root needed) -----------------------------------------------------------
+
+
+class SlowServer:
+    """A post() that blocks until released, recording every batch it was given."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self.batches.append(events)
+
+
+def test_uplink_never_blocks_the_flash_and_merges_progress_while_the_server_is_slow() -> None:
+    server = SlowServer()
+    uplink = EventUplink(server, interval=0.0)
+    uplink(Event(Phase.WRITE, Kind.START, total=100))
+    assert server.entered.wait(30)  # the sender is now stuck in a post
+
+    for i in range(10_000):  # would block (or grow without bound) if the sink waited for the server
+        uplink(Event(Phase.WRITE, Kind.PROGRESS, bytes_out=i, total=10_000))
+    uplink(Event(Phase.WRITE, Kind.END, bytes_out=10_000, total=10_000))
+    uplink(Event(Phase.VERIFY, Kind.PROGRESS, bytes_out=5))
+    uplink(Event(Phase.FAILED, Kind.ERROR, message="boom"))
+    server.release.set()
+    stats = uplink.close()
+
+    sent = [Event.from_dict(e) for batch in server.batches for e in batch]
+    assert [(e.phase, e.kind) for e in sent] == [
+        (Phase.WRITE, Kind.START), (Phase.WRITE, Kind.PROGRESS), (Phase.WRITE, Kind.END),
+        (Phase.VERIFY, Kind.PROGRESS), (Phase.FAILED, Kind.ERROR)]
+    assert sent[1].bytes_out == 9_999  # the newest progress survived the merge
+    assert stats.merged == 9_999 and stats.sent == 5 and stats.lost == 0
+
+
+def test_uplink_retries_an_unreachable_server_and_keeps_start_end_and_error() -> None:
+    failures = iter([True, True, False, False, False])
+    batches: list[list[dict[str, Any]]] = []
+
+    def flaky(events: list[dict[str, Any]]) -> None:
+        if next(failures, False):
+            raise ServerUnavailableError("server http://x cannot be reached (connection refused)")
+        batches.append(events)
+
+    uplink = EventUplink(flaky, interval=0.0, backoff=Backoff(attempts=100, first=0.0))
+    uplink(Event(Phase.WRITE, Kind.START))
+    uplink(Event(Phase.WRITE, Kind.END))
+    uplink(Event(Phase.FAILED, Kind.ERROR, message="boom"))
+    stats = uplink.close()
+
+    kinds = [e["kind"] for batch in batches for e in batch]
+    assert kinds == ["start", "end", "error"] and stats.retries == 2 and stats.lost == 0
+
+
+def test_uplink_close_gives_up_when_the_server_stays_away() -> None:
+    def away(_events: list[dict[str, Any]]) -> None:
+        raise ServerUnavailableError("server http://x cannot be reached (connection refused)")
+
+    uplink = EventUplink(away, interval=0.0, backoff=Backoff(attempts=100, first=0.0))
+    uplink(Event(Phase.DONE, Kind.END))
+    stats = uplink.close(timeout=0.0)
+    assert stats.lost == 1 and stats.sent == 0 and "connection refused" in stats.last_error
