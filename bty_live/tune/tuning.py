@@ -138,7 +138,7 @@ def _run_task(request: TuneRequest, task: TuneTask, layout: DiskLayout, choice: 
         reason = failure_reason(outcome.log, step_dir(output, failed.number, failed.name))
         reason = reason.removeprefix(f"{failed.uses}: ")
         raise TuneError(f"tuning step {failed.name!r} ({failed.uses}) failed: {reason}; report: {output}; "
-                        "the image itself was written and verified: fix the task, or flash with --tune off",
+                        "fix the task and flash again, or flash with --tune off",
                         step=failed.name, uses=failed.uses, report=report)
     if outcome.returncode != 0 or not outcome.state_found:
         reason = failure_reason(outcome.log, None)
