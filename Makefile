@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BTY := $(VENV)/bin/bty
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test bench bench-server lint demo clean
+.PHONY: setup test bench bench-server lint demo demo-loop clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,48 @@ bench: setup
 bench-server: setup
 	$(PY) tools/bench_server.py
 
-demo: setup
+# The main job: build the demo OS and the live stick, flash the demo onto a virtual NVMe disk
+# unattended in QEMU, then boot that disk alone (see live-demo below).
+demo: live-demo
+
+# The flasher alone: a small disk image flashed onto a loop device with `bty flash`.
+demo-loop: setup
 	$(PY) tools/demo.py
 
 clean:
 	rm -rf build bench-out demo-out .pytest_cache .mypy_cache .ruff_cache
+
+# ---- the live stick, the demo OS, the QEMU rig (mkosi; root; see images/README.md, qemu/README.md)
+.PHONY: image demo-image e2e qemu-stick qemu-unattended live-demo
+
+DEMO_OS_INPUTS := $(shell find images/demo-os -type f 2>/dev/null)
+
+# The demo OS (mkosi) -> images/demo.img.zst + manifest; rebuilt when its config changes.
+demo-image: setup images/demo.img.zst
+
+images/demo.img.zst: $(DEMO_OS_INPUTS) scripts/build-demo-image.sh
+	scripts/build-demo-image.sh
+
+# The stick -> build/bty-live.img, bundling images/*. CMDLINE="bty.image=... bty.disk=..." adds
+# kernel command-line keys to the boot entries (an unattended stick).
+image: setup
+	CMDLINE="$(CMDLINE)" scripts/build-image.sh
+
+# End-to-end tests in QEMU (build the demo OS and a test stick first when missing).
+e2e: setup
+	BTY_E2E_REQUIRE=1 $(PY) -m pytest -p no:cacheprovider -m e2e tests/e2e -v
+
+# By hand: boot the stick with two blank NVMe targets, serial console here (Ctrl-a x quits).
+qemu-stick:
+	qemu/boot-stick.sh $(QEMU_ARGS)
+
+# The unattended chain: flash the demo onto TARGET1, power off, boot TARGET1 alone.
+qemu-unattended:
+	qemu/boot-stick.sh --cmdline 'bty.image=demo bty.disk=serial=TARGET1 bty.after=poweroff' \
+		--serial-log build/qemu/unattended.log --fail-on 'bty unattended: FAILED' --timeout 900
+	qemu/boot-disk.sh build/qemu/target1.img --serial TARGET1 --serial-log build/qemu/target1.log \
+		--expect 'bty-demo: booted' --timeout 600
+
+# The README's main job: the demo OS, a stick bundling it, the unattended flash in QEMU, and the
+# flashed target booting alone.
+live-demo: demo-image image qemu-unattended

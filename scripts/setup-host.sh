@@ -37,15 +37,12 @@ case "$debian_major" in
 12)
     # mkosi 24 and systemd 254 (with ukify and systemd-boot) only exist in bookworm-backports.
     # libudev-dev must then come from backports as well, or libparted-dev cannot be installed.
+    # From the same mirror the host already uses for bookworm (the project names none).
     src=/etc/apt/sources.list.d/bookworm-backports.sources
     if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        $SUDO tee "$src" >/dev/null <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+        mirror=$(python3 "$(dirname "$0")/apt-sources.py" mirror bookworm)
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+            "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg | $SUDO tee "$src" >/dev/null
     fi
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${common[@]}" "${live[@]}"

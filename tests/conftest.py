@@ -34,6 +34,15 @@ def _losetup(*args: str) -> str:
     return subprocess.run(["losetup", *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes receipts, ledgers or reports into the checkout's images/ or the home dir:
+    the default images directory and receipts directory point into a temporary directory."""
+    base = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("BTY_IMAGES", str(base / "images"))
+    monkeypatch.setenv("BTY_RECEIPTS", str(base / "receipts"))
+
+
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices")
 
 

@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Finish and adjust bty-live stick images, outside mkosi's sandbox (stdlib only, run as root).
+
+  stick.py assemble BASE OUT --images DIR [--cmdline KEYS] [--free MIB] [--bty BTY]
+      Copy mkosi's BASE image (ESP + root) to OUT, append the exFAT BTY_IMAGES partition holding
+      every image of DIR (writing missing manifests with `bty images add`), and write the boot
+      menu: a "bty-live" entry (screen) and a "bty-live (serial console)" entry, both with the
+      UKI's own command line plus KEYS.
+  stick.py cmdline IMAGE [--append KEYS] [--no-build-keys] [--default screen|serial] [--show]
+      Rewrite the boot menu of a stick image (e.g. a test copy): both entries get the UKI's
+      command line, the keys given at build time (unless --no-build-keys), then KEYS.
+
+Why outside mkosi: systemd-repart 254 cannot format exFAT and mkosi's sandbox sees no loop
+devices, while filling an exFAT file system here needs exfat-fuse on a loop device (the host
+kernel has no exfat driver). The boot menu lives in the ESP, which mtools edits without mounting.
+
+Boot menu: the UKI moves from EFI/Linux/ (where systemd-boot would list it on its own) to
+EFI/bty/bty-live.efi, and two type #1 entries start it with `efi` + `options`. Without Secure
+Boot, systemd-stub uses the options it is given instead of its built-in command line, so keys
+can be changed here, or at the boot menu ("e"), without rebuilding the UKI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LABEL = "BTY_IMAGES"
+BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"  # Windows and macOS mount these
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+MIB = 1 << 20
+UKI_PATH = "EFI/bty/bty-live.efi"
+ENTRIES = {
+    "screen": ("bty-live", "console=tty0"),
+    "serial": ("bty-live (serial console ttyS0)", "console=tty0 console=ttyS0,115200"),
+}
+IMAGE_SUFFIXES = (".img", ".raw", ".iso", ".zst", ".xz", ".gz")
+SKIP_NAMES = {"README.md", ".gitignore", ".gitkeep", "ledger.jsonl"}  # + bty's run state below
+SKIP_SUFFIXES = (".partial", ".tmp", ".log")
+
+
+def log(msg: str) -> None:
+    print(f"stick: {msg}", file=sys.stderr, flush=True)
+
+
+def run(*argv: str, capture: bool = False, input: str | None = None) -> str:
+    proc = subprocess.run(argv, text=True, input=input, capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stick: {shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout if capture else ""
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def partitions(image: Path) -> list[dict[str, Any]]:
+    table = json.loads(run("sfdisk", "--json", str(image), capture=True))["partitiontable"]
+    return sorted(table.get("partitions", []), key=lambda p: int(p["start"]))
+
+
+def esp_offset(image: Path) -> int:
+    for part in partitions(image):
+        if str(part["type"]).upper() == ESP_TYPE:
+            return int(part["start"]) * 512
+    raise SystemExit(f"stick: {image} has no EFI system partition")
+
+
+# --------------------------------------------------------------------------- ESP via mtools
+
+
+class Esp:
+    def __init__(self, image: Path) -> None:
+        self.spec = f"{image}@@{esp_offset(image)}"
+        self.env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+    def _m(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([tool, "-i", self.spec, *args], text=True, capture_output=True, env=self.env)
+        if check and proc.returncode != 0:
+            raise SystemExit(f"stick: {tool} {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def exists(self, path: str) -> bool:
+        return self._m("mdir", "-b", f"::/{path}", check=False).returncode == 0
+
+    def listdir(self, path: str) -> list[str]:
+        proc = self._m("mdir", "-b", f"::/{path}", check=False)
+        if proc.returncode != 0:
+            return []
+        return [line.rstrip("/").rsplit("/", 1)[-1] for line in proc.stdout.split() if line]
+
+    def read(self, path: str) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "f"
+            self._m("mcopy", "-n", f"::/{path}", str(out))
+            return out.read_bytes()
+
+    def write(self, path: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "f"
+            src.write_bytes(data)
+            self.mkdirs(str(Path(path).parent))
+            self._m("mcopy", "-o", "-n", str(src), f"::/{path}")
+
+    def mkdirs(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p and p != "."]
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if not self.exists(sub):
+                self._m("mmd", f"::/{sub}")
+
+    def move(self, src: str, dst: str) -> None:
+        self.mkdirs(str(Path(dst).parent))
+        self._m("mmove", f"::/{src}", f"::/{dst}")
+
+    def delete(self, path: str) -> None:
+        self._m("mdel", f"::/{path}", check=False)
+
+
+def pe_section(data: bytes, name: str) -> bytes | None:
+    """The contents of a PE section (e.g. a UKI's .cmdline), or None."""
+    if data[:2] != b"MZ":
+        return None
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    if data[pe:pe + 4] != b"PE\0\0":
+        return None
+    count = struct.unpack_from("<H", data, pe + 6)[0]
+    opt_size = struct.unpack_from("<H", data, pe + 20)[0]
+    table = pe + 24 + opt_size
+    for i in range(count):
+        entry = table + 40 * i
+        sname = data[entry:entry + 8].rstrip(b"\0").decode(errors="replace")
+        vsize, _vaddr, rsize, raw = struct.unpack_from("<IIII", data, entry + 8)
+        if sname == name:
+            return data[raw:raw + min(vsize, rsize)]
+    return None
+
+
+def uki_cmdline(esp: Esp) -> str:
+    saved = esp.read("EFI/bty/cmdline.txt").decode() if esp.exists("EFI/bty/cmdline.txt") else None
+    if saved is not None:
+        return saved.strip()
+    section = pe_section(esp.read(UKI_PATH), ".cmdline")
+    if section is None:
+        raise SystemExit(f"stick: cannot read the command line of {UKI_PATH}")
+    return section.rstrip(b"\0").decode().strip()
+
+
+def install_menu(esp: Esp) -> None:
+    """Move the UKI out of systemd-boot's auto-discovery and remember its command line."""
+    if esp.exists(UKI_PATH):
+        return
+    ukis = [n for n in esp.listdir("EFI/Linux") if n.lower().endswith(".efi")]
+    if len(ukis) != 1:
+        raise SystemExit(f"stick: expected one UKI in EFI/Linux of the ESP, found {ukis}")
+    esp.move(f"EFI/Linux/{ukis[0]}", UKI_PATH)
+    cmdline = pe_section(esp.read(UKI_PATH), ".cmdline")
+    if cmdline is None:
+        raise SystemExit("stick: the UKI has no .cmdline section")
+    esp.write("EFI/bty/cmdline.txt", cmdline.rstrip(b"\0").strip() + b"\n")
+    log(f"boot menu: {ukis[0]} -> {UKI_PATH}")
+
+
+def build_keys(esp: Esp) -> str:
+    """The keys `make image CMDLINE=...` added (kept in the ESP next to the UKI)."""
+    return esp.read("EFI/bty/keys.txt").decode().strip() if esp.exists("EFI/bty/keys.txt") else ""
+
+
+def write_menu(esp: Esp, keys: str, default: str, timeout: int = 0) -> list[str]:
+    base = uki_cmdline(esp)
+    lines = []
+    for name, (title, consoles) in ENTRIES.items():
+        options = " ".join(x for x in (base, consoles, keys.strip()) if x)
+        entry = f"title {title}\nefi /{UKI_PATH}\noptions {options}\n"
+        esp.write(f"loader/entries/bty-live-{name}.conf", entry.encode())
+        lines.append(f"{name}: {options}")
+    loader = (
+        f"# bty-live boot menu. timeout 0: hidden; hold Space while the stick starts to show it,\n"
+        f"# then press e on an entry to edit its kernel command line.\n"
+        f"timeout {timeout}\ndefault bty-live-{default}.conf\neditor yes\nauto-entries no\n"
+        f"auto-firmware yes\nconsole-mode keep\n"
+    )
+    esp.write("loader/loader.conf", loader.encode())
+    return lines
+
+
+# --------------------------------------------------------------------------- exFAT partition
+
+
+def image_files(images: Path) -> list[Path]:
+    """The files to bundle: images and their sidecars (manifest, bmap, tuning task). Not
+    sub-directories (demo-os/ is the demo's source; receipts/, logs/ are a host's run state)."""
+    return sorted(p for p in images.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name not in SKIP_NAMES
+                  and not p.name.endswith(SKIP_SUFFIXES))
+
+
+def ensure_manifests(images: Path, bty: str) -> None:
+    for path in image_files(images):
+        if not path.name.lower().endswith(IMAGE_SUFFIXES) or path.name.endswith(".toml"):
+            continue
+        if (path.parent / (path.name + ".toml")).exists():
+            continue
+        log(f"writing the missing manifest of {path.name} (bty images add)")
+        run(bty, "images", "add", str(path))
+
+
+@contextlib.contextmanager
+def loop_device(path: Path) -> Iterator[str]:
+    dev = run("losetup", "--find", "--show", str(path), capture=True).strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@contextlib.contextmanager
+def fuse_mount(dev: str, mountpoint: Path) -> Iterator[Path]:
+    run("mount.exfat-fuse", dev, str(mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        for _ in range(10):
+            if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def build_exfat(fs_file: Path, size: int, files: list[Path], readme: Path | None) -> None:
+    with open(fs_file, "wb") as f:
+        f.truncate(size)
+    run("mkfs.exfat", "-L", LABEL, str(fs_file))
+    with tempfile.TemporaryDirectory(prefix="bty-exfat-") as tmp, loop_device(fs_file) as dev, \
+            fuse_mount(dev, Path(tmp)) as mnt:
+        for path in files:
+            shutil.copyfile(path, mnt / path.name)
+            log(f"  {path.name} ({path.stat().st_size / MIB:.1f} MiB)")
+        if readme is not None:
+            shutil.copyfile(readme, mnt / "README.md")
+        for sub in ("receipts", "logs"):
+            (mnt / sub).mkdir(exist_ok=True)
+        os.sync()
+    proc = subprocess.run(["fsck.exfat", "-n", str(fs_file)], text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stick: fsck.exfat found problems in the new file system: {proc.stdout}{proc.stderr}")
+
+
+def append_images_partition(out: Path, images: Path, free_mib: int) -> int:
+    files = [p for p in image_files(images)]
+    payload = sum(p.stat().st_size for p in files)
+    # room for the files (cluster slack, metadata) plus free space for receipts, logs and markers
+    size = (payload + payload // 50 + len(files) * MIB + free_mib * MIB + MIB - 1) // MIB * MIB
+    parts = partitions(out)
+    end = max(p["start"] + p["size"] for p in parts) * 512
+    start = (end + MIB - 1) // MIB * MIB
+    total = start + size + MIB  # + the backup GPT
+    with open(out, "r+b") as f:
+        f.truncate(total)
+    run("sfdisk", "--quiet", "--relocate", "gpt-bak-std", str(out))
+    run("sfdisk", "--quiet", "--append", "--no-reread", str(out),
+        input=f"start={start // 512}, size={size // 512}, type={BASIC_DATA}, name=\"{LABEL}\"\n")
+    log(f"{LABEL}: {len(files)} files, {payload / MIB:.1f} MiB, partition {size / MIB:.0f} MiB (exFAT)")
+    readme = images / "README.md"
+    with tempfile.TemporaryDirectory(prefix="bty-stick-", dir=out.parent) as tmp:
+        fs_file = Path(tmp) / "images.exfat"
+        build_exfat(fs_file, size, files, readme if readme.is_file() else None)
+        run("dd", f"if={fs_file}", f"of={out}", "bs=4M", f"seek={start}", "oflag=seek_bytes",
+            "conv=notrunc,sparse", "status=none")
+    return size
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_assemble(args: argparse.Namespace) -> int:
+    base, out, images = Path(args.base), Path(args.out), Path(args.images)
+    if os.geteuid() != 0:
+        raise SystemExit("stick: assemble needs root (loop device + FUSE mount for the exFAT partition)")
+    if any(p["name"] == LABEL for p in partitions(base)):
+        raise SystemExit(f"stick: {base} already has a {LABEL} partition")
+    tmp = out.with_name(out.name + ".tmp")
+    log(f"copying {base} -> {out}")
+    run("cp", "--sparse=always", str(base), str(tmp))
+    try:
+        esp = Esp(tmp)
+        install_menu(esp)
+        esp.write("EFI/bty/keys.txt", args.cmdline.strip().encode() + b"\n")
+        for line in write_menu(esp, args.cmdline, args.default):
+            log(f"boot entry {line}")
+        ensure_manifests(images, args.bty)
+        append_images_partition(tmp, images, args.free)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log(f"{out}: {out.stat().st_size / MIB:.0f} MiB")
+    return 0
+
+
+def cmd_cmdline(args: argparse.Namespace) -> int:
+    esp = Esp(Path(args.image))
+    if args.show:
+        print(esp.read("loader/loader.conf").decode(), end="")
+        for name in ENTRIES:
+            print(esp.read(f"loader/entries/bty-live-{name}.conf").decode(), end="")
+        return 0
+    install_menu(esp)
+    keys = " ".join(k for k in ("" if args.no_build_keys else build_keys(esp), args.append.strip()) if k)
+    for line in write_menu(esp, keys, args.default, args.timeout):
+        log(f"boot entry {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("assemble", help="add the images partition and the boot menu to mkosi's image")
+    p.add_argument("base")
+    p.add_argument("out")
+    p.add_argument("--images", default="images")
+    p.add_argument("--cmdline", default="", help="kernel command-line keys for both boot entries")
+    p.add_argument("--default", choices=sorted(ENTRIES), default="screen")
+    p.add_argument("--free", type=int, default=64, metavar="MIB", help="free space on BTY_IMAGES (default 64)")
+    p.add_argument("--bty", default=".venv/bin/bty")
+    p.set_defaults(func=cmd_assemble)
+    p = sub.add_parser("cmdline", help="rewrite the boot menu of a stick image")
+    p.add_argument("image")
+    p.add_argument("--append", default="", help="kernel command-line keys for both boot entries")
+    p.add_argument("--no-build-keys", action="store_true",
+                   help="leave out the keys given when the stick was built (make image CMDLINE=...)")
+    p.add_argument("--default", choices=sorted(ENTRIES), default="screen")
+    p.add_argument("--timeout", type=int, default=0,
+                   help="boot menu timeout in seconds (default 0: hidden, Space shows it)")
+    p.add_argument("--show", action="store_true", help="print the menu and change nothing")
+    p.set_defaults(func=cmd_cmdline)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

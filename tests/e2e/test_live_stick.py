@@ -1,0 +1,217 @@
+"""The live stick end to end, in QEMU: UEFI (OVMF), the stick on USB (qemu-xhci + usb-storage),
+blank NVMe targets with serial numbers TARGET1, TARGET2, and the demo image on the stick."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.e2e.rig import (
+    ROOT,
+    SHELL_PROMPT,
+    StickRun,
+    boot_disk,
+    gpt_partitions,
+    has_gpt,
+    plain,
+    untouched,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+DEMO_BOOTED = "bty-demo: booted"
+UNATTENDED = "bty.image=demo bty.disk=serial=TARGET1"
+
+
+def demo_sha256() -> str:
+    manifest = tomllib.loads((ROOT / "images" / "demo.img.zst.toml").read_text())
+    return str(manifest["sha256"])
+
+
+def test_unattended_flash_powers_off_and_the_target_boots_alone(stick: Path, workdir: Path) -> None:
+    run = StickRun(stick, workdir, cmdline=f"{UNATTENDED} bty.after=poweroff", fail_on="bty unattended: FAILED")
+    code, console, seconds = run.run_to_end(workdir / "stick-console.log")
+    assert code == 0, f"QEMU did not end by a guest power-off (exit {code}); see {workdir}"
+    assert "bty unattended: FAILED" not in console
+    assert "bty unattended: done; poweroff" in console
+    assert "reboot: Power down" in console
+    assert "/dev/nvme0n1" in console and "serial TARGET1" in console
+    assert re.search(r"receipt: /run/bty/images/receipts/\S+\.json", console)
+    assert untouched(run.target(2)), "TARGET2 was written to"
+
+    booted, boot_seconds = boot_disk(run.target(1), workdir / "target1-console.log", DEMO_BOOTED)
+    assert booted, f"TARGET1 did not print '{DEMO_BOOTED}' when booted alone; see {workdir}"
+    print(f"\nunattended flash + power-off: {seconds:.0f} s; TARGET1 booted alone: {boot_seconds:.0f} s")
+
+
+def test_failing_target_gives_a_clear_error_is_wiped_and_nothing_reboots(stick: Path, workdir: Path) -> None:
+    # bty.after=reboot: had the failure led to a reboot, QEMU (-no-reboot) would have exited.
+    run = StickRun(stick, workdir, cmdline=f"{UNATTENDED} bty.after=reboot", fail_writes="1")
+    console = run.spawn(workdir / "stick-console.log")
+    try:
+        console.expect("bty unattended: FAILED:")
+        console.expect_re(r"[^\n]*\n")
+        line = "bty unattended: FAILED:" + plain(console.child.before + console.child.after)
+        assert "I/O error" in line and "/dev/nvme0n1" in line, line
+        assert "wiped" in line, line
+        console.expect("machine will not reboot")
+        # The TUI takes over on the serial console, and the machine stays up.
+        console.expect("bty-live: session on ttyS0")
+        console.expect("Images", timeout=180)
+        time.sleep(20)
+        assert console.child.isalive(), "QEMU exited: the guest rebooted or powered off after the failure"
+    finally:
+        console.close()
+    primary, backup = has_gpt(run.target(1))
+    assert not primary and not backup, "the failed target still has a GPT (it could look bootable)"
+    with open(run.target(1), "rb") as f:
+        assert not any(f.read(1 << 20)), "the first MiB of the failed target is not zeroed"
+    assert untouched(run.target(2))
+    # The firmware finds nothing to boot on it (and falls back to its shell).
+    log = workdir / "target1-console.log"
+    refused, _ = boot_disk(run.target(1), log, "BdsDxe: failed to load", timeout=180)
+    assert refused and DEMO_BOOTED not in log.read_text(errors="replace"), f"see {log}"
+
+
+def test_the_stick_is_never_a_target_and_ambiguous_selectors_refuse(stick: Path, workdir: Path) -> None:
+    # TARGET1 holds a copy of the stick (same partition UUIDs): the live system must still run
+    # from the USB stick it booted from, and offer the copy, not the stick, as a target.
+    subprocess.run(["cp", "--sparse=always", str(stick), str(workdir / "target1.img")], check=True)
+    subprocess.run(["truncate", "-s", "4G", str(workdir / "target2.img")], check=True)
+    run = StickRun(stick, workdir, cmdline="bty-live.session=shell", keep_targets=True)
+    console = run.spawn(workdir / "stick-console.log")
+    try:
+        console.expect("bty-live: ready")
+        console.expect(SHELL_PROMPT)
+        disks = console.shell("bty disks")
+        sda = next(line for line in disks.splitlines() if line.startswith("sda"))
+        assert "BTYSTICK" in sda and "boot medium" in sda, disks
+        nvme0 = next(line for line in disks.splitlines() if line.startswith("nvme0n1"))
+        assert "TARGET1" in nvme0 and "yes" in nvme0, disks
+
+        out = console.shell("bty unattended --no-consoles --cmdline 'bty.image=demo bty.disk=serial=BTYSTICK'; "
+                            "echo rc=$?")
+        assert "rc=6" in out and "matches no eligible disk" in out and "boot medium" in out, out
+
+        out = console.shell("bty unattended --no-consoles --cmdline 'bty.image=demo bty.disk=tran=nvme'; echo rc=$?")
+        assert "rc=6" in out and "matches 2 eligible disks" in out, out
+        assert "TARGET1" in out and "TARGET2" in out, out
+
+        out = console.shell("bty flash demo /dev/sda --yes; echo rc=$?")
+        assert "rc=7" in out and "boot medium" in out, out
+
+        out = console.shell("findmnt -no SOURCE,FSTYPE,OPTIONS / ; findmnt -no SOURCE,FSTYPE,OPTIONS /run/bty/images")
+        assert re.search(r"/dev/sda2\s+squashfs\s+ro", out), out
+        assert re.search(r"/dev/sda3\s+exfat\s+rw", out), out
+        console.send("poweroff\n")
+        console.wait_exit()
+    finally:
+        console.close()
+    assert untouched(run.target(2))
+
+
+def test_interactive_flash_through_the_tui_on_the_serial_console(stick: Path, workdir: Path) -> None:
+    run = StickRun(stick, workdir)
+    console = run.spawn(workdir / "stick-console.log")
+    try:
+        console.expect("bty-live: session on ttyS0")
+        console.expect("demo", timeout=180)  # the Images screen lists the demo image
+        time.sleep(3)
+        console.send("\r")  # choose it
+        console.expect("TARGET1", timeout=120)  # the Disks screen
+        time.sleep(3)
+        console.send("\r")  # the first eligible disk: nvme0n1 (TARGET1)
+        console.expect("Confirm", timeout=120)
+        time.sleep(3)
+        console.send("nvme0n1")
+        time.sleep(1)
+        console.send("\r")
+        console.expect("Flashed and verified", timeout=600)
+        time.sleep(2)
+        console.send("p")  # power off
+        console.wait_exit(timeout=180)
+    finally:
+        console.close()
+    assert untouched(run.target(2))
+    booted, _ = boot_disk(run.target(1), workdir / "target1-console.log", DEMO_BOOTED)
+    assert booted, f"TARGET1 flashed through the TUI did not boot; see {workdir}"
+
+
+def images_partition(image: Path) -> dict[str, object]:
+    return next(p for p in gpt_partitions(image) if str(p["type"]).upper().startswith("EBD0A0A2"))
+
+
+def test_images_partition_grows_to_a_larger_stick_and_survives_an_interruption(stick: Path, workdir: Path) -> None:
+    original = images_partition(stick)
+    # 1. First boot on a 2 GiB stick; cut the power while the new file system is being filled.
+    run = StickRun(stick, workdir, cmdline="bty-live.session=shell", targets=0, stick_size="2G")
+    console = run.spawn(workdir / "boot1-console.log")
+    try:
+        console.expect("bty-images: growing BTY_IMAGES")
+        console.expect("block copy verified")
+        console.expect("bty-images: formatting")
+    finally:
+        console.close()  # the power cut
+    part = images_partition(run.stick_copy)
+    assert str(part.get("name", "")).startswith("bty-grow:"), part
+
+    # 2. The next boot resumes from the verified block copy; nothing is lost.
+    run2 = StickRun(run.stick_copy, workdir, cmdline="bty-live.session=shell", targets=0, in_place=True)
+    console = run2.spawn(workdir / "boot2-console.log")
+    try:
+        console.expect("resuming an interrupted growth")
+        console.expect("BTY_IMAGES now spans the stick")
+        console.expect("bty-live: ready")
+        console.expect(SHELL_PROMPT)
+        out = console.shell("sha256sum /run/bty/images/demo.img.zst; df -m --output=size /run/bty/images")
+        assert demo_sha256() in out, out
+        size_mib = int(out.strip().splitlines()[-1])
+        assert size_mib > 1500, out
+        out = console.shell("bty images")
+        assert "demo" in out and "manifest" in out, out
+        console.send("poweroff\n")
+        console.wait_exit()
+    finally:
+        console.close()
+    part = images_partition(run.stick_copy)
+    assert part.get("name") == "BTY_IMAGES"
+    assert int(part["size"]) * 512 > 1800 << 20 and part["start"] == original["start"]  # type: ignore[call-overload]
+
+    # 3. A third boot has nothing to do.
+    console = run2.spawn(workdir / "boot3-console.log")
+    try:
+        console.expect("bty-live: ready")
+        console.expect(SHELL_PROMPT)
+        out = console.shell("journalctl -b -u bty-images -o cat --no-pager | cat")
+        assert "growing" not in out and "mounted at /run/bty/images" in out, out
+        console.send("poweroff\n")
+        console.wait_exit()
+    finally:
+        console.close()
+
+
+def test_images_partition_is_not_grown_without_room_for_a_safe_copy(stick: Path, workdir: Path) -> None:
+    part = images_partition(stick)
+    end = (int(part["start"]) + int(part["size"])) * 512  # type: ignore[call-overload]
+    small = end + (100 << 20)  # 100 MiB more: worth growing, but no room for a full copy
+    run = StickRun(stick, workdir, cmdline="bty-live.session=shell", targets=0, stick_size=str(small))
+    console = run.spawn(workdir / "stick-console.log")
+    try:
+        console.expect("growing it safely needs room for a full copy")
+        console.expect("bty-live: ready")
+        console.expect(SHELL_PROMPT)
+        out = console.shell("sha256sum /run/bty/images/demo.img.zst")
+        assert demo_sha256() in out, out
+        console.send("poweroff\n")
+        console.wait_exit()
+    except pexpect.TIMEOUT:
+        raise AssertionError(f"see {workdir}") from None
+    finally:
+        console.close()
+    assert images_partition(run.stick_copy)["size"] == part["size"]
