@@ -7,15 +7,14 @@ one rule every front-end shares: a failure is one line on stderr and a distinct 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
 from bty_live import __version__, errors
-from bty_live.httpconn import NetworkError
 from bty_live.run import ToolError
-from bty_live.tune.model import TuneError
 
 #: exit code per error class; the first matching class (most specific first) wins
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -29,8 +28,8 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.TargetIOError, 8, "I/O error or no space on the target"),
     (errors.VerifyError, 10, "read-back verification failed"),
     (errors.FixupError, 11, "partition-table fix-up failed"),
-    (TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
-    (NetworkError, 14, "the bty server is unreachable, or refused the token"),
+    (errors.TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
+    (errors.NetworkError, 14, "the bty server is unreachable, or refused the token"),
     (ToolError, 12, "a required tool is missing or failed"),
     (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given)"),
     (errors.BtyError, 1, "other error"),
@@ -53,9 +52,13 @@ def exit_codes_help() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from bty_live.commands import agent, disks, flash, images, inspect, ledger, serve, tui, unattended
+#: the subcommands, in `bty --help` order; each is a module of bty_live.commands
+COMMANDS = ("images", "inspect", "disks", "flash", "tui", "unattended", "ledger", "agent", "serve")
 
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's module is imported and registered, so
+    `bty tui` on a slow console does not pay for the server's and the engine's imports."""
     parser = argparse.ArgumentParser(
         prog="bty",
         description="Stream disk images onto disks, verified end to end, never onto the wrong disk.",
@@ -65,14 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bty-live {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (images, inspect, disks, flash, tui, unattended, ledger, agent, serve):
-        module.register(subparsers)
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"bty_live.commands.{name}").register(subparsers)
     return parser
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, when it is one we know."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_command_word(words))
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
         return code

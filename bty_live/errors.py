@@ -82,3 +82,26 @@ class Cancelled(BtyError):
     """The user (or a signal) stopped the run."""
 
     kind = "cancelled"
+
+
+class TuneError(BtyError):
+    """Post-flash tuning failed: a step of the task, the task itself, or mounting the target.
+
+    The image was written and verified before tuning began; `step` names the failing step when
+    one did, `report` the CIJOE output directory that shows why.
+    """
+
+    kind = "tune"
+
+    def __init__(self, message: str, *, step: str | None = None, uses: str | None = None,
+                 report: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.uses = uses
+        self.report = report
+
+
+class NetworkError(BtyError):
+    """Talking to the bty server failed."""
+
+    kind = "network"

@@ -15,13 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from bty_live.errors import BtyError
-
-
-class NetworkError(BtyError):
-    """Talking to the bty server failed."""
-
-    kind = "network"
+from bty_live.errors import NetworkError
 
 
 class ServerUnavailableError(NetworkError):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bty_live.errors import NetworkError
 from bty_live.http_source import HttpSource, ImageFetchError, ResumeNotice
-from bty_live.httpconn import Backoff, NetworkError, TokenRefusedError
+from bty_live.httpconn import Backoff, TokenRefusedError
 from bty_live.server.runner import ServerThread
 from tests.netkit import TOKEN, CutProxy, make_config, running_server
 

@@ -31,10 +31,10 @@ from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.tuning import tuning_option
 from bty_live.agent.uplink import EventUplink, UplinkStats
-from bty_live.errors import BtyError, UsageError
+from bty_live.errors import BtyError, NetworkError, UsageError
 from bty_live.events import Event, EventSink, Kind, Phase
 from bty_live.http_source import HttpSource, ResumeNotice
-from bty_live.httpconn import Backoff, NetworkError, ServerUnavailableError, TokenRefusedError
+from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
 from bty_live.image import load_streamed_image_source
 from bty_live.ledger import LedgerError, read_ledger
 from bty_live.plan import FlashOptions, VerifyMode

@@ -14,7 +14,8 @@ The scripts tasks use (`uses: bty.hostname`, ...) are the `cijoe.bty` package sh
 `rootfs.py` for finding and mounting the root, `config.py` for what scripts are told.
 """
 
-from bty_live.tune.model import StepResult, TuneError, TuneRequest, TuneResult
+from bty_live.errors import TuneError
+from bty_live.tune.model import StepResult, TuneRequest, TuneResult
 from bty_live.tune.task import OFF, TaskChoice, TuneTask, choose_task, load_task, task_digest
 from bty_live.tune.tuning import run_tuning
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from bty_live.errors import TuneError
 from bty_live.events import Event, EventSink, Kind, Phase
 from bty_live.run import ToolError, run
-from bty_live.tune.model import StepResult, StepStatus, TuneError
+from bty_live.tune.model import StepResult, StepStatus
 
 RUNNER_MODULE = "bty_live.tune._cijoe_main"
 POLL_SECONDS = 0.2

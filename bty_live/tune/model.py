@@ -1,4 +1,4 @@
-"""What a tuning run is asked to do, what it did, and how it fails."""
+"""What a tuning run is asked to do and what it did (it fails with bty_live.errors.TuneError)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bty_live.errors import BtyError
 from bty_live.machine import MachineIdentity
-
-
-class TuneError(BtyError):
-    """Post-flash tuning failed: a step of the task, the task itself, or mounting the target.
-
-    The image was written and verified before tuning began; `step` names the failing step when
-    one did, `report` the CIJOE output directory that shows why.
-    """
-
-    kind = "tune"
-
-    def __init__(self, message: str, *, step: str | None = None, uses: str | None = None,
-                 report: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
-        self.uses = uses
-        self.report = report
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bty_live.errors import TuneError
 from bty_live.fsprobe import FsInfo, blkid_probe
 from bty_live.partition_table import ROOT_TYPES, USR_TYPES, PartitionTable, parse_partition_table
 from bty_live.run import ToolError, run
-from bty_live.tune.model import TuneError
 
 HEAD_BYTES = 1 << 20
 #: filesystems a Linux root may have that bty mounts and tunes

@@ -21,9 +21,8 @@ from typing import Any, Literal
 import blake3
 import yaml
 
-from bty_live.errors import ImageError, UsageError
+from bty_live.errors import ImageError, TuneError, UsageError
 from bty_live.manifest import Manifest
-from bty_live.tune.model import TuneError
 
 OFF = "off"
 #: steps whose `mode:` must be a quoted string: YAML reads an unquoted 0644 as the number 420
