@@ -48,8 +48,9 @@ class EventThrottle:
         self.forward(event)
 
 
-#: the phases a flash goes through, in order, as the progress checklist shows them
-STEPS: tuple[Phase, ...] = (Phase.WRITE, Phase.VERIFY, Phase.FIXUP)
+#: the phases a flash goes through, in order, as the progress checklist shows them (tuning is
+#: added when the plan has a task)
+STEPS: tuple[Phase, ...] = (Phase.WRITE, Phase.VERIFY, Phase.FIXUP, Phase.TUNE)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class FlashProgress:
     #: phases that ended, with their seconds
     finished: dict[Phase, float] = field(default_factory=dict)
     cancelling: bool = False
+    #: the plan runs a tuning task after the fix-ups
+    tuning: bool = False
+
+    @property
+    def steps(self) -> tuple[Phase, ...]:
+        return STEPS if self.tuning else tuple(p for p in STEPS if p != Phase.TUNE)
 
     def apply(self, event: Event) -> FlashProgress:
         state = self if self.started is not None else replace(self, started=event.timestamp)
@@ -93,7 +100,7 @@ class FlashProgress:
 
     @property
     def fraction(self) -> float | None:
-        if self.phase in (Phase.FIXUP, Phase.DONE):
+        if self.phase in (Phase.FIXUP, Phase.TUNE, Phase.DONE):
             return 1.0
         if not self.total:
             return None

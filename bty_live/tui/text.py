@@ -20,7 +20,7 @@ from bty_live.eligibility import Assessed
 from bty_live.events import Event, Kind, Phase
 from bty_live.plan import FlashPlan
 from bty_live.run import ToolError
-from bty_live.tui.progress import STEPS, FlashProgress
+from bty_live.tui.progress import FlashProgress
 from bty_live.units import format_rate, format_size
 
 #: what the option lists' text is laid out for: 80 columns less the screen's margins
@@ -152,10 +152,11 @@ _HEADINGS = {
     Phase.WRITE: "Writing",
     Phase.VERIFY: "Verifying: reading the disk back",
     Phase.FIXUP: "Fixing up the partition table",
+    Phase.TUNE: "Tuning the written system (CIJOE)",
     Phase.DONE: "Done",
     Phase.FAILED: "Failed",
 }
-_STEP_LABELS = {Phase.WRITE: "write", Phase.VERIFY: "verify", Phase.FIXUP: "fix-ups"}
+_STEP_LABELS = {Phase.WRITE: "write", Phase.VERIFY: "verify", Phase.FIXUP: "fix-ups", Phase.TUNE: "tune"}
 
 
 def bar(fraction: float | None, width: int) -> str:
@@ -187,14 +188,15 @@ def progress_parts(state: FlashProgress, *, now: float, width: int = ROW_WIDTH) 
                f"ETA {format_clock(state.eta)}   elapsed {format_clock(state.elapsed(now))}\n"
                f"written {format_size(state.written)}   zero-filled {format_size(state.zeroed)}")
     marks = []
-    for step in STEPS:
+    for step in state.steps:
         if step in state.finished:
             marks.append(f"[x] {_STEP_LABELS[step]} {format_clock(state.finished[step])}")
         elif step == state.phase:
             marks.append(f"[>] {_STEP_LABELS[step]}")
         else:
             marks.append(f"[ ] {_STEP_LABELS[step]}")
-    return ProgressParts(heading=heading, bar=bar_line, numbers=numbers, steps="    ".join(marks),
+    return ProgressParts(heading=heading, bar=bar_line, numbers=numbers,
+                         steps=("   " if state.tuning else "    ").join(marks),
                          message=clip(state.last_message, width).rstrip())
 
 

@@ -114,3 +114,17 @@ def test_progress_events_stay_out_of_the_log_and_phase_ends_carry_their_numbers(
     assert log_line(progress(MiB)) is None
     line = log_line(Event(Phase.WRITE, Kind.END, bytes_out=64 * MiB, rate=8e8, elapsed=0.1, digest="ab" * 32))
     assert line is not None and "write  end   64 MiB in 0.1 s (800 MB/s), blake3 abababababababab" in line
+
+
+def test_a_plan_with_tuning_shows_the_tune_step_and_its_live_step_messages() -> None:
+    from bty_live.tui.text import progress_parts
+
+    state = FlashProgress(tuning=True)
+    for event in (Event(Phase.FIXUP, Kind.END, elapsed=1.0, timestamp=1.0),
+                  Event(Phase.TUNE, Kind.START, message="tuning demo with t.yaml (2 steps)", timestamp=2.0),
+                  Event(Phase.TUNE, Kind.INFO, message="step 1/2 hostname (bty.hostname): started", timestamp=3.0)):
+        state = state.apply(event)
+    parts = progress_parts(state, now=4.0)
+    assert "[>] tune" in parts.steps and "[x] fix-ups" in parts.steps
+    assert "step 1/2 hostname" in parts.message
+    assert "tune" not in progress_parts(FlashProgress(), now=0.0).steps  # no task: no tune step

@@ -31,7 +31,7 @@ class ProgressScreen(Screen[None]):
         super().__init__()
         self.plan = plan
         self.clock = clock
-        self.progress = FlashProgress()
+        self.progress = FlashProgress(tuning=plan.tune is not None)
 
     def compose(self) -> ComposeResult:
         yield TitleBar("Progress", f"{self.plan.image.name} -> {self.plan.disk.path}")
