@@ -33,8 +33,10 @@ async def wait_for(pilot: Pilot[Any], condition: Callable[[], bool], what: str,
 
 
 async def wait_for_screen(pilot: Pilot[Any], screen_type: type, timeout: float = WAIT_SECONDS) -> None:
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, screen_type), f"the {screen_type.__name__}",
-                   timeout)
+    """Wait until `screen_type` is on top *and* painted: a screen is pushed before its first layout,
+    and reading it in between shows nothing."""
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, screen_type) and screen_text(pilot.app).strip() != "",
+                   f"the {screen_type.__name__}", timeout)
 
 
 async def move_to(pilot: Pilot[Any], choices: Choices, option_id: str) -> None:
