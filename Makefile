@@ -49,10 +49,12 @@ clean:
 
 DEMO_OS_INPUTS := $(shell find images/demo-os -type f 2>/dev/null)
 
-# The demo OS (mkosi) -> images/demo.img.zst + manifest; rebuilt when its config changes.
-demo-image: setup images/demo.img.zst
+# The demo OS (mkosi) -> images/demo.img.zst (squashfs root) and images/demo-tunable.img.zst (the
+# same system on ext4, tuned by images/demo-tunable.task.yaml), each with its manifest; one mkosi
+# build makes both, rebuilt when the demo's config changes.
+demo-image: setup images/demo.img.zst images/demo-tunable.img.zst
 
-images/demo.img.zst: $(DEMO_OS_INPUTS) scripts/build-demo-image.sh
+images/demo.img.zst images/demo-tunable.img.zst &: $(DEMO_OS_INPUTS) scripts/build-demo-image.sh
 	scripts/build-demo-image.sh
 
 # The stick -> build/bty-live.img, bundling images/*. CMDLINE="bty.image=... bty.disk=..." adds

@@ -1,11 +1,12 @@
 """End-to-end tests: the live stick in QEMU (UEFI, TCG unless KVM really works).
 
 They need root, mkosi, QEMU + OVMF, exfat-fuse and /dev/fuse (`make setup`), and build what is
-missing: the demo OS (images/demo.img.zst) and a test stick bundling it (build/e2e/bty-live.img,
-from the same mkosi output as `make image`). On a machine without root or without those tools
-they skip with the reason (with BTY_E2E_REQUIRE=1 they fail instead); a build that fails on a
-machine that has them is a test failure. BTY_E2E_STICK=PATH uses a stick
-built elsewhere. Consoles, logs and disk images of each test stay in build/e2e/<test>/.
+missing: the demo OS (images/demo.img.zst, and images/demo-tunable.img.zst, its variant that
+tuning can change) and a test stick bundling them (build/e2e/bty-live.img, from the same mkosi
+output as `make image`). On a machine without root or without those tools they skip with the
+reason (with BTY_E2E_REQUIRE=1 they fail instead); a build that fails on a machine that has them
+is a test failure. BTY_E2E_STICK=PATH uses a stick built elsewhere. Consoles, logs and disk
+images of each test stay in build/e2e/<test>/.
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def _run_logged(argv: list[str], log: Path, env: dict[str, str] | None = None) -
                               env={**os.environ, **(env or {})}).returncode == 0
 
 
+#: images/ files the test stick bundles: the demo OS, and its tunable variant (ext4 root) with the
+#: tuning task its manifest names; scripts/build-demo-image.sh makes all but the task
+DEMO_FILES = ("demo.img.zst", "demo.img.zst.toml")
+TUNABLE_FILES = ("demo-tunable.img.zst", "demo-tunable.img.zst.toml", "demo-tunable.task.yaml")
+
+
 @pytest.fixture(scope="session")
 def stick() -> Path:
-    """The test stick: build/e2e/bty-live.img, bundling only the demo image."""
+    """The test stick: build/e2e/bty-live.img, bundling the demo image and its tunable variant."""
     if os.environ.get("BTY_E2E_STICK"):
         return Path(os.environ["BTY_E2E_STICK"]).resolve()
     reason = _unavailable()
@@ -65,15 +72,14 @@ def stick() -> Path:
         _cannot_run(reason)
     E2E_DIR.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    demo = ROOT / "images" / "demo.img.zst"
-    if not demo.exists() or not (ROOT / "images" / "demo.img.zst.toml").exists():
+    if not all((ROOT / "images" / name).exists() for name in DEMO_FILES + TUNABLE_FILES):
         log = E2E_DIR / "build-demo-image.log"
         if not _run_logged([str(ROOT / "scripts" / "build-demo-image.sh")], log):
             _cannot_build(f"scripts/build-demo-image.sh failed; see {log}")
     images = E2E_DIR / "images"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
-    for name in ("demo.img.zst", "demo.img.zst.toml"):
+    for name in DEMO_FILES + TUNABLE_FILES:
         os.link(ROOT / "images" / name, images / name)
     out = E2E_DIR / "bty-live.img"
     log = E2E_DIR / "build-image.log"
@@ -112,3 +118,44 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     E2E_DIR.mkdir(parents=True, exist_ok=True)
     (E2E_DIR / "durations.txt").write_text(
         "".join(f"{s:.1f} {n}\n" for n, s in DURATIONS.items()) + f"{total:.1f} total\n")
+
+
+# --------------------------------------------------------------------------- netboot (server mode)
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> Path:
+    """images/demo.img.zst with its manifest, built when missing (scripts/build-demo-image.sh)."""
+    reason = _unavailable()
+    if reason:
+        _cannot_run(reason)
+    demo = ROOT / "images" / "demo.img.zst"
+    if not demo.exists() or not demo.with_name(demo.name + ".toml").exists():
+        E2E_DIR.mkdir(parents=True, exist_ok=True)
+        log = E2E_DIR / "build-demo-image.log"
+        if not _run_logged([str(ROOT / "scripts" / "build-demo-image.sh")], log):
+            _cannot_build(f"scripts/build-demo-image.sh failed; see {log}")
+    return demo
+
+
+@pytest.fixture(scope="session")
+def netboot() -> Path:
+    """The netboot flavour of the live system: build/e2e/netboot/{vmlinuz,initrd}, made by
+    scripts/build-netboot.sh from the same mkosi output as the stick. BTY_E2E_NETBOOT=DIR uses a
+    kernel and initrd built elsewhere."""
+    if os.environ.get("BTY_E2E_NETBOOT"):
+        return Path(os.environ["BTY_E2E_NETBOOT"]).resolve()
+    reason = _unavailable()
+    for tool in ("unsquashfs", "cpio", "zstd"):
+        if reason is None and shutil.which(tool) is None:
+            reason = f"{tool} is not installed (make setup)"
+    if reason:
+        _cannot_run(reason)
+    E2E_DIR.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    out = E2E_DIR / "netboot"
+    log = E2E_DIR / "build-netboot.log"
+    if not _run_logged([str(ROOT / "scripts" / "build-netboot.sh")], log, env={"BTY_NETBOOT_OUT": str(out)}):
+        _cannot_build(f"scripts/build-netboot.sh failed; see {log}")
+    DURATIONS["(build: netboot kernel + initrd)"] = time.monotonic() - start
+    return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,3 +169,160 @@ def has_gpt(image: Path) -> tuple[bool, bool]:
 def untouched(image: Path) -> bool:
     """A sparse target file nothing was written to: no allocated blocks at all."""
     return image.stat().st_blocks == 0
+
+
+def nic_args(mac: str) -> list[str]:
+    """QEMU arguments for a network card with this MAC (boot-stick.sh adds none): a virtio NIC
+    on a private user-mode network, without a boot ROM (nothing to network-boot)."""
+    return ["-netdev", "user,id=bty-nic0,restrict=on",
+            "-device", f"virtio-net-pci,netdev=bty-nic0,mac={mac},romfile="]
+
+
+@contextlib.contextmanager
+def mounted_images_partition(stick: Path) -> Iterator[Path]:
+    """The BTY_IMAGES (exFAT) partition of a stick image, mounted read-only: a read-only loop
+    device over the partition and exfat-fuse (the host kernel has no exFAT driver). The stick
+    must not be in use by QEMU."""
+    part = next(p for p in gpt_partitions(stick) if str(p["type"]).upper().startswith("EBD0A0A2"))  # basic data
+    start, size = int(part["start"]) * 512, int(part["size"]) * 512  # type: ignore[call-overload]
+    device = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset", str(start),
+                             "--sizelimit", str(size), str(stick)],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bty-e2e-images-") as mountpoint:
+            subprocess.run(["mount.exfat-fuse", "-o", "ro", device, mountpoint], check=True,
+                           capture_output=True, text=True)
+            try:
+                yield Path(mountpoint)
+            finally:
+                for _ in range(10):
+                    if subprocess.run(["umount", mountpoint], capture_output=True).returncode == 0:
+                        break
+                    time.sleep(0.5)
+                else:
+                    subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+# --------------------------------------------------------------------------- netboot (server mode)
+
+NETBOOT = ROOT / "qemu" / "netboot.sh"
+BTY = ROOT / ".venv" / "bin" / "bty"
+NET_MAC = "52:54:00:b7:00:01"
+
+
+class SessionConsole(Console):
+    """A Console whose child leads a session of several processes (qemu/netboot.sh: the server,
+    the VM): close() stops them all, not only the script."""
+
+    def close(self) -> None:
+        if self.child.isalive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGTERM)
+            with contextlib.suppress(pexpect.ExceptionPexpect):
+                self.child.expect(pexpect.EOF, timeout=60)
+        super().close()
+
+
+@dataclass
+class NetbootRun:
+    """One network boot through qemu/netboot.sh: `bty serve` on this host's loopback with the
+    netboot kernel and initrd of `netboot`, a plan assigned, and a VM with blank disks (serial
+    numbers `serials`) booted by its iPXE ROM. Server state, images, disks and logs in `workdir`."""
+
+    netboot: Path
+    workdir: Path
+    image: Path | None = None
+    action: str = "flash"
+    disk: str | None = None
+    serials: str = "BTYDISK"
+    mac: str = NET_MAC
+    kernel_args: str | None = None
+    fail_on: str | None = None  # stop QEMU as soon as the console shows this (run_to_end)
+    mem: int | None = None
+    extra: Sequence[str] = ()
+    started: float = field(default=0.0, init=False)
+
+    def argv(self, serial_log: Path | None = None) -> list[str]:
+        argv = [str(NETBOOT), "--workdir", str(self.workdir), "--netboot", str(self.netboot),
+                "--action", self.action, "--serials", self.serials, "--mac", self.mac]
+        if self.image is not None:
+            argv += ["--image", str(self.image)]
+        if self.disk:
+            argv += ["--disk", self.disk]
+        if self.kernel_args is not None:
+            argv += ["--kernel-args", self.kernel_args]
+        if self.mem:
+            argv += ["--mem", str(self.mem)]
+        if serial_log:
+            argv += ["--serial-log", str(serial_log)]
+            if self.fail_on:
+                argv += ["--fail-on", self.fail_on]
+        if self.extra:
+            argv += ["--", *self.extra]
+        return argv
+
+    def target(self, n: int) -> Path:
+        return self.workdir / f"target{n}.img"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def images(self) -> Path:
+        return self.workdir / "images"
+
+    def run_to_end(self, log: Path, timeout: int = BOOT_TIMEOUT,
+                   milestones: Sequence[str] = ()) -> tuple[int, str, float, dict[str, float]]:
+        """Serve, boot, serial console to `log`, until QEMU exits (the agent reboots the guest:
+        -no-reboot ends the run); returns (exit code, console text, seconds, {milestone: seconds
+        after power-on when its text first showed on the console}). Power-on is when the rig
+        starts QEMU (it empties `log` then). A timeout stops everything and returns code 124."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        start = time.monotonic()
+        seen: dict[str, float] = {}
+        power_on: float | None = None
+        with open(self.workdir / "rig.log", "ab") as rig_log:
+            proc = subprocess.Popen(self.argv(log), stdout=rig_log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            code: int | None = None
+            try:
+                while code is None:
+                    try:
+                        code = proc.wait(timeout=0.5)
+                    except subprocess.TimeoutExpired:
+                        if time.monotonic() - start > timeout:
+                            code = 124
+                    now = time.monotonic()
+                    if power_on is None and log.exists():
+                        power_on = now
+                    if power_on is not None and len(seen) < len(milestones):
+                        text = plain(log.read_text(errors="replace"))
+                        for mark in milestones:
+                            if mark not in seen and mark in text:
+                                seen[mark] = now - power_on
+            finally:
+                if proc.poll() is None:  # timed out, or the test was interrupted: QEMU and the server too
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=60)
+        text = plain(log.read_text(errors="replace")) if log.exists() else ""
+        return code, text, time.monotonic() - start, seen
+
+    def spawn(self, log: Path) -> Console:
+        """Serve and boot with the serial console on a pty, for pexpect."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+        argv = self.argv()
+        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace",
+                              timeout=BOOT_TIMEOUT, dimensions=(24, 80))
+        child.logfile_read = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in Console.close()
+        return SessionConsole(child, started=self.started)
+
+    def machines(self) -> list[dict[str, object]]:
+        """What the server's state says (`bty serve machines --json`)."""
+        out = subprocess.run([str(BTY), "serve", "machines", "--state", str(self.state), "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        return list(json.loads(out)["machines"])
