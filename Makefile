@@ -80,3 +80,17 @@ qemu-unattended:
 # The README's main job: the demo OS, a stick bundling it, the unattended flash in QEMU, and the
 # flashed target booting alone.
 live-demo: demo-image image qemu-unattended
+
+# ---- server mode: the netboot flavour of the live system, and the iPXE chain in QEMU (root;
+# see qemu/README.md "Netboot")
+.PHONY: netboot qemu-netboot
+
+# The stick's mkosi output, post-processed for iPXE: build/netboot/vmlinuz + build/netboot/initrd
+# (the stick's root squashfs inside the initrd). `bty serve --netboot build/netboot` serves them.
+netboot: setup
+	scripts/build-netboot.sh
+
+# By hand: bty serve on this host's loopback, the demo image assigned to a VM's blank NVMe disk
+# (serial BTYDISK), the VM booted from the network (iPXE), serial console here (Ctrl-a x quits).
+qemu-netboot: setup
+	qemu/netboot.sh $(QEMU_ARGS)
