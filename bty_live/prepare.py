@@ -18,7 +18,7 @@ from bty_live.machine import read_machine_identity
 from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
 from bty_live.receipt import default_receipts_dir
 from bty_live.selector import parse_selector, select_disk
-from bty_live.tune import TuneRequest, choose_task, load_task, task_digest
+from bty_live.tune.model import TuneRequest
 
 
 def looks_like_selector(text: str) -> bool:
@@ -67,6 +67,10 @@ def tune_request_for(image: ImageSource, disk: Disk, options: FlashOptions,
                      images_dir: Path | None) -> tuple[TuneRequest | None, str | None]:
     """The tuning task for this flash (--tune / bty.tune= over the manifest's), read now so a
     broken task fails before anything is written."""
+    # Here, not at the top: the task reader pulls in YAML, which the TUI's first screen (which
+    # imports this module) does not need; on the stick every import delays that screen.
+    from bty_live.tune.task import choose_task, load_task, task_digest
+
     choice = choose_task(options.tune, image.manifest, images_dir)
     if choice is None:
         return None, None

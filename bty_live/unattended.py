@@ -34,6 +34,7 @@ from bty_live.machine import MachineIdentity, read_machine_identity
 from bty_live.plan import FlashOptions, VerifyMode
 from bty_live.prepare import prepare_plan
 from bty_live.receipt import Receipt
+from bty_live.system_actions import SHELL_EXIT_CODE, SystemActions
 
 ACTIVE_CONSOLES = Path("/sys/class/tty/console/active")
 MARKERS_DIR = "unattended"
@@ -47,8 +48,6 @@ class After(StrEnum):
     TUI = "tui"
 
 
-#: exit code that asks the session wrapper for a root shell (the TUI uses the same)
-SHELL_EXIT_CODE = 3
 
 KEYS = ("image", "disk", "verify", "tune", "after", "dry_run")
 
@@ -157,26 +156,6 @@ def active_consoles(path: Path = ACTIVE_CONSOLES) -> list[str]:
         if os.path.realpath(device) != os.path.realpath(ours or "/nonexistent"):
             devices.append(device)
     return devices
-
-
-@dataclass(frozen=True)
-class SystemActions:
-    """What happens after a successful run; injectable so tests never power off the machine."""
-
-    reboot: Callable[[], None]
-    poweroff: Callable[[], None]
-
-
-def systemd_actions() -> SystemActions:
-    from bty_live.run import run
-
-    def reboot() -> None:
-        run(["systemctl", "reboot"], check=False)
-
-    def poweroff() -> None:
-        run(["systemctl", "poweroff"], check=False)
-
-    return SystemActions(reboot=reboot, poweroff=poweroff)
 
 
 def marker_path(images_dir: Path, machine: MachineIdentity, request: UnattendedRequest) -> Path:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from bty_live.errors import UsageError
     from bty_live.machine import read_machine_identity
     from bty_live.protocol import normalise_mac
-    from bty_live.unattended import read_cmdline, systemd_actions
+    from bty_live.system_actions import systemd_actions
+    from bty_live.unattended import read_cmdline
 
     cmdline = args.cmdline if args.cmdline is not None else read_cmdline()
     values = _cmdline_values(cmdline)

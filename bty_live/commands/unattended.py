@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from bty_live.catalog import resolve_images_dir
     from bty_live.errors import BtyError
+    from bty_live.system_actions import systemd_actions
     from bty_live.unattended import (
         Consoles,
         describe_failure,
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         parse_cmdline,
         read_cmdline,
         run_unattended,
-        systemd_actions,
     )
 
     cmdline = args.cmdline if args.cmdline is not None else read_cmdline()

@@ -48,7 +48,7 @@ from bty_live.tui.text import log_line
 from bty_live.tui.widgets import CellScrollBarRender
 
 if TYPE_CHECKING:
-    from bty_live.unattended import SystemActions
+    from bty_live.system_actions import SystemActions
 
 #: quitting during a flash cancels it: the CLI's exit code for a cancelled run
 CANCELLED_EXIT_CODE = 130
@@ -188,7 +188,7 @@ class BtyApp(App[int]):
         self.push_screen(CancelDialog(self._progress.plan.disk.path if self._progress else "the disk"), answered)
 
     def action_shell(self) -> None:
-        from bty_live.unattended import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
+        from bty_live.system_actions import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
 
         if not self.flashing:
             self.exit(SHELL_EXIT_CODE, return_code=SHELL_EXIT_CODE)
@@ -384,7 +384,7 @@ def make_app(
     follow_hotplug: follow hot-plug events (the Disks screen then updates by itself).
     """
     if actions is None:
-        from bty_live.unattended import systemd_actions
+        from bty_live.system_actions import systemd_actions
 
         actions = systemd_actions()
     return BtyApp(

@@ -14,8 +14,8 @@ from textual.app import App
 from textual.pilot import Pilot
 
 from bty_live.sources import ByteSource, RawStream
+from bty_live.system_actions import SystemActions
 from bty_live.tui.widgets import Choices
-from bty_live.unattended import SystemActions
 
 #: generous: loaded CI machines are slow, and nothing here sleeps this long when all is well
 WAIT_SECONDS = 60.0
