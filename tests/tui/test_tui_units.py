@@ -128,3 +128,16 @@ def test_a_plan_with_tuning_shows_the_tune_step_and_its_live_step_messages() -> 
     assert "[>] tune" in parts.steps and "[x] fix-ups" in parts.steps
     assert "step 1/2 hostname" in parts.message
     assert "tune" not in progress_parts(FlashProgress(), now=0.0).steps  # no task: no tune step
+
+
+def test_the_first_screen_does_not_import_the_engine_the_unattended_runner_or_the_task_reader() -> None:
+    # On the stick every module read from the squashfs delays the first paint (about 5 s of it
+    # is imports under QEMU TCG): what runs only after a disk is chosen is imported then.
+    import subprocess
+    import sys
+
+    probe = ("import sys, bty_live.tui.app; "
+             "print(' '.join(m for m in ('bty_live.engine', 'bty_live.unattended', 'bty_live.tune.task', "
+             "'bty_live.tune.tuning', 'yaml', 'cijoe') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    assert loaded == []
