@@ -45,16 +45,8 @@ if ! mkosi -C images/demo-os --force build >build/demo-os.log 2>&1; then
 fi
 
 # ---- the tunable variant: the same ESP, the root tree as ext4 ------------------------------
-# "START SIZE" in 512-byte sectors of the partition of type $1 in $out
-partition() {
-    sfdisk --json "$out" | python3 -c '
-import json, sys
-parts = json.load(sys.stdin)["partitiontable"]["partitions"]
-found = [p for p in parts if p["type"].upper() == sys.argv[1]]
-if len(found) != 1:
-    sys.exit(f"expected one partition of type {sys.argv[1]}, found {len(found)}")
-print(found[0]["start"], found[0]["size"])' "$1"
-}
+# "START SIZE" in 512-byte sectors of the one partition of type $1 in $out
+partition() { python3 scripts/stick.py partition "$out" "$1"; }
 read -r esp_start esp_size < <(partition "$ESP_TYPE") || fail "no ESP in $out"
 read -r root_start root_size < <(partition "$ROOT_TYPE") || fail "no x86-64 root partition in $out"
 work=$outdir/tunable

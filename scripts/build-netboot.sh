@@ -60,13 +60,8 @@ work=$(mktemp -d -t bty-netboot.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$OUT"
 
-read -r start_sector sectors < <(sfdisk --json "$RAW" | python3 -c '
-import json, sys
-parts = json.load(sys.stdin)["partitiontable"]["partitions"]
-root = [p for p in parts if p["type"].upper() == sys.argv[1]]
-if len(root) != 1:
-    sys.exit(f"expected one root partition, found {len(root)}")
-print(root[0]["start"], root[0]["size"])' "$ROOT_TYPE") || fail "no root partition in $RAW"
+read -r start_sector sectors < <(python3 scripts/stick.py partition "$RAW" "$ROOT_TYPE") ||
+    fail "no root partition in $RAW"
 dd if="$RAW" of="$work/root.squashfs" bs=512 skip="$start_sector" count="$sectors" status=none
 # The partition is larger than the file system (alignment): keep exactly the squashfs (its
 # superblock's bytes_used at offset 40, padded to 4 KiB as mksquashfs does).

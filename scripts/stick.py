@@ -70,6 +70,14 @@ def partitions(image: Path) -> list[dict[str, Any]]:
     return sorted(table.get("partitions", []), key=lambda p: int(p["start"]))
 
 
+def partition_of_type(image: Path, type_guid: str) -> dict[str, Any]:
+    """The one partition of this GPT type in `image`; more or fewer is an error."""
+    found = [p for p in partitions(image) if str(p["type"]).upper() == type_guid.upper()]
+    if len(found) != 1:
+        raise SystemExit(f"stick: expected one partition of type {type_guid} in {image}, found {len(found)}")
+    return found[0]
+
+
 def esp_offset(image: Path) -> int:
     for part in partitions(image):
         if str(part["type"]).upper() == ESP_TYPE:
@@ -323,6 +331,12 @@ def cmd_cmdline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    part = partition_of_type(Path(args.image), args.type)
+    print(part["start"], part["size"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="boot menu timeout in seconds (default 0: hidden, Space shows it)")
     p.add_argument("--show", action="store_true", help="print the menu and change nothing")
     p.set_defaults(func=cmd_cmdline)
+    p = sub.add_parser("partition", help="print START SIZE (512-byte sectors) of the one partition of a type")
+    p.add_argument("image")
+    p.add_argument("type", help="GPT partition type GUID")
+    p.set_defaults(func=cmd_partition)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
