@@ -62,6 +62,16 @@ DEMO_FILES = ("demo.img.zst", "demo.img.zst.toml")
 TUNABLE_FILES = ("demo-tunable.img.zst", "demo-tunable.img.zst.toml", "demo-tunable.task.yaml")
 
 
+def _ensure_demo_images(names: tuple[str, ...]) -> None:
+    """Build the demo images (scripts/build-demo-image.sh) unless images/ has all of `names`."""
+    if all((ROOT / "images" / name).exists() for name in names):
+        return
+    E2E_DIR.mkdir(parents=True, exist_ok=True)
+    log = E2E_DIR / "build-demo-image.log"
+    if not _run_logged([str(ROOT / "scripts" / "build-demo-image.sh")], log):
+        _cannot_build(f"scripts/build-demo-image.sh failed; see {log}")
+
+
 @pytest.fixture(scope="session")
 def stick() -> Path:
     """The test stick: build/e2e/bty-live.img, bundling the demo image and its tunable variant."""
@@ -72,10 +82,7 @@ def stick() -> Path:
         _cannot_run(reason)
     E2E_DIR.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    if not all((ROOT / "images" / name).exists() for name in DEMO_FILES + TUNABLE_FILES):
-        log = E2E_DIR / "build-demo-image.log"
-        if not _run_logged([str(ROOT / "scripts" / "build-demo-image.sh")], log):
-            _cannot_build(f"scripts/build-demo-image.sh failed; see {log}")
+    _ensure_demo_images(DEMO_FILES + TUNABLE_FILES)
     images = E2E_DIR / "images"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
@@ -129,13 +136,8 @@ def demo_image() -> Path:
     reason = _unavailable()
     if reason:
         _cannot_run(reason)
-    demo = ROOT / "images" / "demo.img.zst"
-    if not demo.exists() or not demo.with_name(demo.name + ".toml").exists():
-        E2E_DIR.mkdir(parents=True, exist_ok=True)
-        log = E2E_DIR / "build-demo-image.log"
-        if not _run_logged([str(ROOT / "scripts" / "build-demo-image.sh")], log):
-            _cannot_build(f"scripts/build-demo-image.sh failed; see {log}")
-    return demo
+    _ensure_demo_images(DEMO_FILES)
+    return ROOT / "images" / "demo.img.zst"
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,67 @@ def plain(text: str) -> str:
     return ANSI.sub("", text).replace("\r", "")
 
 
+def console_args(serial_log: Path | None, fail_on: str | None, extra: Sequence[str]) -> list[str]:
+    """The rig scripts' shared options: the serial console to a log file (QEMU stopped as soon as
+    it shows `fail_on`), then extra QEMU arguments."""
+    argv: list[str] = []
+    if serial_log:
+        argv += ["--serial-log", str(serial_log)]
+        if fail_on:
+            argv += ["--fail-on", fail_on]
+    if extra:
+        argv += ["--", *extra]
+    return argv
+
+
+def run_rig(argv: list[str], workdir: Path, log: Path, timeout: int,
+            milestones: Sequence[str] = ()) -> tuple[int, str, float, dict[str, float]]:
+    """Run a rig script (its own output to workdir/rig.log) until it exits; returns (exit code,
+    console text from `log`, seconds, {milestone: seconds after power-on when its text first
+    showed on the console}). Power-on is when the rig starts QEMU (it creates `log` then). A
+    timeout, or an interrupted test, stops the script's whole session; a timeout returns 124."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    start = time.monotonic()
+    seen: dict[str, float] = {}
+    power_on: float | None = None
+    with open(workdir / "rig.log", "ab") as rig_log:
+        proc = subprocess.Popen(argv, stdout=rig_log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        code: int | None = None
+        try:
+            while code is None:
+                try:
+                    code = proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() - start > timeout:
+                        code = 124
+                now = time.monotonic()
+                if power_on is None and log.exists():
+                    power_on = now
+                if power_on is not None and len(seen) < len(milestones):
+                    text = plain(log.read_text(errors="replace"))
+                    for mark in milestones:
+                        if mark not in seen and mark in text:
+                            seen[mark] = now - power_on
+        finally:
+            if proc.poll() is None:  # timed out, or the test was interrupted: QEMU (and a server) too
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+    text = plain(log.read_text(errors="replace")) if log.exists() else ""
+    return code, text, time.monotonic() - start, seen
+
+
+def spawn_rig(argv: list[str], workdir: Path, log: Path) -> pexpect.spawn:
+    """Run a rig script with the serial console on an 80x24 pty, for pexpect; what it shows is
+    appended to `log`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace",
+                          timeout=BOOT_TIMEOUT, dimensions=(24, 80))
+    child.logfile_read = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in Console.close()
+    return child
+
+
 @dataclass
 class StickRun:
     """One boot of the stick (a copy of it in `workdir`), with targets workdir/targetN.img."""
@@ -61,13 +122,7 @@ class StickRun:
             argv.append("--in-place")
         if self.keep_targets:
             argv.append("--keep-targets")
-        if serial_log:
-            argv += ["--serial-log", str(serial_log)]
-            if self.fail_on:
-                argv += ["--fail-on", self.fail_on]
-        if self.extra:
-            argv += ["--", *self.extra]
-        return argv
+        return argv + console_args(serial_log, self.fail_on, self.extra)
 
     def target(self, n: int) -> Path:
         return self.workdir / f"target{n}.img"
@@ -79,29 +134,13 @@ class StickRun:
     def run_to_end(self, log: Path, timeout: int = BOOT_TIMEOUT) -> tuple[int, str, float]:
         """Boot, serial console to `log`, until QEMU exits (guest poweroff or reboot); returns
         (exit code, console text, seconds). A timeout kills QEMU and returns code 124."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
-        with open(self.workdir / "rig.log", "ab") as rig_log:
-            proc = subprocess.Popen(self.argv(log), stdout=rig_log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=30)
-                code = 124
-        text = plain(log.read_text(errors="replace")) if log.exists() else ""
-        return code, text, time.monotonic() - start
+        code, text, seconds, _ = run_rig(self.argv(log), self.workdir, log, timeout)
+        return code, text, seconds
 
     def spawn(self, log: Path) -> Console:
         """Boot with the serial console on a pty, for pexpect."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
-        argv = self.argv()
-        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace",
-                              timeout=BOOT_TIMEOUT, dimensions=(24, 80))
-        child.logfile_read = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in Console.close()
-        return Console(child, started=self.started)
+        return Console(spawn_rig(self.argv(), self.workdir, log), started=self.started)
 
 
 @dataclass
@@ -255,13 +294,7 @@ class NetbootRun:
             argv += ["--kernel-args", self.kernel_args]
         if self.mem:
             argv += ["--mem", str(self.mem)]
-        if serial_log:
-            argv += ["--serial-log", str(serial_log)]
-            if self.fail_on:
-                argv += ["--fail-on", self.fail_on]
-        if self.extra:
-            argv += ["--", *self.extra]
-        return argv
+        return argv + console_args(serial_log, self.fail_on, self.extra)
 
     def target(self, n: int) -> Path:
         return self.workdir / f"target{n}.img"
@@ -278,48 +311,14 @@ class NetbootRun:
                    milestones: Sequence[str] = ()) -> tuple[int, str, float, dict[str, float]]:
         """Serve, boot, serial console to `log`, until QEMU exits (the agent reboots the guest:
         -no-reboot ends the run); returns (exit code, console text, seconds, {milestone: seconds
-        after power-on when its text first showed on the console}). Power-on is when the rig
-        starts QEMU (it empties `log` then). A timeout stops everything and returns code 124."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log.unlink(missing_ok=True)
-        start = time.monotonic()
-        seen: dict[str, float] = {}
-        power_on: float | None = None
-        with open(self.workdir / "rig.log", "ab") as rig_log:
-            proc = subprocess.Popen(self.argv(log), stdout=rig_log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            code: int | None = None
-            try:
-                while code is None:
-                    try:
-                        code = proc.wait(timeout=0.5)
-                    except subprocess.TimeoutExpired:
-                        if time.monotonic() - start > timeout:
-                            code = 124
-                    now = time.monotonic()
-                    if power_on is None and log.exists():
-                        power_on = now
-                    if power_on is not None and len(seen) < len(milestones):
-                        text = plain(log.read_text(errors="replace"))
-                        for mark in milestones:
-                            if mark not in seen and mark in text:
-                                seen[mark] = now - power_on
-            finally:
-                if proc.poll() is None:  # timed out, or the test was interrupted: QEMU and the server too
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=60)
-        text = plain(log.read_text(errors="replace")) if log.exists() else ""
-        return code, text, time.monotonic() - start, seen
+        after power-on when its text first showed on the console}). A timeout stops everything
+        (QEMU and the server) and returns code 124."""
+        return run_rig(self.argv(log), self.workdir, log, timeout, milestones)
 
     def spawn(self, log: Path) -> Console:
         """Serve and boot with the serial console on a pty, for pexpect."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
-        argv = self.argv()
-        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace",
-                              timeout=BOOT_TIMEOUT, dimensions=(24, 80))
-        child.logfile_read = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in Console.close()
-        return SessionConsole(child, started=self.started)
+        return SessionConsole(spawn_rig(self.argv(), self.workdir, log), started=self.started)
 
     def machines(self) -> list[dict[str, object]]:
         """What the server's state says (`bty serve machines --json`)."""
