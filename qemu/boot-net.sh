@@ -85,10 +85,7 @@ QARGS+=(-netdev "user,id=net0,tftp=$tftp,bootfile=$bootfile"
         -device "virtio-net-pci,netdev=net0,mac=$mac,bootindex=1")
 for ((i = 1; i <= targets; i++)); do
     t=$workdir/target$i.img
-    if [[ $keep_targets == 0 || ! -f $t ]]; then
-        rm -f "$t"
-        truncate -s "$target_size" "$t"
-    fi
+    blank_target "$t" "$target_size" "$keep_targets"
     add_disk_args "$bus" "target$i" "$t" "${serial_list[$((i - 1))]}" raw "" $((i + 1))
 done
 add_serial_args "$log"

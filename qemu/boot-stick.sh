@@ -110,10 +110,7 @@ if [[ -n $fail ]]; then
 fi
 for ((i = 1; i <= targets; i++)); do
     t=$workdir/target$i.img
-    if [[ $keep_targets == 0 || ! -f $t ]]; then
-        rm -f "$t"
-        truncate -s "$target_size" "$t"
-    fi
+    blank_target "$t" "$target_size" "$keep_targets"
     conf=""
     if [[ $i == "$fail_k" ]]; then
         # Every write (and write-zeroes) request touching that sector fails with EIO.

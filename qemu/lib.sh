@@ -96,6 +96,15 @@ add_firmware_args() {
             -drive "if=pflash,format=raw,file=$1/OVMF_VARS.fd")
 }
 
+# blank_target PATH SIZE KEEP: a blank sparse disk image at PATH; with KEEP=1 an existing one
+# is left as it is (--keep-targets: look at what the last run wrote).
+blank_target() {
+    if [[ $3 == 0 || ! -f $1 ]]; then
+        rm -f "$1"
+        truncate -s "$2" "$1"
+    fi
+}
+
 # add_disk_args BUS ID FILE SERIAL [FORMAT] [BLKDEBUG_CONF] [BOOTINDEX]: append one disk to QARGS.
 # Controllers (xhci for usb, virtio-scsi for scsi) are added once, on first use.
 SATA_PORT=0
