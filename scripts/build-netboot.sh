@@ -82,6 +82,7 @@ mv "$tree/usr/bin/busybox" "$tree/bin/busybox"
 rmdir "$tree/usr/bin"
 ln -s usr/lib "$tree/lib"
 install -m 0755 mkosi.netboot/init "$tree/init"
+install -m 0644 mkosi.initrd/common.sh "$tree/bty-initrd.sh"
 
 cpio_of() { # cpio_of DIR: a reproducible newc archive of DIR on stdout
     (cd "$1" && find . -print0 | LC_ALL=C sort -z |
