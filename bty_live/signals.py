@@ -1,0 +1,88 @@
+"""Stop signals: SIGTERM, SIGHUP and SIGQUIT stop a flash the way Ctrl-C does.
+
+systemd stops `bty unattended` and the agent with SIGTERM at poweroff, a closed SSH session
+sends SIGHUP, and Ctrl-\\ sends SIGQUIT. Left to their default action each kills the process in
+the middle of a write, with no wipe, no message and no ledger record. Front-ends install one of
+these handlers instead:
+
+- `raise_on_stop_signals()`: for front-ends that run the engine in the main thread (the CLI,
+  unattended mode, the agent). The signal raises `StopSignal`, a KeyboardInterrupt, so the
+  engine's own Ctrl-C path stops the stages, wipes the target and records the run.
+- `call_on_stop_signals(callback)`: for front-ends with an event loop of their own (the TUI),
+  which cancel the engine's worker themselves and exit once it has wiped.
+
+The exit code of a run stopped by a signal is 128 + the signal's number, as a shell reports it
+(130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, 131 for SIGQUIT).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+#: the signals that mean "stop now" and that a flash must survive long enough to wipe
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal arrived; raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_code_for_signal(signum: int) -> int:
+    return 128 + signum
+
+
+def interrupt_signal(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: its StopSignal's, else SIGINT (Ctrl-C)."""
+    return exc.signum if isinstance(exc, StopSignal) else signal.SIGINT
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise StopSignal(signum)
+
+
+def raise_on_stop_signals() -> None:
+    """Make every stop signal raise StopSignal in the main thread (call from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+
+
+def call_on_stop_signals(callback: Callable[[int], None]) -> None:
+    """Make every stop signal call `callback(signum)` in the main thread instead of killing us."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        callback(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def block_stop_signals() -> set[signal.Signals]:
+    """Block SIGINT and the stop signals (for the wipe that makes a half-written disk safe);
+    returns the previous mask for `restore_signal_mask`. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return set()
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *STOP_SIGNALS})
+
+
+def restore_signal_mask(mask: set[signal.Signals]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
