@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 import zstandard
@@ -33,7 +34,7 @@ from bty_live.errors import DigestMismatchError, SourceCorruptError, TargetRefus
 from bty_live.formats import ImageReader
 from bty_live.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
 from bty_live.sources import RawStream
-from bty_live.target import ZEROOUT_PIECE, BlockTarget
+from bty_live.target import ZEROOUT_PIECE, TargetInfo
 from bty_live.units import format_size
 from bty_live.zstd_frames import Frame
 
@@ -66,6 +67,22 @@ class CopyResult:
     parallel_frames: bool
 
 
+class WriteTarget(Protocol):
+    """Where the write pass writes: a BlockTarget, or the engine's DeferringTarget around one."""
+
+    @property
+    def info(self) -> TargetInfo: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def pwrite(self, view: memoryview, offset: int) -> None: ...
+
+    def zeroout(self, offset: int, length: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class StreamConsumer:
     """Something else that wants to see the decompressed stream in order (e.g. bmap checks)."""
 
@@ -94,7 +111,7 @@ class WritePass:
     def __init__(
         self,
         reader: ImageReader,
-        target: BlockTarget,
+        target: WriteTarget,
         *,
         expected_size: int | None = None,
         frames: Sequence[Frame] | None = None,

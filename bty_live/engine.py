@@ -14,16 +14,14 @@ passed or failed, appends one record to the plan's ledger.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from bty_live.bmap import BmapRangeVerifier
 from bty_live.copy import CopyResult, StreamConsumer, WritePass
+from bty_live.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
 from bty_live.disks import boot_medium_devnums, find_disk, read_identity
 from bty_live.eligibility import EligibilityContext, reasons
 from bty_live.errors import (
@@ -32,6 +30,7 @@ from bty_live.errors import (
     FixupError,
     TargetRefusedError,
     VerifyError,
+    stopped_by,
 )
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.fixups import check_partition_table, fix_partition_table
@@ -41,6 +40,7 @@ from bty_live.machine import read_machine_identity
 from bty_live.plan import FlashPlan, VerifyMode
 from bty_live.readback import readback_digest
 from bty_live.receipt import Receipt, save_receipt
+from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
 from bty_live.target import BlockTarget
 from bty_live.tune import TuneResult, run_tuning
 from bty_live.units import format_size
@@ -70,6 +70,9 @@ class _Run:
         self.cancel = cancel or threading.Event()
         self.phases: dict[str, float] = {}
         self.target: BlockTarget | None = None
+        #: the image's first and last MiB, held until everything else is written and verified
+        self.deferred: list[DeferredRegion] = []
+        self.copy: CopyResult | None = None  # the write pass's result, once it is done
         self.started_at = datetime.now(UTC)
 
     def info(self, phase: Phase, message: str) -> None:
@@ -84,6 +87,7 @@ class _Run:
             copy = self._write(self.target)
             stream_check = self._check_stream(copy)
             readback_check = self._readback(copy)
+            self._commit_deferred(self.target)
             fixups = self._fixups(self.target)
             tune = self._tune(copy)
             receipt = self._receipt(copy, stream_check, readback_check, fixups, tune)
@@ -93,18 +97,44 @@ class _Run:
                             message="; ".join(receipt.summary()[:1])))
             return receipt
         except BaseException as exc:
-            error = exc if isinstance(exc, BtyError) else None
-            wiped = self._wipe_if_touched(exc)
-            if error is not None and wiped:
-                error.aftermath = wiped
-            message = error.full_message() if error else f"{type(exc).__name__}: {exc}"
-            self.sink(Event(Phase.FAILED, Kind.ERROR, message=message,
-                            error=error.kind if error else type(exc).__name__))
-            self._record(error=exc)
+            error = self._as_error(exc)
+            mask = block_stop_signals()  # a second signal must not cut the wipe or the record short
+            try:
+                self._fail(exc, error)
+            finally:
+                restore_signal_mask(mask)
+            if error is not None and error is not exc:
+                raise error from exc
             raise
         finally:
+            release(self.deferred)
             if self.target is not None:
                 self.target.close()
+
+    @staticmethod
+    def _as_error(exc: BaseException) -> BtyError | None:
+        """The BtyError a failure is reported as: a Ctrl-C or stop signal outside the copy stages
+        (fix-ups, tuning) becomes the same Cancelled the stages raise."""
+        if isinstance(exc, BtyError):
+            return exc
+        if isinstance(exc, KeyboardInterrupt):
+            return stopped_by(interrupt_signal(exc))
+        return None
+
+    def _fail(self, exc: BaseException, error: BtyError | None) -> None:
+        """Wipe (when the disk was touched), report, save a failed receipt, record the run."""
+        wiped = self._wipe_if_touched(exc)
+        if error is not None and wiped:
+            error.aftermath = wiped
+        message = error.full_message() if error else f"{type(exc).__name__}: {exc}"
+        self.sink(Event(Phase.FAILED, Kind.ERROR, message=message,
+                        error=error.kind if error else type(exc).__name__))
+        if self.target is not None:  # the disk was opened: the run leaves a receipt, failed or not
+            receipt = self._failed_receipt(message)
+            self._save(receipt)
+            if error is not None:
+                error.receipt = receipt
+        self._record(error=error or exc)
 
     # -- safety -------------------------------------------------------------------------------
 
@@ -138,9 +168,8 @@ class _Run:
             except BtyError as reopen:
                 return f"could not reopen {self.plan.target.path} to wipe it ({reopen}): treat it as damaged"
         image_end = self.plan.image.size or 0
-        with _sigint_blocked():
-            wiped = target.wipe_signatures((image_end,) if image_end else ())
-            target.reread_partitions()
+        wiped = target.wipe_signatures((image_end,) if image_end else ())
+        target.reread_partitions()
         if not wiped:
             return f"could not wipe {target.path}: treat it as damaged"
         return f"{target.path} wiped: partition tables and signatures at its start and end were zeroed"
@@ -157,10 +186,14 @@ class _Run:
                                    f"{image.bmap.source or 'sidecar'} range checksums")
         meter = ProgressMeter(self.sink, Phase.WRITE, image.size)
         meter.start(f"writing {image.name} to {target.path}")
+        # the old partition tables go first and the image's come last (bty_live.deferred): from
+        # here until the commit, a power cut leaves a disk that no firmware or tool takes as whole
+        target.wipe_signatures((image.size,) if image.size else ())
+        self.deferred = plan_regions(image.size, target.info.logical_block_size)
         with ImageReader(image.source, image.compression, expected_size=image.size) as reader:
             copy = WritePass(
                 reader,
-                target,
+                DeferringTarget(target, self.deferred),
                 expected_size=image.size,
                 frames=image.frames,
                 use_zeroout=plan.options.zeroout,
@@ -169,6 +202,7 @@ class _Run:
             )
             result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
         self.phases["write"] = result.seconds
+        self.copy = result
         meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
                   message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
         return result
@@ -202,6 +236,7 @@ class _Run:
             copy.size,
             tick=lambda c: meter.update(0, c.bytes_hashed),
             cancel=self.cancel,
+            overlay=overlay(self.deferred),
         )
         self.phases["verify"] = result.seconds
         meter.end(0, result.size, digest=result.digest)
@@ -212,6 +247,14 @@ class _Run:
                 "counterfeit: try another disk"
             )
         return "match"
+
+    def _commit_deferred(self, target: BlockTarget) -> None:
+        """Everything else has landed (and is verified, as the plan asks): now the first and last
+        MiB, the partition tables and boot code, are written and read back."""
+        check = self.plan.options.verify != VerifyMode.OFF
+        written = commit(target, self.deferred, check=check)
+        self.info(Phase.VERIFY, f"wrote the partition-table regions last ({format_size(written)})"
+                                + (" and read them back: they match" if check else ""))
 
     def _fixups(self, target: BlockTarget) -> list[str]:
         plan = self.plan
@@ -274,6 +317,38 @@ class _Run:
         except (LedgerError, OSError) as exc:
             self.info(Phase.DONE, f"warning: the ledger {plan.ledger} could not be written ({exc})")
 
+    def _failed_receipt(self, message: str) -> Receipt:
+        """The receipt of a run that failed after the disk was opened: what was done, and why it stopped."""
+        plan = self.plan
+        disk = plan.disk
+        copy = self.copy
+        return Receipt(
+            result="failed",
+            image_name=plan.image.name,
+            image_path=plan.image.location,
+            image_size=copy.size if copy else plan.image.size or 0,
+            image_blake3=copy.digest if copy else "",
+            manifest_blake3=plan.image.expected_blake3,
+            target_path=disk.path,
+            target_model=disk.model,
+            target_serial=disk.serial,
+            target_wwn=disk.wwn,
+            target_size=disk.size,
+            target_transport=disk.transport,
+            target_by_id=list(disk.by_id),
+            bytes_written=copy.written if copy else 0,
+            bytes_zeroed=copy.zeroed if copy else 0,
+            verify_mode=str(plan.options.verify),
+            stream_check="not reached",
+            readback_check="not reached",
+            fixups=[],
+            phases=dict(self.phases),
+            started_at=self.started_at.isoformat(timespec="seconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            parallel_frames=copy.parallel_frames if copy else False,
+            error=message,
+        )
+
     def _receipt(self, copy: CopyResult, stream_check: str, readback_check: str, fixups: list[str],
                  tune: TuneResult | None = None) -> Receipt:
         plan = self.plan
@@ -304,16 +379,3 @@ class _Run:
             parallel_frames=copy.parallel_frames,
             tune=tune.to_dict() if tune is not None else None,
         )
-
-
-@contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """A second Ctrl-C must not interrupt the wipe that makes a half-written disk safe."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

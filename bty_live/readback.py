@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -43,8 +43,13 @@ def readback_digest(
     *,
     tick: Callable[[ReadCounters], None] = lambda _: None,
     cancel: threading.Event | None = None,
+    overlay: Sequence[tuple[int, memoryview]] = (),
 ) -> ReadbackResult:
-    """blake3 of the first `size` bytes of the device at `path`, read with O_DIRECT."""
+    """blake3 of the first `size` bytes of the device at `path`, read with O_DIRECT.
+
+    `overlay` lists (offset, bytes) that replace what the disk holds there: the regions the
+    engine writes last (bty_live.deferred), hashed from memory and checked on their own after
+    they are written."""
     started = time.monotonic()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -78,6 +83,7 @@ def readback_digest(
                     f"read-back of {path} stopped at {format_size(offset + got)} of {format_size(size)}; "
                     "the disk is smaller than it said or was removed"
                 )
+            _lay_over(buf.view, offset, want, overlay)
             buf.offset, buf.length = offset, want
             channel.put(buf)
             offset += want
@@ -100,6 +106,14 @@ def readback_digest(
         pool.close()
         os.close(fd)
     return ReadbackResult(size=size, digest=hasher.hexdigest(), seconds=time.monotonic() - started)
+
+
+def _lay_over(view: memoryview, offset: int, length: int, overlay: Sequence[tuple[int, memoryview]]) -> None:
+    end = offset + length
+    for at, data in overlay:
+        start, stop = max(offset, at), min(end, at + len(data))
+        if start < stop:
+            view[start - offset : stop - offset] = data[start - at : stop - at]
 
 
 def _logical_block_size(fd: int) -> int:
