@@ -14,7 +14,9 @@ import traceback
 from collections.abc import Sequence
 
 from bty_live import __version__, errors
+from bty_live.output import dropping_std_streams
 from bty_live.run import ToolError
+from bty_live.signals import exit_code_for_signal, interrupt_signal, stop_signals_raise
 
 #: exit code per error class; the first matching class (most specific first) wins
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -31,13 +33,16 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
     (errors.NetworkError, 14, "the bty server is unreachable, or refused the token"),
     (ToolError, 12, "a required tool is missing or failed"),
-    (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given)"),
+    (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given); 128+N when signal N "
+     "stopped it: 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT (a touched disk is wiped first)"),
     (errors.BtyError, 1, "other error"),
 ]
 INTERNAL_ERROR = 70
 
 
 def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, errors.Cancelled) and exc.signum is not None:
+        return exit_code_for_signal(exc.signum)
     for cls, code, _ in EXIT_CODES:
         if isinstance(exc, cls):
             return code
@@ -84,25 +89,35 @@ def _command_word(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=_command_word(words))
-    args = parser.parse_args(words)
-    try:
-        code: int = args.func(args)
-        return code
-    except KeyboardInterrupt:
-        print("bty: cancelled", file=sys.stderr)
-        return 130
-    except errors.BtyError as exc:
-        print(f"bty: {exc.full_message()}", file=sys.stderr)
-        return exit_code_for(exc)
-    except BrokenPipeError:
+    if not words:  # a bare `bty`: what it can do, not an error
+        parser.print_help()
         return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if os.environ.get("BTY_DEBUG"):
-            traceback.print_exc()
-        print(f"bty: internal error: {type(exc).__name__}: {exc} (rerun with BTY_DEBUG=1 for details)",
-              file=sys.stderr)
-        return INTERNAL_ERROR
+    return run_guarded(parser, words)
 
+
+def run_guarded(parser: argparse.ArgumentParser, words: Sequence[str]) -> int:
+    """Parse `words` and run the chosen subcommand under the rule every front-end shares: a
+    failure is one line on stderr and a distinct exit code; Ctrl-C, SIGTERM, SIGHUP and SIGQUIT
+    stop it the same way (the engine wipes a touched disk); output that cannot be written (a
+    closed pipe, a hung-up terminal) is dropped and changes nothing else."""
+    args = parser.parse_args(words)
+    with dropping_std_streams(), stop_signals_raise():
+        try:
+            code: int = args.func(args)
+            return code
+        except KeyboardInterrupt as exc:
+            signum = interrupt_signal(exc)
+            print(f"bty: {errors.stopped_by(signum)}", file=sys.stderr)
+            return exit_code_for_signal(signum)
+        except errors.BtyError as exc:
+            print(f"bty: {exc.full_message()}", file=sys.stderr)
+            return exit_code_for(exc)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+            if os.environ.get("BTY_DEBUG"):
+                traceback.print_exc()
+            print(f"bty: internal error: {type(exc).__name__}: {exc} (rerun with BTY_DEBUG=1 for details)",
+                  file=sys.stderr)
+            return INTERNAL_ERROR
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,11 @@ the thing that went wrong and what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bty_live.receipt import Receipt
+
 
 class BtyError(Exception):
     """Base of every error bty-live reports to a user."""
@@ -15,6 +20,8 @@ class BtyError(Exception):
     kind = "error"
     #: what was done about it afterwards (e.g. "the target was wiped"), shown after the message
     aftermath: str = ""
+    #: the failed run's receipt, when the engine had opened the disk (saved like a good one)
+    receipt: Receipt | None = None
 
     def full_message(self) -> str:
         return f"{self}; {self.aftermath}" if self.aftermath else str(self)
@@ -79,9 +86,27 @@ class FixupError(BtyError):
 
 
 class Cancelled(BtyError):
-    """The user (or a signal) stopped the run."""
+    """The user (or a signal) stopped the run.
+
+    `signum` is the signal that stopped it (SIGINT for Ctrl-C, SIGTERM, SIGHUP, SIGQUIT), or
+    None when it was stopped otherwise (the confirmation was not given, the TUI's cancel);
+    the exit code is then 128 + signum, as a shell reports a process a signal stopped.
+    """
 
     kind = "cancelled"
+
+    def __init__(self, message: str, *, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def stopped_by(signum: int) -> Cancelled:
+    """The Cancelled error of a run that the signal `signum` stopped."""
+    from bty_live.signals import signal_name
+
+    name = signal_name(signum)
+    why = "Ctrl-C" if name == "SIGINT" else f"{name} (the system is shutting down, or someone stopped bty)"
+    return Cancelled(f"cancelled by {why}", signum=signum)
 
 
 class TuneError(BtyError):

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from bty_live.errors import Cancelled
+from bty_live.errors import Cancelled, stopped_by
+from bty_live.signals import interrupt_signal
 
 POLL = 0.05  # seconds a blocked stage waits before re-checking the abort flag
 
@@ -146,8 +147,8 @@ class StageRunner:
                     if self.cancel.is_set() and not self.abort.is_set():
                         self.fail(Cancelled("cancelled by the user"))
                     tick()
-        except KeyboardInterrupt:
-            self.fail(Cancelled("cancelled by the user (Ctrl-C)"))
+        except KeyboardInterrupt as exc:
+            self.fail(stopped_by(interrupt_signal(exc)))
             for thread in self._threads:
                 thread.join(5)
         if self._error is not None:

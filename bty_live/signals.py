@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 #: the signals that mean "stop now" and that a flash must survive long enough to wipe
@@ -50,16 +51,40 @@ def interrupt_signal(exc: BaseException) -> int:
     return exc.signum if isinstance(exc, StopSignal) else signal.SIGINT
 
 
+_stopping: list[int] = []  # the signal that is stopping us, once one has arrived
+
+
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    if _stopping:  # already stopping: a second signal must not cut the wipe or the ledger record short
+        return
+    _stopping.append(signum)
     raise StopSignal(signum)
 
 
 def raise_on_stop_signals() -> None:
-    """Make every stop signal raise StopSignal in the main thread (call from the main thread)."""
+    """Make Ctrl-C and every stop signal raise StopSignal in the main thread, once: later
+    signals are ignored while the run stops, wipes and records (call from the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in STOP_SIGNALS:
+    _stopping.clear()
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, _raise_stop)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """raise_on_stop_signals() for the duration of a command; the previous handlers after it
+    (a command run inside another program, such as the tests, leaves its handlers as they were)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    raise_on_stop_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def call_on_stop_signals(callback: Callable[[int], None]) -> None:
@@ -74,15 +99,15 @@ def call_on_stop_signals(callback: Callable[[int], None]) -> None:
         signal.signal(sig, handler)
 
 
-def block_stop_signals() -> set[signal.Signals]:
+def block_stop_signals() -> set[int]:
     """Block SIGINT and the stop signals (for the wipe that makes a half-written disk safe);
     returns the previous mask for `restore_signal_mask`. A no-op outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return set()
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *STOP_SIGNALS})
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *STOP_SIGNALS}))
 
 
-def restore_signal_mask(mask: set[signal.Signals]) -> None:
+def restore_signal_mask(mask: set[int]) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)

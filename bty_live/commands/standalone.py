@@ -11,20 +11,10 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def run_standalone(register: Register, argv: Sequence[str] | None = None) -> int:
-    from bty_live import errors
-    from bty_live.cli import exit_code_for
+    from bty_live.cli import run_guarded
 
     parser = argparse.ArgumentParser(prog="bty")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-        return code
-    except KeyboardInterrupt:
-        print("bty: cancelled", file=sys.stderr)
-        return 130
-    except errors.BtyError as exc:
-        print(f"bty: {exc.full_message()}", file=sys.stderr)
-        return exit_code_for(exc)
+    return run_guarded(parser, list(sys.argv[1:] if argv is None else argv))
