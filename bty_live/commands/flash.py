@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bty_live import engine
 from bty_live.disks import describe_contents
-from bty_live.errors import Cancelled, UsageError
+from bty_live.errors import BtyError, Cancelled, UsageError
 from bty_live.image import ImageSource
 from bty_live.plan import FlashOptions, FlashPlan, VerifyMode
 from bty_live.prepare import prepare_plan
@@ -135,7 +135,24 @@ def confirm(plan: FlashPlan, contents: list[str]) -> None:
         raise Cancelled(f"not confirmed (expected {name!r}); nothing was written")
 
 
+def error_json(exc: BtyError) -> dict[str, object]:
+    """`--json`'s last line for a run that failed before the disk was opened."""
+    from bty_live.cli import exit_code_for
+
+    return {"error": {"kind": exc.kind, "message": exc.full_message(), "exit_code": exit_code_for(exc)}}
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except BtyError as exc:
+        if args.json:  # a program reading the lines learns how it ended, whatever the phase
+            last = {"receipt": exc.receipt.to_dict()} if exc.receipt is not None else error_json(exc)
+            print(json.dumps(last), flush=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     plan = build_plan(args)
     contents = describe_contents(plan.disk)
     if args.json and args.dry_run:
