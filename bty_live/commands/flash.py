@@ -47,6 +47,10 @@ What happens:
 
 Any failure after the first write wipes the partition-table signatures at the start and end of
 the disk, so a half-written disk never looks bootable, and prints one line naming the cause.
+SIGTERM, SIGHUP and SIGQUIT stop a flash like Ctrl-C (wipe, one line, exit 128+N). Against a
+power cut: the old partition tables are zeroed first and the image's first and last MiB are
+written last, once the rest is written and verified. A closed output pipe does not stop a flash.
+With --json the last line is the receipt (failed runs too), or {"error": ...} before the write.
 """
 
 
