@@ -213,7 +213,9 @@ def test_cancel_midway_asks_first_and_then_the_engine_stops_and_wipes_the_target
     drive(make_app(images_dir=images_dir, actions=actions.as_system_actions(), backend=stalling_backend(held)),
           scenario)
     assert looks_blank(loop.path, IMAGE_SIZE)
-    assert not receipts.exists() or not list(receipts.glob("*.json"))
+    [saved] = receipts.glob("*.json")  # a cancelled run leaves a receipt that says so
+    receipt = json.loads(saved.read_text())
+    assert receipt["result"] == "failed" and "cancelled" in receipt["error"]
 
 
 def test_quitting_during_a_flash_cancels_it_wipes_the_target_and_exits_with_the_cancelled_code(
