@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -16,11 +17,19 @@ from bty_live.tui.text import confirm_prompt, destroy_preview
 from bty_live.tui.widgets import KeyHints, TitleBar
 
 
+class NameInput(Input):
+    """The name field. Its own Enter (not a priority binding on the screen) submits, so the name is
+    compared only once every key typed before Enter has reached the field: a paste, expect or a
+    serial console sends "loop1\r" in one burst, and a screen-level Enter would run first."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "submit", "Erase and write", key_display="Enter"),
+    ]
+
+
 class ConfirmScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back", key_display="Esc"),
-        # a priority binding: it runs before the Input's own Enter, and so shows in the footer
-        Binding("enter", "submit", "Erase and write", key_display="Enter", priority=True),
         # ? and l are letters of the name field here: help and log stay on function keys
         Binding("f1", "app.help", "Help", key_display="F1"),
         Binding("f2", "app.log", "Log", key_display="F2"),
@@ -45,7 +54,7 @@ class ConfirmScreen(Screen[None]):
         with VerticalScroll(id="preview"):
             yield Static(destroy_preview(self.plan, self.contents))
         yield Static(confirm_prompt(self.plan), id="prompt")
-        yield Input(id="name", max_length=64)
+        yield NameInput(id="name", max_length=64)
         yield Static("", id="hint")
         yield KeyHints()
 
@@ -60,9 +69,15 @@ class ConfirmScreen(Screen[None]):
         self.query_one("#hint", Static).update(
             f"{self.plan.disk.path} changed after it was chosen: press Esc and choose it again.")
 
-    def action_submit(self) -> None:
+    @on(Input.Submitted, "#name")
+    def _submitted(self, event: Input.Submitted) -> None:
+        """The name as it was when Enter reached the field (the event's value, not the widget's now)."""
+        event.stop()
+        self.check_name(event.value)
+
+    def check_name(self, value: str) -> None:
         name_input = self.query_one("#name", Input)
-        typed = name_input.value.strip()
+        typed = value.strip()
         hint = self.query_one("#hint", Static)
         if self.stale:
             return
