@@ -24,7 +24,7 @@ screens:
   Confirm   what the disk holds now and what will be written; type the disk's name to go on
   Progress  phase, bar, MB/s, ETA, bytes written and zero-filled, elapsed; c cancels (asks
             first), and a cancelled flash wipes the disk
-  Done      the receipt; flash another, reboot, power off or open a shell
+  Done      the receipt; a flash another, b reboot, o power off (each asks y/n first), s shell
   Error     the cause in one line, what to do next, the details on demand
 
 keys: arrows and Enter; Esc goes back; ? or F1 help; l the log of the engine's events; s shell;

@@ -42,6 +42,7 @@ from bty_live.tui.screens import (
     HelpScreen,
     ImagesScreen,
     LogScreen,
+    PowerDialog,
     ProgressScreen,
 )
 from bty_live.tui.text import log_line
@@ -329,7 +330,16 @@ class BtyApp(App[int]):
         elif step == NextStep.SHELL:
             self.action_shell()
         elif step in (NextStep.REBOOT, NextStep.POWEROFF):
-            self._power(step)
+            self._ask_power(step)
+
+    def _ask_power(self, step: NextStep) -> None:
+        """Reboot or power off once the user says yes (a stray key must not take the machine down)."""
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._power(step)
+
+        if not isinstance(self.top, PowerDialog):
+            self.push_screen(PowerDialog("reboot" if step == NextStep.REBOOT else "power off"), answered)
 
     def _power(self, step: NextStep) -> None:
         verb = "reboot" if step == NextStep.REBOOT else "power off"

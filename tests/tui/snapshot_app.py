@@ -16,6 +16,7 @@ from bty_live.tui.screens import (
     ErrorScreen,
     HelpScreen,
     LogScreen,
+    PowerDialog,
     ProgressScreen,
 )
 from bty_live.tui.text import log_line
@@ -84,6 +85,13 @@ async def done(pilot: Pilot[int]) -> None:
     await pilot.pause()
 
 
+async def power_dialog(pilot: Pilot[int]) -> None:
+    await done(pilot)
+    await pilot.press("b")
+    await wait_for_screen(pilot, PowerDialog)
+    await pilot.pause()
+
+
 def _recorded_log() -> list[str]:
     return [line for event in recorded.finished_events() if (line := log_line(event)) is not None]
 
@@ -126,6 +134,7 @@ SCREENS: dict[str, Setup] = {
     "progress": progress,
     "cancel-dialog": cancel_dialog,
     "done": done,
+    "power-dialog": power_dialog,
     "error": error,
     "error-details": error_details,
     "help": help_screen,

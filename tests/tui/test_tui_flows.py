@@ -28,6 +28,7 @@ from bty_live.tui.screens import (
     ErrorScreen,
     ImagesScreen,
     LogScreen,
+    PowerDialog,
     ProgressScreen,
 )
 from bty_live.tui.widgets import Choices
@@ -355,7 +356,10 @@ def test_reboot_and_power_off_call_the_injected_actions_and_shell_exits_with_its
         steps = app.screen.query_one(Choices)
         await move_to(pilot, steps, "reboot")
         await pilot.press("enter")
-        await pilot.press("p")
+        await wait_for_screen(pilot, PowerDialog)  # asks first
+        await pilot.press("y")
+        await wait_for_screen(pilot, DoneScreen)
+        await pilot.press("o", "y")
         assert actions.calls == ["reboot", "poweroff"]
         await pilot.press("s")
         await wait_for(pilot, lambda: app.return_code is not None, "the app to exit")

@@ -7,13 +7,26 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from textual import events
+from textual.binding import Binding
 from textual.pilot import Pilot
 
 from bty_live.tui.app import BtyApp, make_app
-from bty_live.tui.screens import ConfirmScreen, ProgressScreen
+from bty_live.tui.screens import (
+    CancelDialog,
+    ConfirmScreen,
+    DisksScreen,
+    DoneScreen,
+    ErrorScreen,
+    HelpScreen,
+    ImagesScreen,
+    LogScreen,
+    PowerDialog,
+    ProgressScreen,
+)
+from bty_live.tui.widgets import Choices
 from tests.tui import recorded
-from tests.tui.snapshot_app import disks
-from tests.tui.tui_helpers import RecordedActions, screen_text, wait_for, wait_for_screen
+from tests.tui.snapshot_app import disks, done
+from tests.tui.tui_helpers import RecordedActions, move_to, screen_text, wait_for, wait_for_screen
 
 Scenario = Callable[[BtyApp, Pilot[int]], Awaitable[None]]
 DISK = "nvme0n1"  # the recorded machine's first eligible disk
@@ -82,3 +95,101 @@ def test_a_wrong_name_in_one_burst_is_still_refused_and_the_field_cleared() -> N
         assert isinstance(app.screen, ConfirmScreen) and confirm.query_one("#name").value == ""  # type: ignore[attr-defined]
 
     drive(scenario)
+
+
+# -- the Done screen: reboot and power off ask first, on keys no other screen uses ------------------
+
+
+async def open_done(app: BtyApp, pilot: Pilot[int]) -> None:
+    await done(pilot)
+    assert isinstance(app.screen, DoneScreen)
+
+
+def test_r_and_p_on_the_done_screen_neither_reboot_nor_power_off() -> None:
+    actions = RecordedActions()
+
+    async def scenario(app: BtyApp, pilot: Pilot[int]) -> None:
+        await open_done(app, pilot)
+        await pilot.press("r", "p")
+        await pilot.pause()
+        assert isinstance(app.screen, DoneScreen)
+
+    drive(scenario, actions)
+    assert actions.calls == []
+
+
+def test_the_reboot_key_asks_first_and_no_leaves_the_machine_running() -> None:
+    actions = RecordedActions()
+
+    async def scenario(app: BtyApp, pilot: Pilot[int]) -> None:
+        await open_done(app, pilot)
+        await pilot.press("b")
+        await wait_for_screen(pilot, PowerDialog)
+        assert "Reboot now?" in screen_text(app)
+        await pilot.press("enter")  # the highlighted answer is "no"
+        await wait_for_screen(pilot, DoneScreen)
+        await pilot.press("b")
+        await wait_for_screen(pilot, PowerDialog)
+        await pilot.press("n")
+        await wait_for_screen(pilot, DoneScreen)
+        assert actions.calls == []
+        await pilot.press("b")
+        await wait_for_screen(pilot, PowerDialog)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: actions.calls == ["reboot"], "the reboot")
+
+    drive(scenario, actions)
+
+
+def test_the_power_off_key_asks_first_then_powers_off() -> None:
+    actions = RecordedActions()
+
+    async def scenario(app: BtyApp, pilot: Pilot[int]) -> None:
+        await open_done(app, pilot)
+        await pilot.press("o")
+        await wait_for_screen(pilot, PowerDialog)
+        assert "Power off now?" in screen_text(app)
+        await pilot.press("escape")
+        await wait_for_screen(pilot, DoneScreen)
+        assert actions.calls == []
+        await pilot.press("o")
+        await wait_for_screen(pilot, PowerDialog)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: actions.calls == ["poweroff"], "the power-off")
+
+    drive(scenario, actions)
+
+
+def test_reboot_chosen_from_the_list_of_next_steps_asks_first_too() -> None:
+    actions = RecordedActions()
+
+    async def scenario(app: BtyApp, pilot: Pilot[int]) -> None:
+        await open_done(app, pilot)
+        await move_to(pilot, app.screen.query_one(Choices), "reboot")
+        await pilot.press("enter")
+        await wait_for_screen(pilot, PowerDialog)
+        assert actions.calls == []
+        await pilot.press("y")
+        await wait_for(pilot, lambda: actions.calls == ["reboot"], "the reboot")
+
+    drive(scenario, actions)
+
+
+def _keys_of(bindings: object) -> dict[str, str]:
+    """key -> action of a BINDINGS list (Binding objects or tuples)."""
+    keys: dict[str, str] = {}
+    for binding in bindings:  # type: ignore[attr-defined]
+        key, action = (binding.key, binding.action) if isinstance(binding, Binding) else binding[:2]
+        for one in key.split(","):
+            keys[one] = action
+    return keys
+
+
+def test_the_done_screens_reboot_and_power_off_keys_mean_nothing_else_on_any_screen() -> None:
+    done_keys = {key for key, action in _keys_of(DoneScreen.BINDINGS).items() if "reboot" in action
+                 or "poweroff" in action}
+    assert done_keys == {"b", "o"}
+    for screen in (ImagesScreen, DisksScreen, ProgressScreen, ErrorScreen, CancelDialog, HelpScreen, LogScreen):
+        clash = done_keys & set(_keys_of(screen.BINDINGS))
+        assert not clash, f"{screen.__name__} binds {clash} too"
+    assert not done_keys & set(_keys_of(BtyApp.BINDINGS))

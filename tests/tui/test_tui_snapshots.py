@@ -55,7 +55,7 @@ def test_notifications_draw_only_glyphs_the_linux_console_font_has() -> None:
                        actions=actions.as_system_actions(), follow_hotplug=False)
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await done(pilot)
-            await pilot.press("r")  # "Reboot: asked the system to reboot..."
+            await pilot.press("b", "y")  # "Reboot: asked the system to reboot..."
             await wait_for(pilot, lambda: bool(app._notifications), "the notification")
             await pilot.pause()
             return screen_text(app)

@@ -3,7 +3,7 @@ callables they run in thread workers) and report choices by posting messages; th
 what comes next."""
 
 from bty_live.tui.screens.confirm import ConfirmScreen
-from bty_live.tui.screens.dialogs import CancelDialog, HelpScreen, LogScreen
+from bty_live.tui.screens.dialogs import CancelDialog, HelpScreen, LogScreen, PowerDialog
 from bty_live.tui.screens.disks import DisksScreen
 from bty_live.tui.screens.done import DoneScreen
 from bty_live.tui.screens.error import ErrorScreen
@@ -19,5 +19,6 @@ __all__ = [
     "HelpScreen",
     "ImagesScreen",
     "LogScreen",
+    "PowerDialog",
     "ProgressScreen",
 ]

@@ -49,6 +49,38 @@ class CancelDialog(ModalScreen[bool]):
         self.dismiss(cancel)
 
 
+class PowerDialog(ModalScreen[bool]):
+    """Asks before a reboot or power-off; "no" is highlighted, so a stray Enter changes nothing."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No", key_display="n"),
+    ]
+
+    def __init__(self, verb: str) -> None:
+        super().__init__()
+        self.verb = verb  # "reboot" or "power off"
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(f"{self.verb.capitalize()} now? y/n", classes="heading")
+            yield Static(f"The machine will {self.verb} at once. Esc or n stays here.")
+            yield ActionChoices(Option(f"No, do not {self.verb}", id="no"),
+                                Option(f"Yes, {self.verb} now", id="yes"), id="answer")
+        yield KeyHints()
+
+    def on_mount(self) -> None:
+        self.query_one(ActionChoices).focus()
+
+    @on(OptionList.OptionSelected, "#answer")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
 HELP = """\
 bty-live writes a disk image onto a disk and proves it landed.
 
@@ -60,7 +92,8 @@ bty-live writes a disk image onto a disk and proves it landed.
   4. Progress  write, verify (the disk is read back and hashed), fix up the
                partition table. c cancels (after a question); a cancelled or
                failed flash wipes the disk so it never looks bootable.
-  5. Done      the receipt. Flash another, reboot, power off or open a shell.
+  5. Done      the receipt. a flashes another, b reboots, o powers off (both
+               ask first: y/n), s opens a shell.
 
 Keys:  arrows move, Enter chooses, Esc goes back, l (or F2) shows the log of
 the engine's events, ? (or F1) shows this help, s opens a shell, ^q quits.

@@ -31,8 +31,9 @@ class DoneScreen(Screen[None]):
         Binding("pageup", "scroll_text(-1)", "Scroll", show=False, priority=True),
         Binding("pagedown", "scroll_text(1)", "Scroll", show=False, priority=True),
         Binding("a", "step('another-image')", "Another"),
-        Binding("r", "step('reboot')", "Reboot"),
-        Binding("p", "step('poweroff')", "Power off"),
+        # b and o, not r and p: r means reload/rescan on the other screens; both ask first
+        Binding("b", "step('reboot')", "Reboot"),
+        Binding("o", "step('poweroff')", "Power off"),
         Binding("s", "step('shell')", "Shell"),
     ]
 
