@@ -7,6 +7,11 @@ is pure data: no HTTP, no SQLite.
     GET  /api/v1/machines/{mac}/plan        the agent: what shall I do?  -> AgentPlan
     POST /api/v1/machines/{mac}/events      the agent: a batch of engine events (events.Event)
     POST /api/v1/machines/{mac}/receipt     the agent: the flash's receipt (receipt.Receipt)
+
+Two secrets: the shared token (every netbooted machine has it: it only lets a machine enrol)
+and each machine's own credential, which the server hands out once, in the answer to the
+machine's first inventory (`{"credential": C}`), and which every later request about that MAC
+must carry in the `X-Bty-Credential` header.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ API = "/api/v1"
 #: how the agent and operators present the token (also accepted as ?token= for iPXE, which cannot set headers)
 TOKEN_HEADER = "authorization"
 TOKEN_QUERY = "token"
+#: the header that carries a machine's own credential (issued at enrolment, bound to its MAC)
+CREDENTIAL_HEADER = "X-Bty-Credential"
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$")
 #: characters a token may hold: it travels on a kernel command line and in URLs unescaped
@@ -47,6 +54,10 @@ def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def credential_header(credential: str | None) -> dict[str, str]:
+    return {CREDENTIAL_HEADER: credential} if credential else {}
+
+
 class Action(StrEnum):
     """What the server tells a machine to do."""
 
@@ -69,15 +80,19 @@ class ImageRef:
     #: bytes of the decompressed image and its blake3: what the disk must read back as
     size: int
     blake3: str
+    #: send the shared token with the download even though `url` names another host than the
+    #: server (the plan's explicit instruction); the server itself always gets it
+    send_token: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "file_name": self.file_name, "url": self.url, "file_size": self.file_size,
-                "size": self.size, "blake3": self.blake3}
+                "size": self.size, "blake3": self.blake3, "send_token": self.send_token}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRef:
         return cls(name=str(data["name"]), file_name=str(data["file_name"]), url=str(data["url"]),
-                   file_size=int(data["file_size"]), size=int(data["size"]), blake3=str(data["blake3"]))
+                   file_size=int(data["file_size"]), size=int(data["size"]), blake3=str(data["blake3"]),
+                   send_token=data.get("send_token") is True)
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,28 @@ cuts connections to inject the failures a real network has.
 The proxy sits between a client and the server, one request per connection (which is how
 HttpSource and the agent's API client talk). It records each request's line and Range header,
 and can cut the first image download that passes a byte count, stop accepting after that cut,
-or strip Range headers (a server that ignores them).
+cut every image download after a few bytes (a server that drops all the time), throttle image
+downloads, or strip Range headers (a server that ignores them).
+
+Plus the HTTP helpers the server tests share: one request, a JSON call, enrolment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+from bty_live.protocol import CREDENTIAL_HEADER, machine_path
 from bty_live.server.config import NetbootFiles, ServerConfig
 from bty_live.server.runner import ServerThread
 
@@ -51,6 +60,46 @@ def copy_image(source: Path, images: Path, name: str | None = None) -> Path:
     return target
 
 
+def request(url: str, method: str, path: str, token: str | None = TOKEN, body: Any = None,
+            headers: dict[str, str] | None = None, credential: str | None = None,
+            raw: bytes | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
+    """One request on a fresh connection: (status, body, response). `raw` is sent as the body as is."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    if credential is not None:
+        sent[CREDENTIAL_HEADER] = credential
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    if data is not None:
+        sent["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        response = conn.getresponse()
+        return response.status, response.read(), response
+    finally:
+        conn.close()
+
+
+def api(url: str, method: str, path: str, body: Any = None, credential: str | None = None) -> Any:
+    status, payload, _ = request(url, method, path, body=body, credential=credential)
+    assert status == 200, payload
+    return json.loads(payload)
+
+
+def inventory(model: str = "QEMU Standard PC", mac: str = MAC) -> dict[str, Any]:
+    return {"mac": mac, "machine": {"model": model, "vendor": "QEMU"},
+            "disks": [{"name": "nvme0n1", "serial": "S1", "eligible": True, "reasons": []}]}
+
+
+def enrol(url: str, body: dict[str, Any] | None = None, mac: str = MAC) -> str:
+    """The machine's first inventory, with the shared token only: the answer holds its credential."""
+    answer = api(url, "POST", machine_path(mac, "inventory"), body or inventory(mac=mac))
+    assert isinstance(answer["credential"], str) and len(answer["credential"]) >= 32
+    return str(answer["credential"])
+
+
 @dataclass
 class Seen:
     request_line: str
@@ -71,6 +120,10 @@ class CutProxy:
     strip_range: bool = False
     #: called just before the cut (e.g. to change the image on the server)
     on_cut: Callable[[], None] | None = None
+    #: cut every GET /images/ response after this many bytes (headers included)
+    cut_every: int | None = None
+    #: bytes per second of GET /images/ responses (None: as fast as it goes)
+    rate: float | None = None
     seen: list[Seen] = field(default_factory=list)
     cuts: int = 0
 
@@ -122,12 +175,18 @@ class CutProxy:
         upstream = socket.create_connection(self.upstream)
         upstream.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + rest)
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        cut_here = self.cut_after is not None and lines[0].startswith("GET /images/")
+        image = lines[0].startswith("GET /images/")
+        cut_here = self.cut_after is not None and image
         try:
             while True:
-                data = upstream.recv(1 << 20)
+                data = upstream.recv(1 << 16 if self.rate and image else 1 << 20)
                 if not data:
                     break
+                if self.cut_every is not None and image and seen.sent + len(data) >= self.cut_every:
+                    client.sendall(data[:self.cut_every - seen.sent])
+                    return
+                if self.rate and image:
+                    time.sleep(len(data) / self.rate)
                 if cut_here and self._should_cut(seen, len(data)):
                     if self.on_cut is not None:
                         self.on_cut()

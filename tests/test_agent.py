@@ -251,7 +251,10 @@ def test_a_finished_machine_boots_its_local_disk_without_flashing_again(
         server: ServerThread, tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
     loop = make_loop(IMAGE_SIZE)
     run = assign(server, tmp_path, "disk.img.zst", f"path={loop.path}")
-    Deployments(server.store, None).receipt(MAC, run, {"result": "ok", "image_name": "disk", "image_blake3": "x"})
+    plan = server.store.plan(MAC)
+    assert plan is not None and plan.image_blake3 is not None
+    Deployments(server.store, None).receipt(MAC, run, {"result": "ok", "image_name": "disk",
+                                                       "image_blake3": plan.image_blake3})
     recorder = Recorder()
 
     outcome = run_agent(server.url, recorder)

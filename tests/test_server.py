@@ -3,7 +3,6 @@ restarts, and the `assign` / `machines` shell commands. A real server on 127.0.0
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sqlite3
@@ -11,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,33 +20,9 @@ from bty_live.ledger import LedgerRecord, read_ledger
 from bty_live.protocol import Action, AgentPlan, machine_path
 from bty_live.server.runner import ServerThread
 from bty_live.server.state import DB_NAME, SCHEMA_VERSION, StateError, Store
-from tests.netkit import MAC, TOKEN, make_config, running_server
+from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
 
 IMAGE_BYTES = 3 << 20
-
-
-def request(url: str, method: str, path: str, token: str | None = TOKEN, body: Any = None,
-         headers: dict[str, str] | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        sent["Content-Type"] = "application/json"
-    try:
-        conn.request(method, path, body=data, headers=sent)
-        response = conn.getresponse()
-        return response.status, response.read(), response
-    finally:
-        conn.close()
-
-
-def api(url: str, method: str, path: str, body: Any = None) -> Any:
-    status, payload, _ = request(url, method, path, body=body)
-    assert status == 200, payload
-    return json.loads(payload)
 
 
 @pytest.fixture
@@ -66,11 +40,6 @@ def images(tmp_path: Path) -> Path:
 def server(tmp_path: Path, images: Path) -> Iterator[ServerThread]:
     with running_server(make_config(tmp_path, images, netboot=True)) as running:
         yield running
-
-
-def inventory(model: str = "QEMU Standard PC") -> dict[str, Any]:
-    return {"mac": MAC, "machine": {"model": model, "vendor": "QEMU"},
-            "disks": [{"name": "nvme0n1", "serial": "S1", "eligible": True, "reasons": []}]}
 
 
 def event(phase: Phase, kind: Kind, **fields: Any) -> dict[str, Any]:
@@ -95,8 +64,8 @@ def assign(state: Path, *args: str) -> int:
     return serve.main(["assign", "--state", str(state), *args])
 
 
-def plan_of(url: str) -> AgentPlan:
-    return AgentPlan.from_dict(api(url, "GET", machine_path(MAC, "plan")))
+def plan_of(url: str, credential: str) -> AgentPlan:
+    return AgentPlan.from_dict(api(url, "GET", machine_path(MAC, "plan"), credential=credential))
 
 
 # -- the token gate ------------------------------------------------------------------------------
@@ -169,12 +138,12 @@ def test_a_machine_registers_waits_gets_its_flash_reports_and_then_boots_locally
                                                                                  tmp_path: Path,
                                                                                  images: Path) -> None:
     url = server.url
-    api(url, "POST", machine_path(MAC, "inventory"), inventory())
-    waiting = plan_of(url)
+    cred = enrol(url)
+    waiting = plan_of(url, cred)
     assert waiting.action == Action.WAIT and "bty serve assign" in waiting.message
 
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S1", "--verify", "stream") == 0
-    plan = plan_of(url)
+    plan = plan_of(url, cred)
     assert plan.action == Action.FLASH and plan.disk == "serial=S1" and plan.verify == "stream"
     assert plan.image is not None and plan.image.url == "/images/demo.img" and plan.image.size == IMAGE_BYTES
     manifest = (images / "demo.img.toml").read_text()
@@ -183,58 +152,71 @@ def test_a_machine_registers_waits_gets_its_flash_reports_and_then_boots_locally
     run = plan.run_id
     api(url, "POST", machine_path(MAC, "events"), {"run_id": run, "events": [
         event(Phase.WRITE, Kind.START, total=IMAGE_BYTES),
-        event(Phase.WRITE, Kind.PROGRESS, bytes_out=IMAGE_BYTES // 2, total=IMAGE_BYTES, rate=1e6)]})
+        event(Phase.WRITE, Kind.PROGRESS, bytes_out=IMAGE_BYTES // 2, total=IMAGE_BYTES, rate=1e6)]},
+        credential=cred)
     machine = api(url, "GET", f"/api/v1/machines/{MAC}")
     assert machine["status"] == "writing" and machine["detail"].startswith("50% of")
     assert machine["plan"]["state"] == "running"
 
-    api(url, "POST", machine_path(MAC, "events"), {"run_id": run, "events": [event(Phase.DONE, Kind.END)]})
-    api(url, "POST", machine_path(MAC, "receipt"), {"run_id": run, "receipt": receipt(blake3=plan.image.blake3)})
+    api(url, "POST", machine_path(MAC, "events"), {"run_id": run, "events": [event(Phase.DONE, Kind.END)]},
+        credential=cred)
+    api(url, "POST", machine_path(MAC, "receipt"), {"run_id": run, "receipt": receipt(blake3=plan.image.blake3)},
+        credential=cred)
 
     machine = api(url, "GET", f"/api/v1/machines/{MAC}")
     assert machine["status"] == "done" and machine["plan"]["state"] == "done"
     assert machine["receipt"]["image_blake3"] == plan.image.blake3
-    assert plan_of(url).action == Action.LOCALBOOT
+    assert plan_of(url, cred).action == Action.LOCALBOOT
     events = api(url, "GET", machine_path(MAC, "events") + f"?run={run}")["events"]
     assert [(e["phase"], e["kind"]) for e in events] == [("write", "start"), ("write", "progress"), ("done", "end")]
 
 
 def test_a_failed_run_is_answered_with_wait_until_the_machine_is_assigned_again(server: ServerThread,
                                                                                 tmp_path: Path) -> None:
+    cred = enrol(server.url)
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S1") == 0
-    run = plan_of(server.url).run_id
+    run = plan_of(server.url, cred).run_id
     api(server.url, "POST", machine_path(MAC, "events"), {"run_id": run, "events": [
-        event(Phase.FAILED, Kind.ERROR, message="selector serial=S1 matched no eligible disk", error="selector")]})
+        event(Phase.FAILED, Kind.ERROR, message="selector serial=S1 matched no eligible disk", error="selector")]},
+        credential=cred)
 
-    answer = plan_of(server.url)
+    answer = plan_of(server.url, cred)
     assert answer.action == Action.WAIT and "failed" in answer.message and "assign the machine again" in answer.message
     assert api(server.url, "GET", f"/api/v1/machines/{MAC}")["status"] == "failed"
 
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S2") == 0
-    again = plan_of(server.url)
+    again = plan_of(server.url, cred)
     assert again.action == Action.FLASH and again.run_id != run and again.disk == "serial=S2"
 
 
-def test_events_and_receipts_of_an_older_run_are_kept_but_move_no_plan(server: ServerThread, tmp_path: Path) -> None:
+def test_events_receipts_and_records_of_another_run_are_refused_with_409_and_move_no_plan(
+        server: ServerThread, tmp_path: Path) -> None:
+    cred = enrol(server.url)
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S1") == 0
-    old = plan_of(server.url).run_id
+    old = plan_of(server.url, cred).run_id
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S2") == 0
+    blake3 = plan_of(server.url, cred).image.blake3  # type: ignore[union-attr]
+    before = server.store.dump()
 
-    api(server.url, "POST", machine_path(MAC, "events"), {"run_id": old, "events": [
-        event(Phase.FAILED, Kind.ERROR, message="boom")]})
-    api(server.url, "POST", machine_path(MAC, "receipt"), {"run_id": old, "receipt": receipt()})
+    for what, body in (("events", {"run_id": old, "events": [event(Phase.FAILED, Kind.ERROR, message="boom")]}),
+                       ("receipt", {"run_id": old, "receipt": receipt(blake3=blake3)}),
+                       ("ledger", {"run_id": old, "record": record(blake3=blake3)}),
+                       ("events", {"run_id": "never-assigned", "events": [event(Phase.WRITE, Kind.START)]})):
+        status, payload, _ = request(server.url, "POST", machine_path(MAC, what), body=body, credential=cred)
+        assert status == 409 and b"is not on run" in payload, (what, payload)
 
+    assert server.store.dump() == before
     plan = api(server.url, "GET", f"/api/v1/machines/{MAC}")["plan"]
     assert plan["state"] == "pending" and plan["disk"] == "serial=S2"
-    assert len(api(server.url, "GET", f"/api/v1/receipts?mac={MAC}")["receipts"]) == 1
 
 
 def test_malformed_events_are_rejected_with_400_and_nothing_is_stored(server: ServerThread) -> None:
+    cred = enrol(server.url)
     before = server.store.dump()
-    status, payload, _ = request(server.url, "POST", machine_path(MAC, "events"),
-                              body={"run_id": "r", "events": [event(Phase.WRITE, Kind.START), {"phase": "nope"}]})
+    status, payload, _ = request(server.url, "POST", machine_path(MAC, "events"), credential=cred,
+                                 body={"run_id": "r", "events": [event(Phase.WRITE, Kind.START), {"phase": "nope"}]})
     assert status == 400 and b"not an engine event" in payload
-    assert request(server.url, "POST", machine_path(MAC, "events"), body=[1, 2])[0] == 400
+    assert request(server.url, "POST", machine_path(MAC, "events"), body=[1, 2], credential=cred)[0] == 400
     assert request(server.url, "GET", "/api/v1/machines/not-a-mac/plan")[0] == 400
     assert server.store.dump() == before
 
@@ -256,9 +238,12 @@ def test_ipxe_script_boots_the_netboot_agent_with_server_token_and_bootif(server
 
 
 def test_ipxe_script_exits_to_the_local_disk_once_the_flash_is_done(server: ServerThread, tmp_path: Path) -> None:
+    cred = enrol(server.url)
     assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S1") == 0
-    run = plan_of(server.url).run_id
-    api(server.url, "POST", machine_path(MAC, "receipt"), {"run_id": run, "receipt": receipt()})
+    plan = plan_of(server.url, cred)
+    assert plan.image is not None
+    api(server.url, "POST", machine_path(MAC, "receipt"),
+        {"run_id": plan.run_id, "receipt": receipt(blake3=plan.image.blake3)}, credential=cred)
     script = request(server.url, "GET", f"/ipxe/{MAC}")[1].decode()
     assert script.splitlines()[0] == "#!ipxe" and script.splitlines()[-1] == "exit"
     assert "kernel" not in script
@@ -279,12 +264,15 @@ def test_ipxe_bootstrap_chains_to_the_per_mac_script(tmp_path: Path, capsys: pyt
 def test_state_survives_a_server_restart(tmp_path: Path, images: Path) -> None:
     config = make_config(tmp_path, images)
     with running_server(config) as first:
-        api(first.url, "POST", machine_path(MAC, "inventory"), inventory())
+        cred = enrol(first.url)
         assert assign(tmp_path / "state", MAC, "demo", "--disk", "serial=S1") == 0
-        run = plan_of(first.url).run_id
-        api(first.url, "POST", machine_path(MAC, "receipt"), {"run_id": run, "receipt": receipt()})
-    with running_server(config) as second:
-        assert second.url != "" and plan_of(second.url).action == Action.LOCALBOOT
+        plan = plan_of(first.url, cred)
+        run = plan.run_id
+        assert plan.image is not None
+        api(first.url, "POST", machine_path(MAC, "receipt"),
+            {"run_id": run, "receipt": receipt(blake3=plan.image.blake3)}, credential=cred)
+    with running_server(config) as second:  # the credential survives the restart too
+        assert second.url != "" and plan_of(second.url, cred).action == Action.LOCALBOOT
         machine = api(second.url, "GET", f"/api/v1/machines/{MAC}")
         assert machine["model"] == "QEMU Standard PC" and machine["receipt"]["run_id"] == run
 
@@ -306,7 +294,7 @@ def test_state_records_its_schema_version_and_refuses_a_newer_one(tmp_path: Path
 def test_assign_and_machines_round_trip_through_the_state(server: ServerThread, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "state"
-    api(server.url, "POST", machine_path(MAC, "inventory"), inventory())
+    cred = enrol(server.url)
     capsys.readouterr()
 
     assert assign(state, MAC.upper().replace(":", "-"), "demo", "--disk", "path=/dev/nvme0n1") == 0
@@ -317,8 +305,11 @@ def test_assign_and_machines_round_trip_through_the_state(server: ServerThread, 
     assert table[0].split()[:4] == ["MAC", "MODEL", "STATUS", "PLAN"]
     assert table[1].startswith(MAC) and "flash demo.img -> path=/dev/nvme0n1 [pending]" in table[1]
 
-    run = plan_of(server.url).run_id
-    api(server.url, "POST", machine_path(MAC, "receipt"), {"run_id": run, "receipt": receipt()})
+    plan = plan_of(server.url, cred)
+    run = plan.run_id
+    assert plan.image is not None
+    api(server.url, "POST", machine_path(MAC, "receipt"),
+        {"run_id": run, "receipt": receipt(blake3=plan.image.blake3)}, credential=cred)
     assert serve.main(["machines", "--state", str(state), "--json"]) == 0
     [machine] = json.loads(capsys.readouterr().out)["machines"]
     assert machine["mac"] == MAC and machine["status"] == "done"
@@ -340,47 +331,67 @@ def test_assign_refuses_images_the_server_cannot_offer_and_says_why(server: Serv
 
 
 def test_assign_other_actions_answer_the_agent_directly(server: ServerThread, tmp_path: Path) -> None:
+    cred = enrol(server.url)
     assert assign(tmp_path / "state", MAC, "--action", "tui") == 0
-    assert plan_of(server.url).action == Action.TUI
+    assert plan_of(server.url, cred).action == Action.TUI
     assert assign(tmp_path / "state", MAC, "--action", "localboot") == 0
-    assert plan_of(server.url).action == Action.LOCALBOOT
+    assert plan_of(server.url, cred).action == Action.LOCALBOOT
     assert "exit" in request(server.url, "GET", f"/ipxe/{MAC}")[1].decode().splitlines()
 
 
 def test_the_tune_field_travels_to_the_agent_defaulting_to_the_manifests_task(server: ServerThread, tmp_path: Path,
                                                                              images: Path) -> None:
     state = tmp_path / "state"
+    cred = enrol(server.url)
     manifest = images / "demo.img.toml"
     manifest.write_text(manifest.read_text() + '\n[tune]\ntask = "demo.task.yaml"\n')
     assert assign(state, MAC, "demo", "--disk", "serial=S1") == 0
-    assert plan_of(server.url).tune == "demo.task.yaml"
+    assert plan_of(server.url, cred).tune == "demo.task.yaml"
     assert assign(state, MAC, "demo", "--disk", "serial=S1", "--tune", "other.task.yaml") == 0
-    assert plan_of(server.url).tune == "other.task.yaml"
+    assert plan_of(server.url, cred).tune == "other.task.yaml"
     assert assign(state, MAC, "demo", "--disk", "serial=S1", "--tune", "off") == 0
-    assert plan_of(server.url).tune is None
+    assert plan_of(server.url, cred).tune is None
 
 
 # -- the known-good ledger -----------------------------------------------------------------------
 
 
+def flash_plan(url: str, state: Path, credential: str) -> AgentPlan:
+    """A new flash assignment for MAC, as its agent sees it."""
+    assert assign(state, MAC, "demo", "--disk", "serial=S1") == 0
+    plan = plan_of(url, credential)
+    assert plan.action == Action.FLASH and plan.image is not None
+    return plan
+
+
 def test_agents_ledger_records_are_appended_to_the_images_ledger_that_bty_ledger_reads(
-        server: ServerThread, images: Path) -> None:
-    api(server.url, "POST", machine_path(MAC, "ledger"), {"run_id": "r1", "record": record()})
-    api(server.url, "POST", machine_path(MAC, "ledger"), {"run_id": "r2", "record": record("failed", "Other Box")})
+        server: ServerThread, images: Path, tmp_path: Path) -> None:
+    cred = enrol(server.url)
+    first_run = flash_plan(server.url, tmp_path / "state", cred)
+    assert first_run.image is not None
+    api(server.url, "POST", machine_path(MAC, "ledger"),
+        {"run_id": first_run.run_id, "record": record(blake3=first_run.image.blake3)}, credential=cred)
+    second_run = flash_plan(server.url, tmp_path / "state", cred)
+    api(server.url, "POST", machine_path(MAC, "ledger"),
+        {"run_id": second_run.run_id, "record": record("failed", "Other Box", blake3=first_run.image.blake3)},
+        credential=cred)
 
     on_disk = read_ledger(images / "ledger.jsonl")
     assert [(r.result, r.machine_model) for r in on_disk.records] == [("passed", "QEMU Standard PC"),
                                                                       ("failed", "Other Box")]
     first = on_disk.records[0]
-    assert MAC in first.macs and first.receipt == f"bty serve: {MAC} run r1"
+    assert MAC in first.macs and first.receipt == f"bty serve: {MAC} run {first_run.run_id}"
     answer = api(server.url, "GET", "/api/v1/ledger?model=qemu*")
     assert [r["machine_model"] for r in answer["records"]] == ["QEMU Standard PC"]
     assert [(c["model"], c["known_good"]) for c in answer["known_good"]] == [("QEMU Standard PC", True)]
 
 
-def test_a_malformed_ledger_record_is_rejected_and_nothing_is_appended(server: ServerThread, images: Path) -> None:
-    status, payload, _ = request(server.url, "POST", machine_path(MAC, "ledger"),
-                                 body={"run_id": "r", "record": {"result": "maybe", "image_name": "demo"}})
+def test_a_malformed_ledger_record_is_rejected_and_nothing_is_appended(server: ServerThread, images: Path,
+                                                                       tmp_path: Path) -> None:
+    cred = enrol(server.url)
+    run = flash_plan(server.url, tmp_path / "state", cred).run_id
+    status, payload, _ = request(server.url, "POST", machine_path(MAC, "ledger"), credential=cred,
+                                 body={"run_id": run, "record": {"result": "maybe", "image_name": "demo"}})
     assert status == 400 and b"not a ledger record" in payload
     assert not (images / "ledger.jsonl").exists()
 
@@ -390,6 +401,9 @@ def test_a_ledger_that_cannot_be_written_is_a_503_the_agent_may_retry(tmp_path: 
     blocked = tmp_path / "not-a-file"
     blocked.mkdir()
     with running_server(replace(config, ledger=blocked)) as running:
-        status, payload, _ = request(running.url, "POST", machine_path(MAC, "ledger"),
-                                     body={"run_id": "r", "record": record()})
+        cred = enrol(running.url)
+        plan = flash_plan(running.url, tmp_path / "state", cred)
+        assert plan.image is not None
+        status, payload, _ = request(running.url, "POST", machine_path(MAC, "ledger"), credential=cred,
+                                     body={"run_id": plan.run_id, "record": record(blake3=plan.image.blake3)})
     assert status == 503 and b"cannot be opened" in payload

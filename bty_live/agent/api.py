@@ -3,6 +3,10 @@
 Each call is one attempt on a fresh connection and raises: `ServerUnavailableError` (unreachable,
 timeout, 5xx: try again later), `TokenRefusedError` (401/403: fatal), `ServerRejectedError`
 (other 4xx, or an answer this agent cannot use). Retrying is the caller's decision.
+
+The agent starts with the shared token only. Its first inventory enrols the machine: the answer
+carries the machine's own credential, which this client keeps (in memory only) and sends with
+every later request in `X-Bty-Credential`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from bty_live.httpconn import (
     parse_url,
     request_target,
 )
-from bty_live.protocol import AgentPlan, bearer, machine_path
+from bty_live.protocol import AgentPlan, bearer, credential_header, machine_path
 
 
 class ServerApi:
@@ -35,13 +39,26 @@ class ServerApi:
         self.token = token
         self.cafile = cafile
         self.timeout = timeout
+        #: this machine's own credential, once the server issued it (enrolment)
+        self.credential: str | None = None
 
     def url(self, href: str) -> str:
         """An absolute URL for a path the server gave (e.g. an image's /images/FILE)."""
         return urljoin(self.server + "/", href)
 
+    def is_server(self, url: str) -> bool:
+        """True when `url` is on this server (same scheme, host and port): only then does it get the token."""
+        return _origin(url) == _origin(self.server)
+
     def post_inventory(self, mac: str, inventory: dict[str, Any]) -> None:
-        self.request("POST", machine_path(mac, "inventory"), inventory)
+        """Register; the first time (no credential yet) this enrols and keeps the credential."""
+        answer = self.request("POST", machine_path(mac, "inventory"), inventory)
+        issued = answer.get("credential") if isinstance(answer, dict) else None
+        if self.credential is None:
+            if not isinstance(issued, str) or not issued:
+                raise ServerRejectedError(f"server {self.server} issued no credential for {mac}; run the same "
+                                          "bty-live version on the server and the netboot image")
+            self.credential = issued
 
     def plan(self, mac: str) -> AgentPlan:
         answer = self.request("GET", machine_path(mac, "plan"))
@@ -65,7 +82,8 @@ class ServerApi:
         url = self.url(path)
         parts = parse_url(url)
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Accept": "application/json", "User-Agent": f"bty-agent/{__version__}", **bearer(self.token)}
+        headers = {"Accept": "application/json", "User-Agent": f"bty-agent/{__version__}", **bearer(self.token),
+                   **credential_header(self.credential)}
         if data is not None:
             headers["Content-Type"] = "application/json"
         conn = connect(parts, self.timeout, self.cafile)
@@ -82,6 +100,9 @@ class ServerApi:
             conn.close()
         status = response.status
         if status in (401, 403):
+            why = _error_text(payload)
+            if "credential" in why or "enrolled" in why:
+                raise TokenRefusedError(f"server {self.server} refused {method} {path} ({status}: {why})")
             raise TokenRefusedError(f"server {self.server} refused the token ({status}); check bty.token= "
                                     "(or --token) against the server's --token-file")
         if status >= 500:
@@ -95,6 +116,12 @@ class ServerApi:
         except ValueError as exc:
             raise ServerRejectedError(f"server {self.server} answered {method} {path} with something that is not "
                                       "JSON; is --server the URL of `bty serve`?") from exc
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = parse_url(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def _error_text(payload: bytes) -> str:

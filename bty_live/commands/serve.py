@@ -16,6 +16,7 @@ Serve images, iPXE scripts and plans to netbooting machines, and keep what they 
   bty serve --images DIR --state DIR --listen HOST:PORT --token-file F [--netboot DIR]
   bty serve assign --state DIR MAC IMAGE --disk SELECTOR    what a machine shall do
   bty serve machines --state DIR [--json]                   each machine, its status and receipt
+  bty serve reset --state DIR MAC                           let a machine enrol again
   bty serve ipxe-bootstrap --url URL --token-file F         the first iPXE script (TFTP/DHCP)
 
 Machines boot iPXE, which fetches the bootstrap script (from TFTP, or DHCP's boot file name),
@@ -26,7 +27,11 @@ its progress and its receipt, and reboots. A machine whose flash is done gets a 
 iPXE, so the firmware boots the disk.
 
 Every request but /healthz and /netboot/ needs the token of --token-file (Authorization: Bearer,
-or ?token= for iPXE): without it the answer is 403 and nothing changes. The state (machines,
+or ?token= for iPXE): without it the answer is 403 and nothing changes. Every netbooted machine
+holds that token, so it only enrols: a machine's first inventory is answered with a credential
+of its own (bound to its MAC, stored hashed), and every later request about that MAC must carry
+it (X-Bty-Credential); the token alone is then refused (403). A machine that reboots into the
+netboot system enrols again once per `assign`, or after `bty serve reset MAC`. The state (machines,
 plans, events, receipts) is SQLite in --state DIR and survives restarts; every agent's run, passed
 or failed, is appended to the known-good ledger (--ledger, default DIR/ledger.jsonl of --images),
 which `bty ledger` and `bty images` read as on a stick. Plans are assigned here, from the
@@ -43,6 +48,16 @@ time it asks; a machine that finished or failed its last run is flashed again on
 IMAGE is a name, file name or blake3 prefix from the server's images directory (recorded in the
 state by `bty serve`, or --images); it must have a manifest (`bty images add`). SELECTOR must
 match exactly one eligible disk on the machine (see its inventory: `bty serve machines --json`).
+"""
+
+
+RESET = """\
+Forget MAC's credential and let it enrol again: its next inventory with the shared token gets a
+new credential, and the old one is refused from now on. For a machine that rebooted into the
+netboot system (its agent starts with the shared token only) while its plan is not a new one:
+`bty serve assign` opens enrolment once by itself. Plans, events and receipts are kept.
+
+  bty serve reset --state DIR 52:54:00:12:34:56
 """
 
 
@@ -98,6 +113,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     machines.add_argument("--state", metavar="DIR", type=Path, required=True, help="the server's state directory")
     machines.add_argument("--json", action="store_true", help="print JSON (one object with a list of machines)")
     machines.set_defaults(func=run_machines)
+
+    reset = commands.add_parser("reset", help="let a machine enrol again (forget its credential)",
+                                description=RESET, formatter_class=argparse.RawDescriptionHelpFormatter)
+    reset.add_argument("--state", metavar="DIR", type=Path, required=True, help="the server's state directory")
+    reset.add_argument("mac", metavar="MAC", help="the machine's boot NIC, e.g. 52:54:00:12:34:56")
+    reset.set_defaults(func=run_reset)
 
     bootstrap = commands.add_parser("ipxe-bootstrap", help="print the first iPXE script, for a TFTP root or DHCP",
                                     description="Print the iPXE script that chains a booting NIC to this server's "
@@ -162,6 +183,22 @@ def run_assign(args: argparse.Namespace) -> int:
                                                  verify=args.verify, tune=args.tune)
     what = f"flash {plan.image} onto {plan.disk}" if plan.action == Action.FLASH else plan.action.value
     print(f"{mac}: {what} (run {plan.run_id})")
+    return 0
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    from bty_live.errors import UsageError
+    from bty_live.protocol import normalise_mac
+    from bty_live.server.service import Deployments
+    from bty_live.server.state import Store
+
+    try:
+        mac = normalise_mac(args.mac)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    with Store(args.state) as store:
+        Deployments(store, None).reset(mac)
+    print(f"{mac}: may enrol again; its old credential is refused from now on")
     return 0
 
 

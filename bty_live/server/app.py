@@ -7,20 +7,25 @@
     GET  /api/v1/images                         token: what can be assigned
     GET  /api/v1/machines                       token: every machine, its status, plan, last receipt
     GET  /api/v1/machines/{mac}                 token: one machine, with its inventory
-    POST /api/v1/machines/{mac}/inventory       token: the agent registers
-    GET  /api/v1/machines/{mac}/plan            token: the agent asks what to do (protocol.AgentPlan)
-    POST /api/v1/machines/{mac}/events          token: {"run_id", "events": [Event...]}
+    POST /api/v1/machines/{mac}/inventory       token (+ credential): the agent enrols or registers again
+    GET  /api/v1/machines/{mac}/plan            credential: the agent asks what to do (protocol.AgentPlan)
+    POST /api/v1/machines/{mac}/events          credential: {"run_id", "events": [Event...]}
     GET  /api/v1/machines/{mac}/events          token: ?run=RUN&after=ID: progress, to follow a run
-    POST /api/v1/machines/{mac}/receipt         token: {"run_id", "receipt": Receipt}
-    POST /api/v1/machines/{mac}/ledger          token: {"run_id", "record": LedgerRecord}, passed or failed
+    POST /api/v1/machines/{mac}/receipt         credential: {"run_id", "receipt": Receipt}
+    POST /api/v1/machines/{mac}/ledger          credential: {"run_id", "record": LedgerRecord}, passed or failed
     GET  /api/v1/receipts                       token: ?mac=MAC
     GET  /api/v1/ledger                         token: ?image=NAME|BLAKE3&model=GLOB: records + known-good
 
 Every path but /healthz and /netboot/ needs the token (`Authorization: Bearer T`, or `?token=T`
 for iPXE, which cannot set headers). `TokenGate` answers 403 before the request reaches a route
-or its body is read, so a refused request changes nothing. Plans are assigned from the server's
-shell (`bty serve assign`), not over HTTP: the token every netbooted machine carries on its
-kernel command line cannot redirect another machine's flash.
+or its body is read, so a refused request changes nothing. The token is shared by every
+netbooted machine, so it only enrols: a machine's first inventory (without a credential) is
+answered with `{"credential": C}`, and every request that tells the server something about that
+MAC must carry C in `X-Bty-Credential` (checked before the body is read). Plans are assigned from
+the server's shell (`bty serve assign`), not over HTTP.
+
+Bodies are JSON of at most MAX_BODY bytes (Content-Length checked first, the stream capped),
+finite numbers only, nested at most MAX_DEPTH deep; log lines escape control characters.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,11 +48,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bty_live.errors import BtyError
 from bty_live.ledger import LedgerError, filter_records, read_ledger, summarize
-from bty_live.protocol import API, TOKEN_QUERY, Action, normalise_mac
+from bty_live.protocol import API, CREDENTIAL_HEADER, TOKEN_QUERY, Action, normalise_mac
 from bty_live.server import ipxe
 from bty_live.server.config import ServerConfig
 from bty_live.server.images import image_file, list_served
-from bty_live.server.service import BadRequest, Deployments
+from bty_live.server.service import BadRequest, Deployments, PayloadTooLarge
 from bty_live.server.state import PlanState, Store
 
 log = logging.getLogger("bty.serve")
@@ -53,6 +60,15 @@ log = logging.getLogger("bty.serve")
 PUBLIC_PATHS = ("/healthz",)
 PUBLIC_PREFIXES = (ipxe.NETBOOT_ROUTE + "/",)
 MAX_BODY = 4 << 20
+MAX_DEPTH = 32
+#: ?after= and other integer parameters: SQLite integers are 64-bit
+MAX_INT_DIGITS = 18
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` for a log line: control characters (newlines too) as \\xNN, so nothing forges a line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class ImageResponse(FileResponse):
@@ -111,7 +127,8 @@ class AccessLog:
         finally:
             client = scope.get("client") or ("-", 0)
             level = logging.DEBUG if scope["path"].endswith("/events") and status < 400 else logging.INFO
-            log.log(level, "%s %s %s %s", client[0], scope["method"], scope["path"], status)
+            log.log(level, "%s %s %s %s", printable(str(client[0])), printable(scope["method"]),
+                    printable(scope["path"]), status)
 
 
 def _is_public(path: str) -> bool:
@@ -131,19 +148,66 @@ def _mac(request: Request) -> str:
 
 def _int_param(request: Request, name: str) -> int:
     text = request.query_params.get(name) or "0"
-    if not text.isdigit():
-        raise BadRequest(f"?{name}= must be a non-negative integer, not {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
+        raise BadRequest(f"?{name}= must be a non-negative integer of at most {MAX_INT_DIGITS} digits, "
+                         f"not {text[:40]!r}")
     return int(text)
 
 
-async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise BadRequest(f"request body of {len(body)} bytes is larger than {MAX_BODY}")
+async def _read_body(request: Request) -> bytes:
+    """The body, at most MAX_BODY bytes: a larger Content-Length is refused before reading, and
+    a stream that grows past the limit (chunked, or lying about its length) is cut off."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise PayloadTooLarge(f"request body of {length[:20]} bytes is larger than {MAX_BODY}; send less")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"request body is larger than {MAX_BODY} bytes; send less")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deep `value` nests (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: finite numbers only (no NaN, no Infinity, no 1e999), at most MAX_DEPTH deep."""
     try:
-        return json.loads(body or b"null")
+        value = json.loads(body or b"null", parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError as exc:
+        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels") from exc
     except ValueError as exc:
-        raise BadRequest(f"request body is not JSON ({exc})") from exc
+        raise BadRequest(f"request body is not JSON the server takes ({exc})") from exc
+    if _depth(value) > MAX_DEPTH:
+        raise BadRequest(f"request body nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+async def _json_body(request: Request) -> Any:
+    return parse_json(await _read_body(request))
 
 
 def create_app(config: ServerConfig, store: Store) -> Starlette:
@@ -192,23 +256,38 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
         found = [m for m in await run_in_threadpool(service.overview) if m["mac"] == mac]
         return JSONResponse(found[0]) if found else _error(404, f"no machine {mac} has reported to this server")
 
+    async def enrolled_mac(request: Request) -> str:
+        """The MAC of the path, once the request carried that machine's credential (403 before the body)."""
+        mac = _mac(request)
+        await run_in_threadpool(service.check_credential, mac, request.headers.get(CREDENTIAL_HEADER))
+        return mac
+
     async def inventory(request: Request) -> Response:
-        mac, body = _mac(request), await _json_body(request)
+        mac = _mac(request)
+        offered = request.headers.get(CREDENTIAL_HEADER)
+        if offered:
+            await run_in_threadpool(service.check_credential, mac, offered)
+        body = await _json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the inventory must be a JSON object")
+        credential = None if offered else await run_in_threadpool(service.enrol, mac)
         await run_in_threadpool(service.inventory, mac, body)
+        if credential is not None:
+            log.info("%s enrolled: credential issued", mac)
+            return JSONResponse({"ok": True, "credential": credential})
         return JSONResponse({"ok": True})
 
     async def plan(request: Request) -> Response:
-        answer = await run_in_threadpool(service.plan_for, _mac(request))
+        answer = await run_in_threadpool(service.plan_for, await enrolled_mac(request))
         return JSONResponse(answer.to_dict())
 
     async def events(request: Request) -> Response:
-        mac = _mac(request)
         if request.method == "GET":
+            mac = _mac(request)
             after = _int_param(request, "after")
             found = await run_in_threadpool(store.events, mac, request.query_params.get("run"), after)
             return JSONResponse({"events": [{"id": e.id, "run_id": e.run_id, **e.event} for e in found]})
+        mac = await enrolled_mac(request)
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("events"), list) or not body.get("run_id"):
             raise BadRequest('events must be posted as {"run_id": RUN, "events": [...]}')
@@ -216,7 +295,8 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
         return JSONResponse({"ok": True, "stored": count})
 
     async def receipt(request: Request) -> Response:
-        mac, body = _mac(request), await _json_body(request)
+        mac = await enrolled_mac(request)
+        body = await _json_body(request)
         if not isinstance(body, dict) or not body.get("run_id"):
             raise BadRequest('a receipt must be posted as {"run_id": RUN, "receipt": {...}}')
         record = await run_in_threadpool(service.receipt, mac, str(body["run_id"]), body.get("receipt"))
@@ -232,7 +312,8 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
         return JSONResponse({"receipts": [r.to_dict() for r in found]})
 
     async def ledger_record(request: Request) -> Response:
-        mac, body = _mac(request), await _json_body(request)
+        mac = await enrolled_mac(request)
+        body = await _json_body(request)
         if not isinstance(body, dict) or not body.get("run_id"):
             raise BadRequest('a ledger record must be posted as {"run_id": RUN, "record": {...}}')
         await run_in_threadpool(service.ledger_record, mac, str(body["run_id"]), body.get("record"))
@@ -247,10 +328,10 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
                              "skipped_lines": len(found.skipped)})
 
     async def bad_request(request: Request, exc: Exception) -> Response:
-        return _error(400, str(exc))
+        return _error(exc.status if isinstance(exc, BadRequest) else 400, str(exc))
 
     async def unavailable(request: Request, exc: Exception) -> Response:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s %s: %s", printable(request.method), printable(request.url.path), printable(str(exc)))
         return _error(503, str(exc))
 
     handlers: dict[Any, Callable[..., Any]] = {BadRequest: bad_request, BtyError: bad_request,

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from bty_live.catalog import CatalogEntry, find_image, is_image_file, list_images
 from bty_live.errors import ImageError
+from bty_live.manifest import load_manifest
 from bty_live.protocol import ImageRef
 
 IMAGES_ROUTE = "/images"
@@ -70,8 +71,22 @@ def list_served(images_dir: Path) -> list[dict[str, Any]]:
 
 
 def image_file(images_dir: Path, file_name: str) -> Path | None:
-    """The file to send for GET /images/FILE: only image files directly in the directory."""
-    if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
+    """The file to send for GET /images/FILE: only image files directly in the directory, with a
+    valid manifest (what the server offers), and never through a symlink that leads out of it.
+    The answer is the resolved path, so what is sent is what was checked."""
+    if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith(".") or "\0" in file_name:
         return None
     path = images_dir / file_name
-    return path if is_image_file(path) else None
+    try:
+        real = path.resolve(strict=True)
+        inside = real.parent == images_dir.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not inside or not is_image_file(path) or not real.is_file():
+        return None
+    try:
+        if load_manifest(path) is None:
+            return None
+    except ImageError:
+        return None
+    return real

@@ -8,11 +8,18 @@
 - A receipt of the current run closes the plan.
 - A ledger record (bty_live.ledger.LedgerRecord, made by the agent's engine, passed or failed)
   is appended to the server's ledger.jsonl, the same file format `bty ledger` reads on a stick.
-Events, receipts and records of an older run are kept as evidence but change no plan.
+- Events, receipts and ledger records are taken only for the run the machine is on (409
+  otherwise), and a receipt or record must name the digest of the image assigned to that run.
+- Credentials: the shared token only enrols. A machine's first inventory gets a credential
+  bound to its MAC (returned once, stored as a sha256 hash); every later request about that MAC
+  must carry it. A machine enrols again only once per `assign` or after `bty serve reset MAC`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +40,30 @@ VERIFY_MODES = ("readback", "stream", "off")
 
 class BadRequest(ValueError):
     """The request body is not what the API expects (HTTP 400)."""
+
+    status = 400
+
+
+class Forbidden(BadRequest):
+    """The request does not carry the machine's credential (HTTP 403): nothing changes."""
+
+    status = 403
+
+
+class Conflict(BadRequest):
+    """The request is about a run the machine is not on (HTTP 409)."""
+
+    status = 409
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is larger than the server takes (HTTP 413)."""
+
+    status = 413
+
+
+def credential_hash(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,14 +105,43 @@ class Deployments:
         """Give `mac` a new plan. A flash needs an image the server can offer and a disk selector."""
         if verify not in VERIFY_MODES:
             raise UsageError(f"verify mode {verify!r} is not one of {', '.join(VERIFY_MODES)}")
+        blake3: str | None = None
         if action == Action.FLASH:
             if not image or not disk:
                 raise UsageError("a flash needs an IMAGE and --disk SELECTOR (e.g. --disk serial=S3Z1NB0K)")
             if self.images_dir is not None:  # the file name: unique, while manifest names may repeat
-                image = find_served(image, self.images_dir).file_name
+                found = find_served(image, self.images_dir)
+                image, blake3 = found.file_name, found.blake3
         elif image or disk:
             raise UsageError(f"--action {action.value} takes no IMAGE or --disk")
-        return self.store.assign(mac, action, image=image, disk=disk, verify=verify, tune=tune)
+        return self.store.assign(mac, action, image=image, disk=disk, verify=verify, tune=tune,
+                                 image_blake3=blake3 if action == Action.FLASH and self.images_dir else None)
+
+    def reset(self, mac: str) -> None:
+        """Let `mac` enrol again (it rebooted into the netboot system); its old credential is refused."""
+        self.store.reset_credential(mac)
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    def enrol(self, mac: str) -> str:
+        """A new credential for `mac` (returned once, only its hash is kept); Forbidden if the
+        machine is enrolled already and may not enrol again now."""
+        credential = secrets.token_urlsafe(32)
+        if not self.store.enrol(mac, credential_hash(credential)):
+            raise Forbidden(f"machine {mac} is enrolled already and its request carries no credential; if it "
+                            f"rebooted into the netboot system, run `bty serve reset {mac}` (or assign it again) "
+                            "on the server")
+        return credential
+
+    def check_credential(self, mac: str, offered: str | None) -> None:
+        """Forbidden unless `offered` is `mac`'s credential."""
+        stored = self.store.credential_hash(mac)
+        if stored is None or not offered:
+            raise Forbidden(f"requests about machine {mac} need its own credential (X-Bty-Credential, issued "
+                            "when it enrols with its first inventory); the shared token alone is refused")
+        if not hmac.compare_digest(credential_hash(offered), stored):
+            raise Forbidden(f"wrong credential for machine {mac}; if it rebooted into the netboot system, run "
+                            f"`bty serve reset {mac}` on the server")
 
     def overview(self) -> list[dict[str, Any]]:
         """Every machine with its status, its plan and its last receipt."""
@@ -100,7 +160,7 @@ class Deployments:
         model = str(machine.get("model") or "") if isinstance(machine, dict) else ""
         self.store.record_inventory(mac, model, inventory)
         if self.store.plan(mac) is None:
-            self.store.update_status(mac, "new", "inventory received; no plan assigned yet")
+            self.store.touch_status(mac, "new", "inventory received; no plan assigned yet")
 
     def plan_for(self, mac: str) -> AgentPlan:
         plan = self.store.plan(mac)
@@ -108,7 +168,7 @@ class Deployments:
             return self._wait(mac, f"no plan for {mac} yet: assign one with `bty serve assign {mac} IMAGE "
                                    "--disk SELECTOR`")
         if plan.action != Action.FLASH:
-            self.store.update_status(mac, plan.action.value, f"told to {plan.action.value} (run {plan.run_id})")
+            self.store.touch_status(mac, plan.action.value, f"told to {plan.action.value} (run {plan.run_id})")
             return AgentPlan(action=plan.action, run_id=plan.run_id, poll=self.poll,
                              message=f"the server says {plan.action.value}")
         if plan.state == PlanState.DONE:
@@ -130,7 +190,7 @@ class Deployments:
                          message=f"flash {image.name} onto {plan.disk}")
 
     def _wait(self, mac: str, message: str, status: str = "waiting", detail: str | None = None) -> AgentPlan:
-        self.store.update_status(mac, status, message if detail is None else detail)
+        self.store.touch_status(mac, status, message if detail is None else detail)  # no row for an unknown MAC
         return AgentPlan(action=Action.WAIT, poll=self.poll, message=message)
 
     def events(self, mac: str, run_id: str, raw: list[Any]) -> int:
@@ -140,9 +200,9 @@ class Deployments:
             return 0
         now = time.time()
         with self.store.transaction() as db:
+            plan = self._current(mac, run_id)
             self.store.add_events(db, mac, run_id, [e.to_dict() for e in events], now)
-            plan = self.store.plan(mac)
-            if plan is None or plan.run_id != run_id or plan.state in (PlanState.DONE, PlanState.FAILED):
+            if plan.state in (PlanState.DONE, PlanState.FAILED):
                 return len(events)
             failure = next((e for e in events if e.kind == Kind.ERROR), None)
             if failure is not None:
@@ -159,9 +219,10 @@ class Deployments:
             raise BadRequest("a receipt needs at least result, image_name and image_blake3 (Receipt.to_dict())")
         now = time.time()
         with self.store.transaction() as db:
+            plan = self._current(mac, run_id)
+            self._check_digest(plan, receipt["image_blake3"], "receipt")
             self.store.add_receipt(db, mac, run_id, receipt, now)
-            plan = self.store.plan(mac)
-            if plan is not None and plan.run_id == run_id:
+            if plan.state not in (PlanState.DONE, PlanState.FAILED):
                 ok = receipt["result"] == "ok"
                 summary = (f"{receipt['image_name']} onto {receipt.get('target_path')}, blake3 "
                            f"{str(receipt['image_blake3'])[:16]}..., read-back {receipt.get('readback_check')}")
@@ -181,11 +242,40 @@ class Deployments:
             raise BadRequest(f"not a ledger record ({exc})") from exc
         if self.ledger is None:
             raise BadRequest("this server keeps no ledger")
+        self._check_digest(self._current(mac, run_id), record.image_blake3, "ledger record")
         # the agent's receipt path is gone with its RAM disk: point at the server's copy instead
         record = replace(record, receipt=f"bty serve: {mac} run {run_id}",
                          macs=record.macs if mac in record.macs else (*record.macs, mac))
         append_record(self.ledger, record)
         return record
+
+    def _current(self, mac: str, run_id: str) -> PlanRecord:
+        """The plan of `run_id` if it is the run `mac` is on; Conflict otherwise."""
+        plan = self.store.plan(mac)
+        if plan is None or plan.run_id != run_id:
+            now = f"run {plan.run_id}" if plan else "no run"
+            raise Conflict(f"machine {mac} is not on run {run_id!r} (it is on {now}); nothing was stored")
+        return plan
+
+    def _assigned_blake3(self, plan: PlanRecord) -> str | None:
+        if plan.image_blake3:
+            return plan.image_blake3
+        if plan.image is None or self.images_dir is None:
+            return None
+        try:
+            return find_served(plan.image, self.images_dir).blake3
+        except ImageError:
+            return None
+
+    def _check_digest(self, plan: PlanRecord, blake3: object, what: str) -> None:
+        """BadRequest unless `blake3` is the digest of the image assigned to `plan`'s run."""
+        expected = self._assigned_blake3(plan) if plan.action == Action.FLASH else None
+        if expected is None:
+            raise Conflict(f"run {plan.run_id} of {plan.mac} flashes no image the server can check a {what} "
+                           "against; nothing was stored")
+        if not isinstance(blake3, str) or not hmac.compare_digest(blake3.lower().encode(), expected.lower().encode()):
+            raise BadRequest(f"the {what}'s image digest {str(blake3)[:16]}... is not that of {plan.image} "
+                             f"({expected[:16]}...), the image assigned to run {plan.run_id}; nothing was stored")
 
 
 def _last_status(events: list[Event]) -> StatusLine | None:

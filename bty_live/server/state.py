@@ -3,7 +3,8 @@
 One file, `bty-serve.sqlite3`, in the --state directory, in WAL mode so `bty serve machines`
 and `bty serve assign` work beside a running server. A `schema_version` table says which
 layout the file has; newer layouts are refused, older ones are migrated forward on open.
-This module only stores and fetches: what a receipt or an event *means* is `service.py`'s job.
+Machines' credentials are stored only as hashes. This module only stores and fetches: what a
+receipt or an event *means* is `service.py`'s job.
 The known-good ledger is not here: it is the project's ledger.jsonl (bty_live.ledger), which the
 server appends the agents' records to, so `bty ledger` and `bty images` read it as on a stick.
 """
@@ -76,7 +77,21 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 1 -> 2: per-machine credentials (only a hash), the assigned image's digest
+    """
+    CREATE TABLE credentials (
+        mac TEXT PRIMARY KEY,
+        hash TEXT,
+        issued_at REAL,
+        enrol_open INTEGER NOT NULL DEFAULT 1
+    );
+    ALTER TABLE plans ADD COLUMN image_blake3 TEXT;
+    """,
 )
+#: events kept per run (the newest); a run's events beyond this replace its oldest ones
+MAX_EVENTS_PER_RUN = 5000
+#: runs per machine whose events are kept (the newest); older runs' events go at `assign`
+KEPT_RUNS = 3
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -106,9 +121,12 @@ class PlanRecord:
     detail: str
     created_at: float
     updated_at: float
+    #: the assigned image's blake3 (from its manifest at `assign`): what the receipt must name
+    image_blake3: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "action": self.action.value, "image": self.image, "disk": self.disk,
+        return {"run_id": self.run_id, "action": self.action.value, "image": self.image,
+                "image_blake3": self.image_blake3, "disk": self.disk,
                 "verify": self.verify, "tune": self.tune, "state": self.state.value, "detail": self.detail,
                 "created_at": self.created_at, "updated_at": self.updated_at}
 
@@ -238,7 +256,7 @@ class Store:
                 "INSERT INTO machines (mac, model, inventory, first_seen, last_seen) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (mac) DO UPDATE SET model = excluded.model, inventory = excluded.inventory, "
                 "last_seen = excluded.last_seen",
-                (mac, model, json.dumps(inventory), now, now),
+                (mac, model, json.dumps(inventory, allow_nan=False), now, now),
             )
 
     def set_status(self, db: sqlite3.Connection, mac: str, status: str, detail: str, now: float) -> None:
@@ -253,6 +271,12 @@ class Store:
     def update_status(self, mac: str, status: str, detail: str = "", now: float | None = None) -> None:
         with self.transaction() as db:
             self.set_status(db, mac, status, detail, time.time() if now is None else now)
+
+    def touch_status(self, mac: str, status: str, detail: str = "", now: float | None = None) -> None:
+        """The status line of a machine that is known; an unknown MAC gets no row."""
+        with self.transaction() as db:
+            db.execute("UPDATE machines SET status = ?, detail = ?, last_seen = ? WHERE mac = ?",
+                       (status, detail, time.time() if now is None else now, mac))
 
     def machine(self, mac: str) -> MachineRecord | None:
         with self._lock:
@@ -270,28 +294,67 @@ class Store:
 
     def assign(self, mac: str, action: Action, *, image: str | None = None, disk: str | None = None,
                verify: str = "readback", tune: str | None = None, status: str = "assigned",
-               now: float | None = None) -> PlanRecord:
-        """A new plan (with a new run id) for `mac`, replacing any earlier one."""
+               image_blake3: str | None = None, now: float | None = None) -> PlanRecord:
+        """A new plan (with a new run id) for `mac`, replacing any earlier one. The machine may
+        enrol once more (it reboots into the netboot system to carry the plan out), and the
+        events of its older runs but the last few are dropped."""
         now = time.time() if now is None else now
         record = PlanRecord(mac=mac, run_id=new_run_id(), action=action, image=image, disk=disk, verify=verify,
-                            tune=tune, state=PlanState.PENDING, detail="", created_at=now, updated_at=now)
+                            tune=tune, state=PlanState.PENDING, detail="", created_at=now, updated_at=now,
+                            image_blake3=image_blake3)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO plans (mac, run_id, action, image, disk, verify, tune, state, detail, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mac) DO UPDATE SET "
-                "run_id = excluded.run_id, action = excluded.action, image = excluded.image, disk = excluded.disk, "
-                "verify = excluded.verify, tune = excluded.tune, state = excluded.state, detail = excluded.detail, "
-                "created_at = excluded.created_at, updated_at = excluded.updated_at",
-                (mac, record.run_id, action.value, image, disk, verify, tune, record.state.value, "", now, now),
+                "updated_at, image_blake3) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mac) DO UPDATE "
+                "SET run_id = excluded.run_id, action = excluded.action, image = excluded.image, "
+                "disk = excluded.disk, verify = excluded.verify, tune = excluded.tune, state = excluded.state, "
+                "detail = excluded.detail, created_at = excluded.created_at, updated_at = excluded.updated_at, "
+                "image_blake3 = excluded.image_blake3",
+                (mac, record.run_id, action.value, image, disk, verify, tune, record.state.value, "", now, now,
+                 image_blake3),
             )
             self.set_status(db, mac, status, _plan_line(record), now)
+            self._open_enrolment(db, mac)
+            db.execute("DELETE FROM events WHERE mac = ? AND run_id NOT IN (SELECT run_id FROM events WHERE mac = ? "
+                       "GROUP BY run_id ORDER BY MAX(id) DESC LIMIT ?)", (mac, mac, KEPT_RUNS - 1))
         return record
 
     def plan(self, mac: str) -> PlanRecord | None:
         with self._lock:
             row = self._db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, "
-                                   "created_at, updated_at FROM plans WHERE mac = ?", (mac,)).fetchone()
+                                   "created_at, updated_at, image_blake3 FROM plans WHERE mac = ?", (mac,)).fetchone()
         return _plan(row) if row else None
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    def credential_hash(self, mac: str) -> str | None:
+        """The stored hash of `mac`'s credential; None while it has none."""
+        with self._lock:
+            row = self._db.execute("SELECT hash FROM credentials WHERE mac = ?", (mac,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def enrol(self, mac: str, credential_hash: str, now: float | None = None) -> bool:
+        """Store the hash of `mac`'s new credential, if the machine may enrol now: it never did, or
+        its enrolment was opened again (`assign`, `reset`) and not used since. False otherwise."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT enrol_open FROM credentials WHERE mac = ?", (mac,)).fetchone()
+            if row is not None and not row[0]:
+                return False
+            db.execute("INSERT INTO credentials (mac, hash, issued_at, enrol_open) VALUES (?, ?, ?, 0) "
+                       "ON CONFLICT (mac) DO UPDATE SET hash = excluded.hash, issued_at = excluded.issued_at, "
+                       "enrol_open = 0", (mac, credential_hash, now))
+        return True
+
+    def reset_credential(self, mac: str) -> None:
+        """Forget `mac`'s credential and let it enrol again (the operator's `bty serve reset`)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO credentials (mac, hash, issued_at, enrol_open) VALUES (?, NULL, NULL, 1) "
+                       "ON CONFLICT (mac) DO UPDATE SET hash = NULL, issued_at = NULL, enrol_open = 1", (mac,))
+
+    @staticmethod
+    def _open_enrolment(db: sqlite3.Connection, mac: str) -> None:
+        db.execute("UPDATE credentials SET enrol_open = 1 WHERE mac = ?", (mac,))
 
     def set_plan_state(self, db: sqlite3.Connection, mac: str, run_id: str, state: PlanState, detail: str,
                        now: float) -> bool:
@@ -304,8 +367,11 @@ class Store:
 
     def add_events(self, db: sqlite3.Connection, mac: str, run_id: str, events: list[dict[str, Any]],
                    now: float) -> None:
+        """Inside a transaction: store `events`; a run keeps only its newest MAX_EVENTS_PER_RUN."""
         db.executemany("INSERT INTO events (mac, run_id, received_at, event) VALUES (?, ?, ?, ?)",
-                       [(mac, run_id, now, json.dumps(e, separators=(",", ":"))) for e in events])
+                       [(mac, run_id, now, json.dumps(e, separators=(",", ":"), allow_nan=False)) for e in events])
+        db.execute("DELETE FROM events WHERE mac = ? AND run_id = ? AND id <= (SELECT id FROM events WHERE mac = ? "
+                   "AND run_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)", (mac, run_id, mac, run_id, MAX_EVENTS_PER_RUN))
 
     def events(self, mac: str, run_id: str | None = None, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         query = "SELECT id, run_id, received_at, event FROM events WHERE mac = ? AND id > ?"
@@ -327,7 +393,7 @@ class Store:
             "INSERT INTO receipts (mac, run_id, received_at, result, image_name, image_blake3, receipt) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (mac, run_id, now, str(receipt.get("result", "")), str(receipt.get("image_name", "")),
-             str(receipt.get("image_blake3", "")), json.dumps(receipt)),
+             str(receipt.get("image_blake3", "")), json.dumps(receipt, allow_nan=False)),
         )
         return int(cursor.lastrowid or 0)
 
@@ -361,7 +427,8 @@ def _machine(row: tuple[Any, ...]) -> MachineRecord:
 
 def _plan(row: tuple[Any, ...]) -> PlanRecord:
     return PlanRecord(mac=row[0], run_id=row[1], action=Action(row[2]), image=row[3], disk=row[4], verify=row[5],
-                      tune=row[6], state=PlanState(row[7]), detail=row[8], created_at=row[9], updated_at=row[10])
+                      tune=row[6], state=PlanState(row[7]), detail=row[8], created_at=row[9], updated_at=row[10],
+                      image_blake3=row[11])
 
 
 def _plan_line(plan: PlanRecord) -> str:
