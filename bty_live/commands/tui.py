@@ -33,7 +33,8 @@ works on the Linux console, over a serial console and in any terminal of 80x24 o
 
 exit status: 0 when the user quits (or reboots/powers off), 3 when the user asks for a shell (the
 live stick's session wrapper then starts a login shell), 130 when the user quit during a flash
-(it was cancelled and the disk wiped), 70 on an internal error.
+(it was cancelled and the disk wiped), 128+N when stopped by signal N (143 SIGTERM, 129 SIGHUP,
+131 SIGQUIT: a running flash is cancelled and the disk wiped first), 70 on an internal error.
 """
 
 #: refresh at most this often (the screen only redraws what changed, and progress arrives at
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from bty_live.cli import INTERNAL_ERROR
     from bty_live.tui.app import make_app
 
-    app = make_app(images_dir=args.images, known_good=_known_good_badge(args.images))
+    app = make_app(images_dir=args.images, known_good=_known_good_badge(args.images), handle_stop_signals=True)
     app.run(mouse=False)
     code = app.return_code or 0
+    if app.stop_note:  # stopped by SIGTERM, SIGHUP or SIGQUIT: one line, once the screen is restored
+        print(app.stop_note, file=sys.stderr)
     # Textual ends with 1 after an unhandled exception (it has printed the traceback): a bug
     return INTERNAL_ERROR if code == 1 else code
 

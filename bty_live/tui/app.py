@@ -11,6 +11,8 @@ command, the tests and the snapshot apps alike.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import threading
 import time
 from collections import deque
@@ -30,6 +32,7 @@ from bty_live.disks import Disk
 from bty_live.events import Event
 from bty_live.hotplug import DiskEvent
 from bty_live.plan import FlashOptions, FlashPlan
+from bty_live.signals import STOP_SIGNALS, call_on_stop_signals, exit_code_for_signal, signal_name
 from bty_live.tui.backend import Backend, Watcher, real_backend
 from bty_live.tui.messages import DiskHotplug, FlashEvent, FlashFinished, NextStep, Planned, StepChosen
 from bty_live.tui.progress import EventThrottle
@@ -45,7 +48,7 @@ from bty_live.tui.screens import (
     PowerDialog,
     ProgressScreen,
 )
-from bty_live.tui.text import log_line
+from bty_live.tui.text import error_cause, log_line
 from bty_live.tui.widgets import CellScrollBarRender
 
 if TYPE_CHECKING:
@@ -82,6 +85,7 @@ class BtyApp(App[int]):
         options: FlashOptions | None = None,
         clock: Callable[[], float] = time.time,
         follow_hotplug: bool = True,
+        handle_stop_signals: bool = False,
     ) -> None:
         super().__init__()
         # whole-cell scrollbar thumbs: the partial blocks Textual draws are not in the console font
@@ -107,6 +111,13 @@ class BtyApp(App[int]):
         self._quit_when_finished = False
         #: what was chosen last, so the Error screen can offer "choose another disk"
         self._entry: CatalogEntry | None = None
+        self.handle_stop_signals = handle_stop_signals
+        #: the stop signal (SIGTERM, SIGHUP, SIGQUIT) that is ending the app, once one arrived
+        self.stop_signal: int | None = None
+        #: the one line for stderr once the app has exited on a stop signal (`bty tui` prints it)
+        self.stop_note: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_handlers: dict[int, object] = {}
 
     # -- screens ---------------------------------------------------------------------------------
 
@@ -143,6 +154,8 @@ class BtyApp(App[int]):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        if self.handle_stop_signals:
+            self._install_stop_signals()
         if not self.follow_hotplug:
             return
 
@@ -161,10 +174,58 @@ class BtyApp(App[int]):
         # a flash must not outlive the app: the engine stops and wipes; the worker's thread is
         # joined when the event loop closes
         self._cancel.set()
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous_handlers.clear()
         if self._watcher is not None:
             self._watcher.stop()
         if self._rescan_timer is not None:
             self._rescan_timer.stop()
+
+    # -- stop signals ----------------------------------------------------------------------------
+
+    def _install_stop_signals(self) -> None:
+        """SIGTERM, SIGHUP and SIGQUIT stop a flash as the Progress screen's confirmed cancel does
+        (the engine wipes and records the run), then the app exits with 128+N. Installed from the
+        event loop's thread, the main thread under `app.run()`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._loop = asyncio.get_running_loop()
+        self._previous_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        call_on_stop_signals(self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        """The signal handler: it may run between any two bytecodes of the loop, so it only
+        schedules `stop_for_signal` on the loop (call_soon_threadsafe wakes the loop up)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.stop_for_signal, signum)
+
+    def stop_for_signal(self, signum: int) -> None:
+        """Cancel the running flash, if any, and exit with 128+signum once the worker has wiped
+        the disk and recorded the run; with no flash running, exit at once."""
+        if self.stop_signal is not None:
+            return  # already stopping: a second signal must not cut the wipe short
+        self.stop_signal = signum
+        code = exit_code_for_signal(signum)
+        if not self.flashing:
+            self.stop_note = f"bty tui: stopped by {signal_name(signum)}; no flash was running, nothing was written"
+            self.exit(code, return_code=code)
+            return
+        self.note(f"{signal_name(signum)} received: cancelling the flash, then exiting")
+        self._quit_when_finished = True
+        self._request_cancel()
+
+    def _stopped_note(self, message: FlashFinished) -> str:
+        name = signal_name(self.stop_signal or signal.SIGTERM)
+        if message.receipt is not None:  # the flash ended before the cancel could stop it
+            return (f"bty tui: stopped by {name} after the flash had finished: "
+                    f"{message.receipt.target_path} holds the verified image")
+        error = message.error
+        aftermath = getattr(error, "aftermath", None)
+        if aftermath:
+            return f"bty tui: stopped by {name}: the flash was cancelled; {aftermath}"
+        cause = error_cause(error) if error is not None else "the flash ended without a receipt"
+        return f"bty tui: stopped by {name}: {cause}"
 
     # -- global actions --------------------------------------------------------------------------
 
@@ -298,7 +359,11 @@ class BtyApp(App[int]):
         self.flashing = False
         progress, self._progress = self._progress, None
         if self._quit_when_finished:  # quit during the flash: it was cancelled, as Ctrl-C in the CLI
-            self.exit(CANCELLED_EXIT_CODE, return_code=CANCELLED_EXIT_CODE)
+            code = CANCELLED_EXIT_CODE
+            if self.stop_signal is not None:
+                code = exit_code_for_signal(self.stop_signal)
+                self.stop_note = self._stopped_note(message)
+            self.exit(code, return_code=code)
             return
         if self.top is None:
             return  # shutting down
@@ -383,6 +448,7 @@ def make_app(
     options: FlashOptions | None = None,
     clock: Callable[[], float] = time.time,
     follow_hotplug: bool = True,
+    handle_stop_signals: bool = False,
 ) -> BtyApp:
     """The app, wired to the real engine unless told otherwise.
 
@@ -392,6 +458,8 @@ def make_app(
     backend: the functions the TUI calls (default: the real ones; snapshots use recorded data).
     clock: wall time for the elapsed counter (snapshots freeze it).
     follow_hotplug: follow hot-plug events (the Disks screen then updates by itself).
+    handle_stop_signals: SIGTERM, SIGHUP and SIGQUIT cancel a running flash (the disk is wiped)
+      and exit with 128+N (`bty tui` sets it; tests in the pytest process leave it off).
     """
     if actions is None:
         from bty_live.system_actions import systemd_actions
@@ -405,4 +473,5 @@ def make_app(
         options=options,
         clock=clock,
         follow_hotplug=follow_hotplug,
+        handle_stop_signals=handle_stop_signals,
     )
