@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from bty_live.commands.table import print_table
 from bty_live.disks import boot_medium_devnums, discover_disks
 from bty_live.eligibility import Assessed, EligibilityContext, assess_all
 from bty_live.units import format_size, parse_size
+
+COLUMNS = ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE")
 
 DESCRIPTION = """\
 List the disks bty could write, one per line, and whether each is eligible.
@@ -32,6 +33,7 @@ a disk is not eligible when it is the boot medium (it holds / or the images dire
 has a mounted filesystem, is held by device-mapper/LVM/md, is active swap, is read-only,
 has no medium (size 0), or is smaller than --min-size.
 
+Into a pipe or a file the list is plain: one line per disk, nothing wrapped, no colours.
 Loop devices with a backing file are listed like other disks. Virtual devices (zram, ram,
 dm, md, unbound loop devices, empty drives) are hidden unless --all is given.
 """
@@ -85,16 +87,14 @@ def _model_cell(item: Assessed) -> str:
     return " ".join(part for part in (disk.vendor, disk.model) if part) or "-"
 
 
-def _render_table(assessed: list[Assessed], console: Console) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE"):
-        table.add_column(column, overflow="fold", justify="right" if column == "SIZE" else "left")
+def _render_table(assessed: list[Assessed]) -> None:
+    rows: list[list[str | Text]] = []
     for item in assessed:
         disk = item.disk
         verdict = Text("yes", style="green") if item.eligible else Text("; ".join(item.reasons), style="red")
-        table.add_row(disk.name, format_size(disk.size), disk.transport, _model_cell(item),
-                      disk.serial or "-", verdict)
-    console.print(table)
+        rows.append([disk.name, format_size(disk.size), disk.transport, _model_cell(item), disk.serial or "-",
+                     verdict])
+    print_table(COLUMNS, rows, right=("SIZE",), boxed=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
     elif not assessed:
         print("no disks found (use --all to include virtual and empty devices)")
     else:
-        _render_table(assessed, Console(highlight=False))
+        _render_table(assessed)
     return 0

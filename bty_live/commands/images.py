@@ -10,9 +10,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.text import Text
 
 from bty_live.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
+from bty_live.commands.table import print_table
 from bty_live.errors import ImageError
 from bty_live.formats import detect_compression
 from bty_live.image import read_head
@@ -100,6 +101,29 @@ def entry_json(entry: CatalogEntry, known_good_on: list[str] | None = None) -> d
     }
 
 
+IMAGE_COLUMNS = ("NAME", "OS", "FORMAT", "SIZE", "FILE", "DIGEST", "KNOWN-GOOD ON", "DESCRIPTION")
+
+
+def _image_row(e: CatalogEntry, known_good_on: list[str]) -> list[str | Text]:
+    """One row of `bty images`: a table row on a terminal, one plain line into a pipe."""
+    if e.problem:
+        status = Text(e.problem, style="red")
+    elif e.digest_status == "manifest":
+        status = Text.assemble(("manifest", "green"), f" {e.manifest.blake3[:12] if e.manifest else ''}")
+    else:
+        status = Text("unverified", style="yellow")
+    return [
+        e.name,
+        e.manifest.os if e.manifest else "",
+        str(e.compression or "?") + (" +bmap" if e.bmap_path else ""),
+        format_size(e.size) if e.size is not None else "?",
+        e.path.name,
+        status,
+        ", ".join(known_good_on),
+        e.manifest.description if e.manifest else "",
+    ]
+
+
 def run_list(args: argparse.Namespace) -> int:
     directory = resolve_images_dir(args.images)
     entries = list_images(directory)
@@ -115,26 +139,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not entries:
         console.print(f"no images in {directory}; copy some there, then `bty images add FILE`")
         return 0
-    table = Table(title=f"images in {directory}", title_justify="left")
-    for column in ("NAME", "OS", "FORMAT", "SIZE", "FILE", "DIGEST", "KNOWN-GOOD ON", "DESCRIPTION"):
-        table.add_column(column, overflow="fold")
-    for e in entries:
-        status = e.digest_status if not e.problem else f"[red]{e.problem}[/red]"
-        if e.digest_status == "manifest":
-            status = f"[green]manifest[/green] {e.manifest.blake3[:12] if e.manifest else ''}"
-        elif not e.problem:
-            status = "[yellow]unverified[/yellow]"
-        table.add_row(
-            e.name,
-            e.manifest.os if e.manifest else "",
-            str(e.compression or "?") + (" +bmap" if e.bmap_path else ""),
-            format_size(e.size) if e.size is not None else "?",
-            e.path.name,
-            status,
-            ", ".join(known[e.path]),
-            e.manifest.description if e.manifest else "",
-        )
-    console.print(table)
+    print_table(IMAGE_COLUMNS, [_image_row(e, known[e.path]) for e in entries], title=f"images in {directory}")
     return 0
 
 
