@@ -29,6 +29,7 @@ SYS_CLASS_BLOCK = Path("/sys/class/block")
 DEV_DISK = Path("/dev/disk")
 MOUNTINFO = Path("/proc/self/mountinfo")
 PROC_SWAPS = Path("/proc/swaps")
+PROC = Path("/proc")
 
 #: sysfs sizes are always counted in 512-byte sectors, whatever the device's sector size
 _SYSFS_SECTOR = 512
@@ -86,6 +87,24 @@ class DiskIdentity:
         return tuple(changes)
 
 
+@dataclass(frozen=True)
+class BackingFile:
+    """A loop device's backing file, with the file's (st_dev, st_ino) when it could be stat'ed."""
+
+    loop: str
+    path: str
+    inode: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Opener:
+    """A process holding a disk or one of its partitions open for writing (as `fuser` sees it)."""
+
+    pid: int
+    command: str
+    node: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class Disk:
     """A whole disk as discovered. Sizes are in bytes.
@@ -122,6 +141,12 @@ class Disk:
     uuid: str | None = None
     used_bytes: int | None = None
     diskseq: int | None = None
+    #: every loop backing file that writing this disk writes into, nested loops resolved
+    #: (a loop whose backing file lives on a filesystem on another loop, ...), outermost first
+    backing_chain: tuple[BackingFile, ...] = ()
+    #: other processes holding the disk or a partition open for writing (read-only openers,
+    #: such as blkid, are left out)
+    writers: tuple[Opener, ...] = ()
     #: why the contents (partition table, filesystems) could not be probed, if they could not
     probe_error: str | None = None
 
@@ -284,6 +309,50 @@ def _disk_links() -> dict[tuple[str, str], tuple[str, ...]]:
     return {key: tuple(links) for key, links in found.items()}
 
 
+_O_ACCMODE = 0o3
+
+
+def _fd_writes(fdinfo: Path) -> bool:
+    """Whether the fd described by /proc/PID/fdinfo/FD was opened for writing (O_WRONLY or O_RDWR)."""
+    for line in (_read(fdinfo) or "").splitlines():
+        key, _, value = line.partition(":")
+        if key == "flags":
+            try:
+                return int(value.strip(), 8) & _O_ACCMODE != os.O_RDONLY
+            except ValueError:
+                return True  # unreadable flags: assume the worst
+    return True
+
+
+def _block_writers() -> dict[Devnum, tuple[tuple[int, str], ...]]:
+    """(pid, command) of every other process holding a block device open for writing, per devnum.
+
+    What `fuser` does: readlink/stat each /proc/PID/fd/N (psutil's open_files leaves block
+    devices out) and compare st_rdev; the access mode comes from /proc/PID/fdinfo/N. Our own
+    process is skipped: the engine holds the target itself when it checks again.
+    """
+    own = os.getpid()
+    found: dict[Devnum, list[tuple[int, str]]] = {}
+    for entry in _listdir(PROC):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        pid = int(entry)
+        fd_dir = PROC / entry / "fd"
+        for fd in _listdir(fd_dir):
+            try:
+                if not os.readlink(fd_dir / fd).startswith("/"):
+                    continue  # socket:, pipe:, anon_inode:
+                st = os.stat(fd_dir / fd)
+            except OSError:
+                continue  # closed, or the process exited
+            if not stat.S_ISBLK(st.st_mode) or not _fd_writes(PROC / entry / "fdinfo" / fd):
+                continue
+            holders = found.setdefault(_devnum_of(st.st_rdev), [])
+            if all(pid != known for known, _ in holders):
+                holders.append((pid, _read(PROC / entry / "comm") or "?"))
+    return {devnum: tuple(holders) for devnum, holders in found.items()}
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """What is read once per discovery and shared by every disk."""
@@ -291,10 +360,14 @@ class _Snapshot:
     mounts: Mapping[Devnum, tuple[str, ...]] = field(default_factory=dict)
     swaps: frozenset[Devnum] = frozenset()
     links: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    entries: tuple[_MountEntry, ...] = ()
+    writers: Mapping[Devnum, tuple[tuple[int, str], ...]] = field(default_factory=dict)
 
 
 def _snapshot() -> _Snapshot:
-    return _Snapshot(mounts=_mounts_by_devnum(_read_mountinfo()), swaps=_swap_devnums(), links=_disk_links())
+    entries = tuple(_read_mountinfo())
+    return _Snapshot(mounts=_mounts_by_devnum(entries), swaps=_swap_devnums(), links=_disk_links(),
+                     entries=entries, writers=_block_writers())
 
 
 # --------------------------------------------------------------------------- identity attributes
@@ -557,8 +630,15 @@ def _build_disk(name: str, sysdir: Path, props: Mapping[str, str], snap: _Snapsh
         uuid=own.get("UUID"),
         used_bytes=_used_bytes(path, own.get("TYPE"), mountpoints),
         diskseq=_read_int(sysdir / "diskseq"),
+        backing_chain=backing_chain(devnum, snap.entries),
+        writers=_writers(snap, [(name, devnum), *((p.name, p.devnum) for p in partitions)]),
         probe_error="; ".join(f"cannot read {node}: {why}" for node, why in probe.errors.items()) or None,
     )
+
+
+def _writers(snap: _Snapshot, nodes: Iterable[tuple[str, Devnum]]) -> tuple[Opener, ...]:
+    return tuple(Opener(pid=pid, command=command, node=node)
+                 for node, devnum in nodes for pid, command in snap.writers.get(devnum, ()))
 
 
 def _is_virtual(name: str, sysdir: Path) -> bool:
@@ -660,14 +740,15 @@ def _overlay_dirs(superopts: str) -> list[str]:
 
 
 def _walk_to_disks(devnum: Devnum, mounts: Sequence[_MountEntry], found: set[Devnum],
-                   seen: set[Devnum]) -> None:
-    """Add to `found` every whole disk that the filesystem or block device `devnum` lives on."""
+                   seen: set[Devnum], files: list[BackingFile] | None = None) -> None:
+    """Add to `found` every whole disk that the filesystem or block device `devnum` lives on
+    (and to `files`, when given, every loop backing file on the way)."""
     if devnum in seen:
         return
     seen.add(devnum)
     sysdir = _sysfs_dir(devnum)
     if devnum[0] == 0 or not (sysdir / "dev").is_file():
-        _walk_mount_sources(devnum, mounts, found, seen)
+        _walk_mount_sources(devnum, mounts, found, seen, files)
         return
     if (sysdir / "partition").is_file():
         sysdir = sysdir.parent
@@ -679,14 +760,17 @@ def _walk_to_disks(devnum: Devnum, mounts: Sequence[_MountEntry], found: set[Dev
     for slave in _listdir(sysdir / "slaves"):  # dm, md: the devices below
         slave_devnum = _parse_devnum(_read(SYS_CLASS_BLOCK / slave / "dev"))
         if slave_devnum is not None:
-            _walk_to_disks(slave_devnum, mounts, found, seen)
+            _walk_to_disks(slave_devnum, mounts, found, seen, files)
     backing = _loop_backing_file(sysdir)
     if backing:
-        _walk_path(backing.removesuffix(" (deleted)"), mounts, found, seen)
+        path = backing.removesuffix(" (deleted)")
+        if files is not None:
+            files.append(BackingFile(loop=sysdir.name, path=path, inode=_inode(path)))
+        _walk_path(path, mounts, found, seen, files)
 
 
 def _walk_mount_sources(devnum: Devnum, mounts: Sequence[_MountEntry], found: set[Devnum],
-                        seen: set[Devnum]) -> None:
+                        seen: set[Devnum], files: list[BackingFile] | None = None) -> None:
     """A filesystem without a block device of its own (overlay, tmpfs, btrfs's 0:N): follow the
     mount source and, for overlay, the lower and upper directories."""
     for entry in mounts:
@@ -694,18 +778,35 @@ def _walk_mount_sources(devnum: Devnum, mounts: Sequence[_MountEntry], found: se
             continue
         source = _block_devnum(entry.source)
         if source is not None:
-            _walk_to_disks(source, mounts, found, seen)
+            _walk_to_disks(source, mounts, found, seen, files)
         if entry.fstype == "overlay":
             for directory in _overlay_dirs(entry.superopts):
-                _walk_path(directory, mounts, found, seen)
+                _walk_path(directory, mounts, found, seen, files)
 
 
-def _walk_path(path: str, mounts: Sequence[_MountEntry], found: set[Devnum], seen: set[Devnum]) -> None:
+def _walk_path(path: str, mounts: Sequence[_MountEntry], found: set[Devnum], seen: set[Devnum],
+               files: list[BackingFile] | None = None) -> None:
     try:
         st_dev = os.stat(path).st_dev
     except OSError:
         return
-    _walk_to_disks(_devnum_of(st_dev), mounts, found, seen)
+    _walk_to_disks(_devnum_of(st_dev), mounts, found, seen, files)
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def backing_chain(devnum: Devnum, mounts: Sequence[_MountEntry] | None = None) -> tuple[BackingFile, ...]:
+    """Every loop backing file that writing the block device `devnum` writes into: its own, then
+    (nested) the backing files of the loops below the filesystems those files live on."""
+    files: list[BackingFile] = []
+    _walk_to_disks(devnum, _read_mountinfo() if mounts is None else mounts, set(), set(), files)
+    return tuple(files)
 
 
 def boot_medium_devnums(paths: Iterable[Path | str]) -> frozenset[Devnum]:
@@ -720,6 +821,69 @@ def boot_medium_devnums(paths: Iterable[Path | str]) -> frozenset[Devnum]:
     for path in paths:
         _walk_path(str(path), mounts, found, seen)
     return frozenset(found)
+
+
+# --------------------------------------------------------------------------- protected paths
+
+#: at most this many files of a protected directory are remembered by inode (an images directory
+#: holds a few dozen; the path test still covers the rest)
+_PROTECTED_FILES_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A path whose disks and files must never be written: "/", the images directory, the image.
+
+    devnums: the whole disks it lives on (see `boot_medium_devnums`).
+    files: (st_dev, st_ino) of the regular files in it (or of the file itself), so a loop device
+        backed by one of them is caught through a bind mount or a hard link too.
+    """
+
+    path: str
+    what: str
+    devnums: frozenset[Devnum] = frozenset()
+    files: frozenset[tuple[int, int]] = frozenset()
+    is_dir: bool = False
+
+    @property
+    def is_system(self) -> bool:
+        return self.path == "/"
+
+    def contains(self, backing: BackingFile) -> bool:
+        """Whether the backing file is this file, or lies inside this directory."""
+        if self.is_system:
+            return False  # everything is inside "/": its disks are what count
+        if backing.inode is not None and backing.inode in self.files:
+            return True
+        path = os.path.normpath(backing.path)
+        return path.startswith(self.path + "/") if self.is_dir else path == self.path
+
+
+def _files_in(directory: str) -> frozenset[tuple[int, int]]:
+    found: set[tuple[int, int]] = set()
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            inode = _inode(os.path.join(root, name))
+            if inode is not None:
+                found.add(inode)
+            if len(found) >= _PROTECTED_FILES_MAX:
+                return frozenset(found)
+    return frozenset(found)
+
+
+def protect(path: Path | str, what: str) -> Protected:
+    """What the eligibility rules need to know about one protected path (a missing path protects nothing
+    but its name)."""
+    real = os.path.realpath(path)
+    is_dir = os.path.isdir(real)
+    if real == "/":
+        files: frozenset[tuple[int, int]] = frozenset()
+    elif is_dir:
+        files = _files_in(real)
+    else:
+        inode = _inode(real)
+        files = frozenset({inode}) if inode else frozenset()
+    return Protected(path=real, what=what, devnums=boot_medium_devnums([real]), files=files, is_dir=is_dir)
 
 
 # --------------------------------------------------------------------------- destroy preview

@@ -2,16 +2,17 @@
 
 Each rule looks at one disk and returns a human reason naming the thing in the way (the
 partition, the mount point, the holder), or None. A disk is eligible when no rule objects.
-The I/O these rules need (mounts, holders, swap, which disks hold / and the images) is
-collected by `bty_live.disks`.
+The I/O these rules need (mounts, holders, swap, open file descriptors, which disks hold / and
+the images) is collected by `bty_live.disks`; `context_for` is the one helper here that reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from bty_live.disks import Devnum, Disk
+from bty_live.disks import Devnum, Disk, Protected, protect
 from bty_live.errors import TargetRefusedError
 from bty_live.units import format_size
 
@@ -23,20 +24,71 @@ class EligibilityContext:
     boot_devnums: whole disks holding the running system's / or the images directory
         (from `bty_live.disks.boot_medium_devnums`).
     image_size: bytes the target must hold, or None when no image is chosen yet.
+    protected: "/", the images directory and the image, each with its disks and files
+        (from `context_for`); lets the rules name which one a disk holds, and refuse a loop
+        device whose backing file (nested loops resolved) is in the images directory.
     """
 
     boot_devnums: frozenset[Devnum] = frozenset()
     image_size: int | None = None
+    protected: tuple[Protected, ...] = ()
+
+
+def context_for(protected_paths: Sequence[Path | str], image_size: int | None = None,
+                images_dir: Path | str | None = None) -> EligibilityContext:
+    """The context for a plan's protected paths ("/" is the running system; any other directory is
+    an images directory, a file is the image), plus `images_dir` when given."""
+    paths = [Path(p) for p in protected_paths]
+    if images_dir is not None and Path(images_dir) not in paths:
+        paths.append(Path(images_dir))
+    entries = []
+    for path in paths:
+        if str(path) == "/":
+            entries.append(protect(path, "the running system"))
+        else:
+            entries.append(protect(path, "the images directory" if path.is_dir() else "the image"))
+    boot: frozenset[Devnum] = frozenset().union(*(entry.devnums for entry in entries))
+    return EligibilityContext(boot_devnums=boot, image_size=image_size, protected=tuple(entries))
 
 
 Rule = Callable[[Disk, EligibilityContext], str | None]
 
 
+def _devnums(disk: Disk) -> set[Devnum]:
+    return {disk.devnum} | {p.devnum for p in disk.partitions}
+
+
 def _boot_medium(disk: Disk, ctx: EligibilityContext) -> str | None:
-    devnums = {disk.devnum} | {p.devnum for p in disk.partitions}
+    devnums = _devnums(disk)
+    hits = [entry for entry in ctx.protected if devnums & entry.devnums]
+    if hits and not any(entry.is_system for entry in hits):
+        return "boot medium: holds " + ", ".join(f"{entry.what} {entry.path}" for entry in hits)
     if devnums & ctx.boot_devnums:
         return "boot medium: holds the running system or the images directory"
     return None
+
+
+def _backs_protected(disk: Disk, ctx: EligibilityContext) -> str | None:
+    """A loop device whose backing file (or, nested, a backing file below it) is in the images
+    directory, or is the image: writing it overwrites that file."""
+    for depth, backing in enumerate(disk.backing_chain):
+        for entry in ctx.protected:
+            if not entry.contains(backing):
+                continue
+            where = "is in it" if entry.is_dir else "is it"
+            if depth == 0:
+                return f"holds {entry.what} {entry.path} (its backing file {backing.path} {where})"
+            return (f"holds {entry.what} {entry.path} (through {backing.loop}: its backing file "
+                    f"{backing.path} {where})")
+    return None
+
+
+def _open_for_writing(disk: Disk, ctx: EligibilityContext) -> str | None:
+    if not disk.writers:
+        return None
+    return "open for writing by " + ", ".join(
+        f"PID {w.pid} ({w.command})" + ("" if w.node == disk.name else f" on {w.node}") for w in disk.writers
+    ) + ": close it first"
 
 
 def _no_medium(disk: Disk, ctx: EligibilityContext) -> str | None:
@@ -86,7 +138,8 @@ def _too_small(disk: Disk, ctx: EligibilityContext) -> str | None:
 
 
 #: in the order reasons are reported
-RULES: tuple[Rule, ...] = (_boot_medium, _no_medium, _read_only, _mounted, _held, _swap, _too_small)
+RULES: tuple[Rule, ...] = (_boot_medium, _backs_protected, _no_medium, _read_only, _mounted, _held,
+                          _open_for_writing, _swap, _too_small)
 
 
 def reasons(disk: Disk, ctx: EligibilityContext) -> tuple[str, ...]:

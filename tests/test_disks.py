@@ -349,7 +349,7 @@ def bty_disks(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def test_bty_disks_json_lists_every_field_with_eligibility(
         make_loop: MakeLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     loop = make_loop(8 * MiB)
-    listed = {d["name"]: d for d in json.loads(bty_disks(capsys, "--json", "--images", str(tmp_path)))}
+    listed = {d["name"]: d for d in json.loads(bty_disks(capsys, "--json", "--images", str(tmp_path / "images")))}
     mine = listed[loop.name]
     assert (mine["eligible"], mine["reasons"]) == (True, [])
     assert (mine["size"], mine["transport"]) == (8 * MiB, "loop")
@@ -362,7 +362,7 @@ def test_bty_disks_json_lists_every_field_with_eligibility(
 def test_bty_disks_min_size_marks_smaller_disks_too_small(
         make_loop: MakeLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     loop = make_loop(8 * MiB)
-    out = bty_disks(capsys, "--json", "--images", str(tmp_path), "--min-size", "16M")
+    out = bty_disks(capsys, "--json", "--images", str(tmp_path / "images"), "--min-size", "16M")
     mine = next(d for d in json.loads(out) if d["name"] == loop.name)
     assert mine["reasons"] == ["too small: 8 MiB < image 16 MiB"]
 
@@ -370,7 +370,7 @@ def test_bty_disks_min_size_marks_smaller_disks_too_small(
 def test_bty_disks_table_shows_the_columns_and_the_verdict(
         make_loop: MakeLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     loop = make_loop(8 * MiB, read_only=True)
-    out = bty_disks(capsys, "--images", str(tmp_path))
+    out = bty_disks(capsys, "--images", str(tmp_path / "images"))
     assert out.split()[:6] == ["NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE"]
     row = next(line for line in out.splitlines() if line.startswith(loop.name + " "))
     assert "8 MiB" in row and "loop" in row and "read-only" in row

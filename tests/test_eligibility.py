@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bty_live.disks import Disk, Partition
+from bty_live.disks import BackingFile, Disk, Opener, Partition, Protected
 from bty_live.eligibility import EligibilityContext, assess_all, reasons, require_eligible
 from bty_live.errors import TargetRefusedError
 
@@ -98,6 +98,53 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
     ctx = EligibilityContext(boot_devnums=frozenset({(8, 16)}), image_size=2 * GiB)
     assert [r.split(":")[0] for r in reasons(disk, ctx)] == [
         "boot medium", "read-only", "mounted", "active swap", "too small"]
+
+
+IMAGES = Protected(path="/srv/images", what="the images directory", devnums=frozenset({(253, 0)}),
+                   files=frozenset({(253, 7)}), is_dir=True)
+SYSTEM = Protected(path="/", what="the running system", devnums=frozenset({(254, 0)}), is_dir=True)
+WITH_IMAGES = EligibilityContext(boot_devnums=frozenset({(253, 0), (254, 0)}), protected=(SYSTEM, IMAGES))
+
+
+def make_loop_disk(*chain: BackingFile) -> Disk:
+    return make_disk("loop3", devnum=(7, 3), backing_chain=chain)
+
+
+def test_a_loop_over_a_file_in_the_images_directory_is_refused_naming_the_file() -> None:
+    disk = make_loop_disk(BackingFile("loop3", "/srv/images/other.img"))
+    assert reasons(disk, WITH_IMAGES) == (
+        "holds the images directory /srv/images (its backing file /srv/images/other.img is in it)",)
+
+
+def test_a_loop_over_a_hard_link_to_a_catalog_file_is_refused_by_its_inode() -> None:
+    disk = make_loop_disk(BackingFile("loop3", "/elsewhere/link.img", inode=(253, 7)))
+    assert reasons(disk, WITH_IMAGES)[0].startswith("holds the images directory /srv/images")
+
+
+def test_a_nested_loop_names_the_loop_whose_backing_file_is_in_the_images_directory() -> None:
+    disk = make_loop_disk(BackingFile("loop3", "/mnt/fs/inner.img"), BackingFile("loop2", "/srv/images/outer.img"))
+    assert reasons(disk, WITH_IMAGES) == (
+        "holds the images directory /srv/images (through loop2: its backing file /srv/images/outer.img is in it)",)
+
+
+def test_a_loop_over_a_file_beside_the_images_directory_is_eligible() -> None:
+    disk = make_loop_disk(BackingFile("loop3", "/srv/images-old/a.img"), BackingFile("loop0", "/var/x.img"))
+    assert reasons(disk, WITH_IMAGES) == ()
+
+
+def test_the_disk_holding_only_the_images_directory_is_boot_medium_naming_it() -> None:
+    disk = make_disk("vdb", devnum=(253, 0))
+    assert reasons(disk, WITH_IMAGES) == ("boot medium: holds the images directory /srv/images",)
+
+
+def test_the_disk_holding_the_running_system_keeps_the_boot_medium_reason() -> None:
+    disk = make_disk("vda", devnum=(254, 0))
+    assert reasons(disk, WITH_IMAGES) == ("boot medium: holds the running system or the images directory",)
+
+
+def test_a_writer_on_a_partition_is_named_with_its_pid_command_and_node() -> None:
+    disk = make_disk(writers=(Opener(pid=4242, command="dd", node="sdb1"), Opener(pid=7, command="vi", node="sdb")))
+    assert reasons(disk, NO_CONTEXT) == ("open for writing by PID 4242 (dd) on sdb1, PID 7 (vi): close it first",)
 
 
 def test_assess_all_keeps_the_order_and_tells_eligible_from_refused() -> None:
