@@ -4,9 +4,10 @@ The engine reads a source front to back once. `HttpStream` hands out the respons
 arrives (no temp file); when the connection drops or stalls it reconnects with
 `Range: bytes=N-` (N = bytes already handed out) and `If-Range`, and accepts the answer only if
 it is `206` with `Content-Range: bytes N-.../TOTAL` for the same file (same size, ETag and
-Last-Modified). Failures without progress are retried with backoff a bounded number of times;
-then an `ImageFetchError` names the URL and what to do. Everything above this layer sees one
-uninterrupted stream.
+Last-Modified). Failures without progress are retried with backoff a bounded number of times,
+and the whole download has a deadline (a server that drops after every byte makes progress
+forever); then an `ImageFetchError` names the URL and what to do. Everything above this layer
+sees one uninterrupted stream.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class HttpSource:
         backoff: Backoff | None = None,
         on_resume: Callable[[ResumeNotice], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = parse_url(url)
         self.url = url
@@ -97,6 +100,9 @@ class HttpSource:
         self.backoff = backoff or Backoff()
         self.on_resume = on_resume
         self.sleep = sleep
+        #: seconds a stream may take from its first request to its last byte; None: no limit
+        self.deadline = deadline
+        self.clock = clock
         #: successful Range resumes over every stream opened from this source
         self.resumes = 0
 
@@ -120,6 +126,7 @@ class HttpStream:
         self._strikes = 0  # failures since the last byte arrived
         self._drop_reason = ""
         self._closed = False
+        self._give_up_at = None if source.deadline is None else source.clock() + source.deadline
         self._connect()
 
     @property
@@ -155,6 +162,7 @@ class HttpStream:
                 continue
             self._delivered += n
             self._strikes = 0
+            self._check_deadline()
             return n
 
     def read(self, size: int = -1, /) -> bytes:
@@ -188,7 +196,22 @@ class HttpStream:
         self._strikes += 1
         if self._strikes >= self.source.backoff.attempts:
             raise self._give_up(reason)
-        self.source.sleep(self.source.backoff.delay(self._strikes))
+        self._check_deadline(reason)
+        delay = self.source.backoff.delay(self._strikes)
+        if self._give_up_at is not None:
+            delay = min(delay, max(0.0, self._give_up_at - self.source.clock()))
+        self.source.sleep(delay)
+
+    def _check_deadline(self, reason: str = "") -> None:
+        if self._give_up_at is None or self.source.clock() < self._give_up_at:
+            return
+        self._disconnect()
+        total = self._validator.total if self._validator else self.source.size
+        where = f"at {format_size(self._delivered)}" + (f" of {format_size(total)}" if total else "")
+        last = f"; last failure: {reason or self._drop_reason}" if (reason or self._drop_reason) else ""
+        raise ImageFetchError(f"download of {self.source.url} did not finish within {self.source.deadline:.0f} s "
+                              f"(stopped {where}{last}); check the network and the server, then assign the "
+                              "machine again")
 
     def _give_up(self, reason: str) -> ImageFetchError:
         total = self._validator.total if self._validator else self.source.size

@@ -4,13 +4,17 @@ token or a refused disk writes nothing. Plus the event uplink that must never sl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,11 @@ from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, 
 from bty_live.agent.uplink import EventUplink
 from bty_live.errors import TargetRefusedError
 from bty_live.events import Event, Kind, Phase
+from bty_live.http_source import ImageFetchError
 from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
 from bty_live.ledger import read_ledger
 from bty_live.protocol import Action, AgentPlan
+from bty_live.server.images import ServedImage
 from bty_live.server.runner import ServerThread
 from bty_live.server.service import Deployments
 from tests.conftest import LoopDevice
@@ -81,9 +87,10 @@ class Recorder:
 
 
 def run_agent(url: str, recorder: Recorder, *, token: str = TOKEN, wait_limit: float | None = 0.0,
-              on_state: Callable[[AgentState, AgentPlan | None], None] | None = None) -> AgentOutcome:
+              on_state: Callable[[AgentState, AgentPlan | None], None] | None = None,
+              download_deadline: float | None = None) -> AgentOutcome:
     config = AgentConfig(mac=MAC, token=token, wait_limit=wait_limit, event_interval=0.05,
-                         download_backoff=Backoff(attempts=4, first=0.0))
+                         download_backoff=Backoff(attempts=4, first=0.0), download_deadline=download_deadline)
     agent = Agent(ServerApi(url, token), config, recorder.effects(), on_state=on_state or recorder.on_state)
     return agent.run()
 
@@ -160,6 +167,110 @@ def test_the_cli_agent_takes_server_token_and_mac_from_the_kernel_command_line(
     assert device_equals_file(loop.path, raw_image)
     stored = server.store.last_receipt(MAC)
     assert stored is not None and stored.result == "ok"
+
+
+# -- the token goes to the server only; downloads end ---------------------------------------------
+
+
+class Mirror(http.server.ThreadingHTTPServer):
+    """Another host that serves the image (a mirror, or an attacker's): it records what it is sent."""
+
+    def __init__(self, image: Path) -> None:
+        self.image = image
+        self.headers_seen: list[dict[str, str]] = []
+        super().__init__(("127.0.0.1", 0), MirrorHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    server: Mirror
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
+        data = self.server.image.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):  # the agent probes the start, then streams
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+
+@pytest.mark.parametrize("send_token", [False, True], ids=["no-instruction", "plan-says-send-token"])
+def test_an_image_on_another_host_gets_the_token_only_when_the_plan_says_so_and_never_the_credential(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice],
+        monkeypatch: pytest.MonkeyPatch, send_token: bool) -> None:
+    mirror = Mirror(raw_image)
+    own_ref = ServedImage.ref
+    monkeypatch.setattr(ServedImage, "ref", lambda self: replace(
+        own_ref(self), url=f"{mirror.url}/images/{self.file_name}", send_token=send_token))
+    loop = make_loop(IMAGE_SIZE)
+    assign(server, tmp_path, "disk.img", f"path={loop.path}")
+
+    outcome = run_agent(server.url, Recorder())
+
+    assert outcome.state == AgentState.REBOOT and device_equals_file(loop.path, raw_image)
+    assert mirror.headers_seen
+    for sent in mirror.headers_seen:
+        assert sent.get("authorization") == (f"Bearer {TOKEN}" if send_token else None)
+        assert "x-bty-credential" not in sent
+    mirror.shutdown()
+
+
+def test_a_download_that_drops_after_every_few_bytes_gives_up_at_its_deadline_and_is_reported(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    proxy = CutProxy(server.socket.getsockname()[:2], cut_every=4096)  # progress on every connection
+    loop = make_loop(IMAGE_SIZE)
+    run = assign(server, tmp_path, "disk.img", f"path={loop.path}")
+    started = time.monotonic()
+
+    outcome = run_agent(proxy.url, Recorder(), download_deadline=2.0)
+
+    assert time.monotonic() - started < 60
+    assert outcome.state == AgentState.WAIT and isinstance(outcome.failure, ImageFetchError)
+    assert "did not finish within 2 s" in str(outcome.failure)
+    assert len(proxy.seen) > 10 and not device_equals_file(loop.path, raw_image)
+    plan = server.store.plan(MAC)
+    assert plan is not None and plan.run_id == run and plan.state == "failed"
+    assert "did not finish within 2 s" in plan.detail
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
+def test_a_stop_signal_mid_write_wipes_reports_the_run_failed_and_exits_128_plus_n(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice],
+        signum: signal.Signals) -> None:
+    proxy = CutProxy(server.socket.getsockname()[:2], rate=8 * MiB)  # 8 s of writing: time to stop it
+    loop = make_loop(IMAGE_SIZE)
+    run = assign(server, tmp_path, "disk.img", f"path={loop.path}")
+    proc = subprocess.Popen([sys.executable, "-m", "bty_live.commands.agent", "--server", proxy.url,
+                             "--token", TOKEN, "--mac", MAC, "--no-reboot"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (machine := server.store.machine(MAC)) is None or machine.status != "writing":
+            assert proc.poll() is None and time.monotonic() < deadline, "the agent never started writing"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and f"cancelled by {signum.name}" in stderr
+    assert not device_equals_file(loop.path, raw_image)
+    plan = server.store.plan(MAC)
+    assert plan is not None and plan.run_id == run and plan.state == "failed"
+    assert f"cancelled by {signum.name}" in plan.detail
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.status == "failed"
 
 
 # -- refusals: nothing written -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bty_live import cli
 from bty_live.errors import NetworkError
 from bty_live.http_source import HttpSource, ImageFetchError, ResumeNotice
 from bty_live.httpconn import Backoff, TokenRefusedError
@@ -34,6 +35,7 @@ def server(tmp_path: Path, payload: Path) -> Iterator[ServerThread]:
     images = tmp_path / "images"
     images.mkdir()
     os.link(payload, images / "blob.img")
+    assert cli.main(["images", "add", str(images / "blob.img")]) == 0  # the server serves images with a manifest
     with running_server(make_config(tmp_path, images)) as running:
         yield running
 
@@ -167,6 +169,7 @@ def test_https_verifies_the_certificate_against_the_given_ca_file(tmp_path: Path
     images = tmp_path / "images"
     images.mkdir()
     os.link(payload, images / "blob.img")
+    assert cli.main(["images", "add", str(images / "blob.img")]) == 0
     server = ServerThread(make_config(tmp_path, images), tls=Tls(cert, key)).start()
     try:
         url = f"{server.url.replace('localhost', '127.0.0.1')}/images/blob.img"

@@ -12,7 +12,12 @@
 
 A failed flash is reported (the engine's ERROR event; the disk is wiped by the engine) and the
 agent asks again: the server answers wait until someone assigns the machine anew, and the agent
-never re-runs a run id that failed here. A refused token stops the agent at once.
+never re-runs a run id that failed here. A refused token or credential stops the agent at once.
+A stop signal (SIGTERM, SIGHUP, SIGQUIT, Ctrl-C) during a run stops the engine (which wipes),
+reports the run failed with the reason, and raises the engine's Cancelled: the CLI exits 128+N.
+
+The image download gets the shared token only when its URL is on the server itself (or the plan
+says `send_token`), never the machine's credential, and it has an overall deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.tuning import tuning_option
 from bty_live.agent.uplink import EventUplink, UplinkStats
-from bty_live.errors import BtyError, NetworkError, UsageError
+from bty_live.errors import BtyError, Cancelled, NetworkError, UsageError, stopped_by
 from bty_live.events import Event, EventSink, Kind, Phase
 from bty_live.http_source import HttpSource, ResumeNotice
 from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
@@ -41,6 +46,7 @@ from bty_live.plan import FlashOptions, VerifyMode
 from bty_live.prepare import prepare_plan_for
 from bty_live.protocol import Action, AgentPlan
 from bty_live.receipt import Receipt
+from bty_live.signals import interrupt_signal
 from bty_live.units import format_size
 
 T = TypeVar("T")
@@ -73,6 +79,18 @@ class AgentConfig:
     api_backoff: Backoff = field(default_factory=lambda: Backoff(attempts=1_000_000, first=1.0, cap=60.0))
     #: seconds between two event batches
     event_interval: float = 0.5
+    #: seconds an image download may take in all; None: DOWNLOAD_GRACE + 1 s per MiB of the file
+    download_deadline: float | None = None
+
+    def deadline_for(self, file_size: int) -> float:
+        if self.download_deadline is not None:
+            return self.download_deadline
+        return DOWNLOAD_GRACE + file_size / DOWNLOAD_MIN_RATE
+
+
+#: the automatic download deadline: this many seconds, plus the file's size at DOWNLOAD_MIN_RATE bytes/s
+DOWNLOAD_GRACE = 600.0
+DOWNLOAD_MIN_RATE = float(1 << 20)
 
 
 @dataclass(frozen=True)
@@ -202,12 +220,22 @@ class Agent:
             self.effects.say(f"run {run_id} FAILED: {exc.full_message()}")
             if failed_record is not None:
                 self._best_effort("post the ledger record", lambda: self.api.post_ledger(mac, run_id, failed_record))
+            if isinstance(exc, Cancelled) and exc.signum is not None:
+                raise exc from None  # stopped by a signal: reported; the CLI exits 128+N
             return None
         self._enter(AgentState.REPORT, plan)
         posted = {**outcome.receipt.to_dict(), "saved_to": None,  # the agent's copy died with its RAM disk
                   "download": {"url": self.api.url(plan.image.url) if plan.image else None,
                                "resumes": outcome.resumes}}
-        self._persist("post the receipt", lambda: self.api.post_receipt(mac, run_id, posted))
+        try:
+            self._persist("post the receipt", lambda: self.api.post_receipt(mac, run_id, posted))
+        except KeyboardInterrupt as stop:  # flashed and verified, but the server will not know: say so
+            error = stopped_by(interrupt_signal(stop))
+            failure = Event(Phase.FAILED, Kind.ERROR, message=f"{error} before the receipt was posted",
+                            error=error.kind)
+            self._best_effort("report the stop", lambda: self.api.post_events(mac, run_id, [failure.to_dict()]),
+                              attempts=1)
+            raise error from None
         if outcome.record is not None:
             record = outcome.record
             self._best_effort("post the ledger record", lambda: self.api.post_ledger(mac, run_id, record))
@@ -227,9 +255,12 @@ class Agent:
             sink(Event(Phase.WRITE, Kind.INFO, message=f"download dropped at {format_size(notice.offset)} "
                                                        f"({notice.reason}); resumed there with a Range request"))
 
-        source = HttpSource(self.api.url(image.url), self.config.token, image.file_size, name=image.file_name,
+        url = self.api.url(image.url)
+        token = self.config.token if self.api.is_server(url) or image.send_token else None
+        source = HttpSource(url, token, image.file_size, name=image.file_name,
                             cafile=self.config.cafile, backoff=self.config.download_backoff, on_resume=resumed,
-                            sleep=self.effects.sleep)
+                            sleep=self.effects.sleep, deadline=self.config.deadline_for(image.file_size),
+                            clock=self.effects.clock)
         with tempfile.TemporaryDirectory(prefix="bty-agent-") as tmp:
             workdir = Path(tmp)
             ledger = workdir / "ledger.jsonl"  # the engine's record of the run, forwarded to the server
@@ -250,6 +281,11 @@ class Agent:
                 if not sink.saw_error:  # failed before the engine ran (image, selector): say so once
                     sink(Event(Phase.FAILED, Kind.ERROR, message=exc.full_message(), error=exc.kind))
                 raise _FlashFailed(exc, _last_record(ledger)) from exc
+            except KeyboardInterrupt as stop:  # a stop signal outside the engine (download, planning)
+                error = stopped_by(interrupt_signal(stop))
+                if not sink.saw_error:
+                    sink(Event(Phase.FAILED, Kind.ERROR, message=error.full_message(), error=error.kind))
+                raise _FlashFailed(error, _last_record(ledger)) from stop
             finally:
                 stats = uplink.close()
             return FlashOutcome(receipt=receipt, resumes=source.resumes, uplink=stats, record=_last_record(ledger))

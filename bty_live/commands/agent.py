@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +20,18 @@ it there, with bty.token=T and BOOTIF=01-MAC). Options override the command line
      server's manifest and the disk is read back; progress goes to the server as it happens
   4. report: post the receipt; then reboot into the flashed disk (--no-reboot: exit instead)
 
+The token of bty.token= is shared by every netbooted machine: it only enrols. The first
+inventory is answered with this machine's own credential (bound to its MAC, kept in memory),
+which every later request carries; the server refuses the token alone for an enrolled machine,
+until its operator runs `bty serve reset MAC` or assigns it again. The token goes to no host but
+the server (unless the plan says so), the credential to none.
+
 Waiting for a plan, the agent asks again after the server's poll interval (at most --max-poll).
 A failed flash is reported, nothing more is written (the engine wipes what it started), and the
-agent waits for a new assignment; a refused token stops it at once. Exit codes: 0 done (or
-handed over to the TUI); 75 gave up waiting (--wait-limit); else the failure's code (bty --help).
+agent waits for a new assignment; a refused token stops it at once. A download that does not
+finish within --download-deadline fails the run. SIGTERM, SIGHUP, SIGQUIT and Ctrl-C stop a
+flash (the engine wipes), report the run failed and exit 128+N. Exit codes: 0 done (or handed
+over to the TUI); 75 gave up waiting (--wait-limit); else the failure's code (bty --help).
 """
 
 #: gave up waiting for a plan (EX_TEMPFAIL)
@@ -49,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--wait-limit", metavar="SECONDS", type=float,
                         help=f"give up after waiting this long for a plan and exit {EXIT_WAIT_LIMIT} "
                         "(default: wait forever)")
+    parser.add_argument("--download-deadline", metavar="SECONDS", type=float,
+                        help="fail the run when the image download takes longer (default: 10 minutes plus "
+                        "1 s per MiB of the image)")
     parser.add_argument("--cmdline", metavar="TEXT", help="use TEXT instead of /proc/cmdline")
     parser.set_defaults(func=run)
 
@@ -70,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from bty_live.errors import UsageError
     from bty_live.machine import read_machine_identity
     from bty_live.protocol import normalise_mac
+    from bty_live.signals import raise_on_stop_signals
     from bty_live.system_actions import systemd_actions
     from bty_live.unattended import read_cmdline
 
@@ -98,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"bty agent: {line}", file=sys.stderr, flush=True)
 
     config = AgentConfig(mac=mac, token=token, cafile=args.ca_file, reboot=not args.no_reboot,
-                         max_poll=args.max_poll, wait_limit=args.wait_limit)
+                         max_poll=args.max_poll, wait_limit=args.wait_limit,
+                         download_deadline=args.download_deadline)
     effects = Effects(reboot=systemd_actions().reboot, say=say, console=MilestoneLines(out=sys.stderr))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: the engine wipes, then we exit
+    # SIGTERM, SIGHUP, SIGQUIT, Ctrl-C: StopSignal; the engine wipes, the agent reports the run
+    # failed, and the Cancelled it raises ends in exit 128+N (bty_live.cli.run_guarded)
+    raise_on_stop_signals()
     outcome = Agent(ServerApi(server, token, cafile=args.ca_file), config, effects).run()
     if outcome.state != AgentState.WAIT:
         return 0
