@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from bty_live.errors import BtyError
 
@@ -21,8 +22,10 @@ def run(
     check: bool = True,
     input: bytes | None = None,
     timeout: float | None = 120,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv, capture text output, and raise ToolError with the tool's own words on failure."""
+    """Run argv (in `cwd`, else bty's own working directory), capture text output, and raise ToolError
+    with the tool's own words on failure."""
     if shutil.which(argv[0]) is None:
         raise ToolError(f"{argv[0]} is not installed; run `make setup` (or install it with apt)")
     try:
@@ -32,6 +35,7 @@ def run(
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=cwd,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

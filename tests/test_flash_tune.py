@@ -114,3 +114,40 @@ def test_a_missing_task_refuses_before_anything_is_written(images: Path, make_lo
     assert "nope.yaml does not exist" in capsys.readouterr().err
     with open(loop.path, "rb") as dev:
         assert dev.read(4096) == b"\x33" * 4096
+
+
+
+def _shadowing_cijoe(base: Path) -> Path:
+    """A directory holding a `cijoe` package that is not CIJOE: its CLI exits 0 and runs nothing,
+    as the checkout's cijoe/ folder once did when it shadowed the installed package."""
+    package = base / "cijoe"
+    (package / "cli").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli" / "__init__.py").write_text("")
+    (package / "cli" / "cli.py").write_text("def main():\n    return 0\n")
+    return base
+
+
+def test_tuning_does_not_depend_on_the_directory_bty_was_started_in(
+        images: Path, tmp_path: Path, make_loop: Callable[..., LoopDevice], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README runs `.venv/bin/bty` from the checkout: a cijoe/ folder there must not shadow CIJOE."""
+    loop = make_loop(SIZE)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    monkeypatch.chdir(_shadowing_cijoe(tmp_path / "checkout"))
+    code = cli.main(["flash", "debian", loop.path, "--images", str(images), "--yes", "--tune", "name.yaml"])
+    assert code == 0, capsys.readouterr().err
+    assert _root_file(loop, tmp_path, "/etc/hostname").strip() == "flashed-by-bty"
+
+
+def test_a_cijoe_that_exits_0_without_running_the_task_is_named_as_such(
+        images: Path, tmp_path: Path, make_loop: Callable[..., LoopDevice], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    loop = make_loop(SIZE)
+    monkeypatch.setenv("PYTHONPATH", str(_shadowing_cijoe(tmp_path / "shadow")))
+    code = cli.main(["flash", "debian", loop.path, "--images", str(images), "--yes", "--tune", "name.yaml"])
+    err = capsys.readouterr().err
+    assert code == 13, err
+    assert "exit status 0" not in err
+    assert "cijoe exited without running the task" in err, err

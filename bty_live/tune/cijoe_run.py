@@ -45,7 +45,9 @@ _USAGE_ERROR = re.compile(r"^[\w.-]+: error: (.+)$")
 
 
 def cijoe_argv(task: Path, config: Path, output: Path, workdir: Path) -> list[str]:
-    """`-P`: the directory bty was started in must not shadow modules of the child (Python 3.11+)."""
+    """`-P`: no directory is put in front of the child's import path (Python 3.11+); run_cijoe also
+    starts it in `workdir`, so the directory bty was started in (a checkout's cijoe/ folder) can
+    never shadow the installed CIJOE."""
     return [sys.executable, "-P", "-m", RUNNER_MODULE, str(workdir), str(task), "-c", str(config), "-o",
             str(output), "-l"]
 
@@ -113,13 +115,13 @@ class CijoeOutcome:
     state_found: bool
 
 
-def run_cijoe(argv: list[str], output: Path, sink: EventSink, timeout: float) -> CijoeOutcome:
-    """Run the child (through bty_live.run) in a thread; poll its task.state meanwhile."""
+def run_cijoe(argv: list[str], output: Path, sink: EventSink, timeout: float, cwd: Path | None = None) -> CijoeOutcome:
+    """Run the child (through bty_live.run, in `cwd`) in a thread; poll its task.state meanwhile."""
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            box["proc"] = run(argv, check=False, timeout=timeout)
+            box["proc"] = run(argv, check=False, timeout=timeout, cwd=cwd)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
             box["error"] = exc
 
@@ -150,6 +152,15 @@ def run_cijoe(argv: list[str], output: Path, sink: EventSink, timeout: float) ->
     state = read_state(state_path)
     steps = watcher.update(state, final=True) if state is not None else []
     return CijoeOutcome(proc.returncode, log, tuple(steps), state is not None)
+
+
+def not_run_reason(outcome: CijoeOutcome, output: Path) -> str:
+    """Why CIJOE ran no step: its exit status and own words, or, when it exited 0 yet left no task
+    state, that (so "exit status 0" is never given as the reason of a failure)."""
+    if outcome.returncode == 0:
+        return (f"(cijoe exited without running the task: no {STATE_FILE} in {output}): check that "
+                f"`{sys.executable} -P -c 'import cijoe.cli.cli as m; print(m.__file__)'` shows the installed CIJOE")
+    return f"(cijoe exit status {outcome.returncode}): {failure_reason(outcome.log, None)}"
 
 
 def step_dir(output: Path, number: int, name: str) -> Path:

@@ -27,7 +27,7 @@ from bty_live.errors import TuneError
 from bty_live.events import Event, EventSink, Kind, Phase, discard
 from bty_live.machine import read_machine_identity
 from bty_live.receipt import default_receipts_dir
-from bty_live.tune.cijoe_run import LOG_FILE, cijoe_argv, failure_reason, run_cijoe, step_dir
+from bty_live.tune.cijoe_run import LOG_FILE, cijoe_argv, failure_reason, not_run_reason, run_cijoe, step_dir
 from bty_live.tune.config import build_config, load_image_config, write_config
 from bty_live.tune.model import TuneRequest, TuneResult
 from bty_live.tune.rootfs import DiskLayout, MountedTarget, NoRoot, RootChoice, choose_root, mounted_target, read_layout
@@ -130,7 +130,7 @@ def _run_task(request: TuneRequest, task: TuneTask, layout: DiskLayout, choice: 
         config_path = workdir / "bty-config.toml"
         write_config(config_path, image_config, facts)
         outcome = run_cijoe(cijoe_argv(request.task.resolve(), config_path, output, workdir), output, sink,
-                            request.timeout)
+                            request.timeout, cwd=workdir)
     if output.is_dir():
         (output / LOG_FILE).write_text(outcome.log, encoding="utf-8")
     report = str(output) if output.is_dir() else None
@@ -142,9 +142,9 @@ def _run_task(request: TuneRequest, task: TuneTask, layout: DiskLayout, choice: 
                         "fix the task and flash again, or flash with --tune off",
                         step=failed.name, uses=failed.uses, report=report)
     if outcome.returncode != 0 or not outcome.state_found:
-        reason = failure_reason(outcome.log, None)
-        raise TuneError(f"tuning task {request.task.name} could not run (cijoe exit status {outcome.returncode}): "
-                        f"{reason}; fix the task" + (f" (CIJOE's log: {output / LOG_FILE})" if report else ""),
+        fix = "fix the task" if outcome.returncode != 0 else "reinstall bty-live (`make setup`)"
+        raise TuneError(f"tuning task {request.task.name} could not run {not_run_reason(outcome, output)}; "
+                        f"{fix}" + (f" (CIJOE's log: {output / LOG_FILE})" if report else ""),
                         report=report)
     return TuneResult("passed", str(request.task), task.digest, steps=outcome.steps, report_dir=report,
                       root_device=choice.device if choice else None,
