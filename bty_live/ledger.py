@@ -86,6 +86,11 @@ class LedgerRecord:
     error_kind: str | None = None
     receipt: str | None = None  # where the run's receipt was saved
     report: str | None = None  # the tuning report (CIJOE output directory)
+    #: the image file whose bytes this passing run hashed (to image_blake3), as it was then: its
+    #: resolved path, size and mtime; a file with another size or mtime is not what was verified
+    image_file: str | None = None
+    image_file_size: int | None = None
+    image_file_mtime_ns: int | None = None
     bty_version: str = __version__
     schema: int = SCHEMA
 
@@ -373,6 +378,7 @@ def make_record(
     else:
         phases = tracker.phases(error) if tracker else {}
     report = tune.report_dir if tune else getattr(error, "report", None)
+    stamp = _verified_file(receipt) if error is None else None
     return LedgerRecord(
         result="failed" if error is not None else "passed",
         image_name=image_name,
@@ -394,7 +400,99 @@ def make_record(
         error_kind=getattr(error, "kind", type(error).__name__) if error is not None else None,
         receipt=receipt.saved_to if receipt is not None else None,
         report=report if isinstance(report, str) else None,
+        image_file=stamp.path if stamp else None,
+        image_file_size=stamp.size if stamp else None,
+        image_file_mtime_ns=stamp.mtime_ns if stamp else None,
     )
+
+
+# -- the known-good badge of an image file ----------------------------------------------------------
+
+#: what `bty images` and the TUI show beside an image
+BADGE_KNOWN_GOOD = "known-good"
+#: the image's manifest digest is known-good on this model, but no passing run hashed this file's
+#: bytes as they are now (a copy, or a file changed since): it may be corrupt, flash it to know
+BADGE_UNVERIFIED = "unverified"
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file as a run read it: a later file with another size or mtime holds other bytes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        try:
+            resolved = path.resolve()
+            st = resolved.stat()
+        except OSError:
+            return None
+        return cls(str(resolved), st.st_size, st.st_mtime_ns)
+
+
+def _verified_file(receipt: Receipt | None) -> FileStamp | None:
+    """The stamp of the file a passing run streamed and hashed (none for a URL or a skipped check)."""
+    if receipt is None or receipt.result != "ok" or receipt.stream_check == "skipped":
+        return None
+    if "://" in receipt.image_path:
+        return None
+    return FileStamp.of(Path(receipt.image_path))
+
+
+def verified_digest(records: Iterable[LedgerRecord], entry: CatalogEntry) -> str | None:
+    """The blake3 a passing run computed from this file's bytes as they are now (same path, size
+    and mtime), if that matches the manifest (when there is one); None when they were never hashed."""
+    stamp = FileStamp.of(entry.path)
+    if stamp is None:
+        return None
+    expected = entry.manifest.blake3 if entry.manifest else None
+    for r in records:
+        read_this_file = (r.image_file, r.image_file_size, r.image_file_mtime_ns) == (stamp.path, stamp.size,
+                                                                                      stamp.mtime_ns)
+        if r.result == "passed" and r.image_blake3 and read_this_file and expected in (None, r.image_blake3):
+            return r.image_blake3
+    return None
+
+
+def _entry_task_digest(entry: CatalogEntry, images_dir: Path) -> str | None:
+    manifest = entry.manifest
+    if manifest is None or not manifest.tune.task:
+        return None
+    task = images_dir / manifest.tune.task
+    if not task.is_file():
+        return None
+    from bty_live.tune import task_digest
+
+    return task_digest(task)
+
+
+def known_good_for_entry(records: Sequence[LedgerRecord], entry: CatalogEntry, images_dir: Path) -> list[str]:
+    """Machine models an image file of the catalog (with its manifest's tuning task) is known-good
+    on: keyed by the digest a passing run verified from this file's bytes, never by the manifest's
+    word alone (a corrupt copy beside a good manifest is not known-good)."""
+    digest = verified_digest(records, entry)
+    if digest is None:
+        return []
+    return known_good_models(records, digest, _entry_task_digest(entry, images_dir))
+
+
+def unverified_models(records: Sequence[LedgerRecord], entry: CatalogEntry, images_dir: Path) -> list[str]:
+    """Models the manifest's digest is known-good on while this file's bytes were never verified."""
+    if entry.manifest is None or verified_digest(records, entry) is not None:
+        return []
+    return known_good_models(records, entry.manifest.blake3, _entry_task_digest(entry, images_dir))
+
+
+def entry_badge(records: Sequence[LedgerRecord], entry: CatalogEntry, images_dir: Path, model: str) -> str:
+    """"known-good", "unverified" (the digest is known-good on `model`, this file unverified) or ""."""
+    if model.lower() in (m.lower() for m in known_good_for_entry(records, entry, images_dir)):
+        return BADGE_KNOWN_GOOD
+    if model.lower() in (m.lower() for m in unverified_models(records, entry, images_dir)):
+        return BADGE_UNVERIFIED
+    return ""
 
 
 __all__ = [
@@ -406,8 +504,12 @@ __all__ = [
     "PhaseTracker",
     "SkippedLine",
     "Combination",
+    "BADGE_KNOWN_GOOD",
+    "BADGE_UNVERIFIED",
+    "FileStamp",
     "append_record",
     "default_ledger_path",
+    "entry_badge",
     "filter_records",
     "known_good",
     "known_good_for_entry",
@@ -417,19 +519,7 @@ __all__ = [
     "phases_from_receipt",
     "read_ledger",
     "summarize",
+    "unverified_models",
+    "verified_digest",
 ]
 
-
-def known_good_for_entry(records: Sequence[LedgerRecord], entry: CatalogEntry, images_dir: Path) -> list[str]:
-    """Machine models an image of the catalog (with its manifest's tuning task) is known-good on."""
-    manifest = entry.manifest
-    if manifest is None:
-        return []
-    digest = None
-    if manifest.tune.task:
-        task = images_dir / manifest.tune.task
-        if task.is_file():
-            from bty_live.tune import task_digest
-
-            digest = task_digest(task)
-    return known_good_models(records, manifest.blake3, digest)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bty_live import cli
+from bty_live.catalog import describe_image
 from bty_live.commands import ledger as ledger_command
+from bty_live.commands import tui as tui_command
 from bty_live.errors import DigestMismatchError
 from bty_live.events import Event, Kind, Phase
 from bty_live.ledger import (
@@ -17,16 +21,22 @@ from bty_live.ledger import (
     PhaseResult,
     PhaseTracker,
     append_record,
+    default_ledger_path,
+    entry_badge,
     filter_records,
     known_good,
+    known_good_for_entry,
     known_good_models,
     make_record,
     read_ledger,
     summarize,
 )
-from bty_live.machine import MachineIdentity, Nic
+from bty_live.machine import MachineIdentity, Nic, read_machine_identity
 from bty_live.receipt import Receipt
+from bty_live.tui.text import image_prompt
 from bty_live.tune import TuneError, TuneResult
+from tests.conftest import LoopDevice
+from tests.imagekit import MiB, build_gpt_image
 
 IMAGE = "a" * 64
 OTHER_IMAGE = "b" * 64
@@ -321,3 +331,77 @@ def test_bty_ledger_help_explains_every_option(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for option in ("--json", "--ledger", "--images", "--image", "--model", "--failed", "known-good"):
         assert option in out
+
+
+# -- the known-good badge of an image file ----------------------------------------------------------
+
+
+def _corrupt_in_place(path: Path, offset: int) -> None:
+    """Damage the file's bytes (same size, the manifest beside it untouched), as a bad copy would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in f.read(4096)))
+        f.seek(offset)
+
+
+@pytest.fixture
+def flashed_images(tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> tuple[Path, Path]:
+    """An images directory whose demo.img (with its manifest) was flashed once, for real, onto a
+    loop device: the ledger holds a passing run that hashed the file's bytes."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "build").mkdir()
+    image = build_gpt_image(tmp_path / "build" / "demo.img").rename(images / "demo.img")
+    assert cli.main(["images", "add", str(image)]) == 0
+    loop = make_loop(64 * MiB)
+    assert cli.main(["flash", str(image), loop.path, "--yes", "--images", str(images)]) == 0
+    return images, image
+
+
+def test_the_file_a_passing_run_verified_is_known_good_on_this_model(
+        flashed_images: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    images, image = flashed_images
+    records = read_ledger(default_ledger_path(images)).records
+    entry = describe_image(image)
+    model = read_machine_identity().model
+    assert known_good_for_entry(records, entry, images) == [model]
+    assert entry_badge(records, entry, images, model) == "known-good"
+    assert tui_command._known_good_badge(str(images))(entry) == "known-good"
+    capsys.readouterr()
+    assert cli.main(["images", "--images", str(images)]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo ")]
+    assert row.endswith(model) and "unverified" not in row
+
+
+def test_a_corrupt_copy_beside_the_good_manifest_is_not_known_good_but_unverified(
+        flashed_images: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    images, image = flashed_images
+    _corrupt_in_place(image, 8 * MiB)
+    records = read_ledger(default_ledger_path(images)).records
+    entry = describe_image(image)
+    assert entry.manifest is not None and any(r.image_blake3 == entry.manifest.blake3 for r in records)
+    model = read_machine_identity().model
+    assert known_good_for_entry(records, entry, images) == []
+    assert entry_badge(records, entry, images, model) == "unverified"
+    tui_badge = tui_command._known_good_badge(str(images))(entry)  # what `bty tui` shows beside the image
+    assert tui_badge == "unverified"
+    assert "unverified" in image_prompt(entry, tui_badge).plain and "known-good" not in image_prompt(
+        entry, tui_badge).plain
+    capsys.readouterr()
+    assert cli.main(["images", "--images", str(images)]) == 0  # into a pipe: plain rows
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo ")]
+    assert row.endswith(f"unverified ({model})")  # in the KNOWN-GOOD ON column, instead of the model
+
+
+def test_a_record_with_the_manifests_digest_but_no_verified_file_gives_no_known_good_badge(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    image = images / "demo.img"
+    image.write_bytes(bytes(MiB))
+    assert cli.main(["images", "add", str(image)]) == 0
+    entry = describe_image(image)
+    assert entry.manifest is not None
+    old = record(image=entry.manifest.blake3, task=None, model="Dell R650")  # a run of some copy, somewhere
+    assert known_good_for_entry([old], entry, images) == []
+    assert entry_badge([old], entry, images, "Dell R650") == "unverified"
+    assert entry_badge([old], entry, images, "HPE DL360") == ""  # nothing known about that model

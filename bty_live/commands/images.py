@@ -17,7 +17,7 @@ from bty_live.commands.table import print_table
 from bty_live.errors import ImageError
 from bty_live.formats import detect_compression
 from bty_live.image import read_head
-from bty_live.ledger import default_ledger_path, known_good_for_entry, read_ledger
+from bty_live.ledger import BADGE_UNVERIFIED, default_ledger_path, known_good_for_entry, read_ledger, unverified_models
 from bty_live.manifest import Manifest, load_manifest, write_manifest
 from bty_live.pack import DEFAULT_LEVEL, pack_image
 from bty_live.partition_table import parse_partition_table
@@ -104,7 +104,15 @@ def entry_json(entry: CatalogEntry, known_good_on: list[str] | None = None) -> d
 IMAGE_COLUMNS = ("NAME", "OS", "FORMAT", "SIZE", "FILE", "DIGEST", "KNOWN-GOOD ON", "DESCRIPTION")
 
 
-def _image_row(e: CatalogEntry, known_good_on: list[str]) -> list[str | Text]:
+def _known_good_cell(known_good_on: list[str], unverified_on: list[str]) -> str | Text:
+    """The models this file is known-good on; "unverified (...)" when the manifest's digest is
+    known-good there but no passing run hashed this file's bytes (a copy may be corrupt)."""
+    if known_good_on or not unverified_on:
+        return ", ".join(known_good_on)
+    return Text(f"{BADGE_UNVERIFIED} ({', '.join(unverified_on)})", style="yellow")
+
+
+def _image_row(e: CatalogEntry, known_good_on: list[str], unverified_on: list[str]) -> list[str | Text]:
     """One row of `bty images`: a table row on a terminal, one plain line into a pipe."""
     if e.problem:
         status = Text(e.problem, style="red")
@@ -119,7 +127,7 @@ def _image_row(e: CatalogEntry, known_good_on: list[str]) -> list[str | Text]:
         format_size(e.size) if e.size is not None else "?",
         e.path.name,
         status,
-        ", ".join(known_good_on),
+        _known_good_cell(known_good_on, unverified_on),
         e.manifest.description if e.manifest else "",
     ]
 
@@ -139,7 +147,8 @@ def run_list(args: argparse.Namespace) -> int:
     if not entries:
         console.print(f"no images in {directory}; copy some there, then `bty images add FILE`")
         return 0
-    print_table(IMAGE_COLUMNS, [_image_row(e, known[e.path]) for e in entries], title=f"images in {directory}")
+    rows = [_image_row(e, known[e.path], unverified_models(ledger.records, e, directory)) for e in entries]
+    print_table(IMAGE_COLUMNS, rows, title=f"images in {directory}")
     return 0
 
 

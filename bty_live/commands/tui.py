@@ -75,21 +75,23 @@ def run(args: argparse.Namespace) -> int:
     return INTERNAL_ERROR if code == 1 else code
 
 
-def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], bool]:
-    """The ledger's verdict for this machine's model, read once per call (the list reloads)."""
+def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], str]:
+    """The ledger's verdict for this machine's model, read once per call (the list reloads):
+    "known-good" for a file a passing run verified, "unverified" when only the manifest's digest
+    is known-good here (the file's bytes were never hashed), else ""."""
     from bty_live.catalog import resolve_images_dir
-    from bty_live.ledger import default_ledger_path, known_good_for_entry, read_ledger
+    from bty_live.ledger import default_ledger_path, entry_badge, read_ledger
     from bty_live.machine import read_machine_identity
 
     directory = resolve_images_dir(images)
     model = read_machine_identity().model
 
-    def badge(entry: CatalogEntry) -> bool:
+    def badge(entry: CatalogEntry) -> str:
         try:
             records = read_ledger(default_ledger_path(directory)).records
         except BtyError:
-            return False
-        return model in known_good_for_entry(records, entry, directory)
+            return ""
+        return entry_badge(records, entry, directory, model)
 
     return badge
 

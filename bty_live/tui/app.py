@@ -62,7 +62,8 @@ LOG_LINES = 2000
 #: the 16 colours of any console, drawn by the console itself: no truecolor, no 256-colour
 THEME = "ansi-dark"
 
-KnownGood = Callable[[CatalogEntry], bool]
+#: the ledger's badge of an image: "known-good", "unverified" (only its manifest is known-good) or ""
+KnownGood = Callable[[CatalogEntry], bool | str]
 
 
 class BtyApp(App[int]):
@@ -454,7 +455,7 @@ def make_app(
 
     images_dir: as `bty flash --images` (None: $BTY_IMAGES, the stick's partition, ./images).
     actions: reboot and power off (default: `systemctl reboot|poweroff`); tests pass recorders.
-    known_good: the ledger's verdict per image, for the known-good badge (None: no badges).
+    known_good: the ledger's badge per image: "known-good", "unverified" or "" (None: no badges).
     backend: the functions the TUI calls (default: the real ones; snapshots use recorded data).
     clock: wall time for the elapsed counter (snapshots freeze it).
     follow_hotplug: follow hot-plug events (the Disks screen then updates by itself).

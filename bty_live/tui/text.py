@@ -66,7 +66,17 @@ def digest_label(entry: CatalogEntry) -> tuple[str, str]:
     return "unverified", "yellow"
 
 
-def image_prompt(entry: CatalogEntry, known_good: bool | None) -> Text:
+def badge_label(badge: bool | str | None) -> tuple[str, str]:
+    """(label, style) of the ledger's badge: True or "known-good"; "unverified" when the manifest's
+    digest is known-good here but this file's bytes were never verified (it may be a bad copy)."""
+    if badge is True or badge == "known-good":
+        return "known-good", "bold green"
+    if badge == "unverified":
+        return "unverified", "yellow"
+    return "", ""
+
+
+def image_prompt(entry: CatalogEntry, known_good: bool | str | None) -> Text:
     """Two lines: name, OS, size, digest status, badge; then the description or the problem."""
     manifest = entry.manifest
     size = format_size(entry.size) if entry.size is not None else "?"
@@ -76,7 +86,7 @@ def image_prompt(entry: CatalogEntry, known_good: bool | None) -> Text:
     text.append(f" {clip(manifest.os if manifest else '', 12)} {size:>9}  ")
     text.append(clip(label, 12), style=style)
     text.append(" ")
-    text.append("known-good" if known_good else "", style="bold green")
+    text.append(*badge_label(known_good))
     text.append("\n")
     if entry.problem:
         text.append(indented(f"cannot be flashed: {entry.problem}"), style="red")

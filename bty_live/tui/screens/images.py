@@ -18,7 +18,8 @@ from bty_live.errors import BtyError
 from bty_live.tui.text import IMAGE_COLUMNS, image_prompt
 from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 
-KnownGood = Callable[[CatalogEntry], bool]
+#: the badge of an image: True or "known-good", "unverified" (the file's bytes were never verified), or ""
+KnownGood = Callable[[CatalogEntry], bool | str]
 
 
 class ImagesScreen(Screen[None]):
@@ -38,7 +39,7 @@ class ImagesScreen(Screen[None]):
             self.entry = entry
 
     class Loaded(Message):
-        def __init__(self, rows: list[tuple[CatalogEntry, bool]], problem: str | None) -> None:
+        def __init__(self, rows: list[tuple[CatalogEntry, bool | str]], problem: str | None) -> None:
             super().__init__()
             self.rows = rows
             self.problem = problem
@@ -75,7 +76,8 @@ class ImagesScreen(Screen[None]):
             self.post_message(self.Loaded([], str(exc)))
             return
         known_good = self.known_good
-        rows = [(entry, bool(known_good and not entry.problem and known_good(entry))) for entry in entries]
+        rows: list[tuple[CatalogEntry, bool | str]] = [
+            (entry, (known_good(entry) if known_good and not entry.problem else "")) for entry in entries]
         self.post_message(self.Loaded(rows, None))
 
     @on(Loaded)
