@@ -38,6 +38,7 @@ from bty_live.formats import ImageReader
 from bty_live.ledger import LedgerError, PhaseTracker, append_record, make_record
 from bty_live.machine import read_machine_identity
 from bty_live.plan import FlashPlan, VerifyMode
+from bty_live.preflight import preflight_if_wanted
 from bty_live.readback import readback_digest
 from bty_live.receipt import Receipt, save_receipt
 from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
@@ -183,6 +184,8 @@ class _Run:
             extra = _BmapConsumer(BmapRangeVerifier(image.bmap, f"image {image.file_name}"))
             self.info(Phase.WRITE, f"no manifest: checking the image against bmap "
                                    f"{image.bmap.source or 'sidecar'} range checksums")
+        if (preflight := preflight_if_wanted(target, plan.disk, plan.options.preflight)) is not None:
+            self.info(Phase.WRITE, preflight)
         meter = ProgressMeter(self.sink, Phase.WRITE, image.size)
         meter.start(f"writing {image.name} to {target.path}")
         # the old partition tables go first and the image's come last (bty_live.deferred): from

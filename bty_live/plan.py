@@ -37,6 +37,8 @@ class FlashOptions:
     #: where the engine saves the receipt: a file, or a directory (None = the default directory)
     receipt: Path | None = None
     receipts_dir: Path | None = None
+    #: the fake-capacity preflight (bty_live.preflight): None = removable/USB disks only; True/False force it
+    preflight: bool | None = None
 
 
 @dataclass(frozen=True)

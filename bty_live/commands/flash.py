@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="known-good ledger to append to (default: ledger.jsonl in the images directory)")
     parser.add_argument("--no-zeroout", action="store_true",
                         help="write zero ranges as data instead of asking the device to zero them")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the fake-capacity check of USB disks")
     parser.set_defaults(func=run)
 
 
@@ -93,6 +94,7 @@ def build_plan(args: argparse.Namespace) -> FlashPlan:
         verify=VerifyMode(args.verify),
         grow=args.grow,
         zeroout=False if args.no_zeroout else None,
+        preflight=False if args.no_preflight else None,
         tune=args.tune,
         ledger=args.ledger,
         receipt=args.receipt,
