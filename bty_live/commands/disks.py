@@ -29,8 +29,10 @@ columns:
   SERIAL    serial number, "-" when the disk reports none
   ELIGIBLE  "yes", or why the disk must not be written
 
-a disk is not eligible when it is the boot medium (it holds / or the images directory),
-has a mounted filesystem, is held by device-mapper/LVM/md, is active swap, is read-only,
+a disk is not eligible when it is the boot medium (it holds / or the images directory,
+also through loop devices and their backing files), is a loop device whose backing file
+(nested loops resolved) is in the images directory, has a mounted filesystem, is held by
+device-mapper/LVM/md, is open for writing by another process, is active swap, is read-only,
 has no medium (size 0), or is smaller than --min-size.
 
 Into a pipe or a file the list is plain: one line per disk, nothing wrapped, no colours.
