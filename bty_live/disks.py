@@ -94,6 +94,8 @@ class BackingFile:
     loop: str
     path: str
     inode: tuple[int, int] | None = None
+    #: the whole disk, when the backing "file" is a block device node (a loop over /dev/sdb1)
+    device: Devnum | None = None
 
 
 @dataclass(frozen=True)
@@ -765,7 +767,7 @@ def _walk_to_disks(devnum: Devnum, mounts: Sequence[_MountEntry], found: set[Dev
     if backing:
         path = backing.removesuffix(" (deleted)")
         if files is not None:
-            files.append(BackingFile(loop=sysdir.name, path=path, inode=_inode(path)))
+            files.append(BackingFile(loop=sysdir.name, path=path, inode=_inode(path), device=_whole_disk_of(path)))
         _walk_path(path, mounts, found, seen, files)
 
 
@@ -787,10 +789,22 @@ def _walk_mount_sources(devnum: Devnum, mounts: Sequence[_MountEntry], found: se
 def _walk_path(path: str, mounts: Sequence[_MountEntry], found: set[Devnum], seen: set[Devnum],
                files: list[BackingFile] | None = None) -> None:
     try:
-        st_dev = os.stat(path).st_dev
+        st = os.stat(path)
     except OSError:
         return
-    _walk_to_disks(_devnum_of(st_dev), mounts, found, seen, files)
+    # a block device node (a loop over /dev/sdb1) stands for that device, not for /dev's filesystem
+    _walk_to_disks(_devnum_of(st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev), mounts, found, seen, files)
+
+
+def _whole_disk_of(path: str) -> Devnum | None:
+    """The whole disk a block device node is (or is a partition of); None for anything else."""
+    devnum = _block_devnum(path)
+    if devnum is None:
+        return None
+    sysdir = _sysfs_dir(devnum)
+    if (sysdir / "partition").is_file():
+        return _parse_devnum(_read(sysdir.parent / "dev"))
+    return devnum
 
 
 def _inode(path: str) -> tuple[int, int] | None:

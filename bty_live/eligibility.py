@@ -70,9 +70,12 @@ def _boot_medium(disk: Disk, ctx: EligibilityContext) -> str | None:
 
 def _backs_protected(disk: Disk, ctx: EligibilityContext) -> str | None:
     """A loop device whose backing file (or, nested, a backing file below it) is in the images
-    directory, or is the image: writing it overwrites that file."""
+    directory, or is the image: writing it overwrites that file. A loop over a block device node
+    that holds a protected path is boot medium like that device."""
     for depth, backing in enumerate(disk.backing_chain):
         for entry in ctx.protected:
+            if backing.device is not None and backing.device in entry.devnums:
+                return f"boot medium: holds {entry.what} {entry.path} (through its backing device {backing.path})"
             if not entry.contains(backing):
                 continue
             where = "is in it" if entry.is_dir else "is it"

@@ -214,3 +214,41 @@ def test_our_own_open_target_does_not_count_as_another_writer(make_loop: MakeLoo
         assert reasons(find_disk(loop.path), context_for(["/"])) == ()
     finally:
         os.close(fd)
+
+
+def _loop_over(node: str) -> str:
+    return subprocess.run(["losetup", "-f", "--show", node], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_loop_over_the_device_node_holding_the_images_directory_is_boot_medium(
+        raw_image: Path, make_loop: MakeLoop, mount_loop: Callable[[LoopDevice, str], Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    holder = make_loop(32 * MiB)
+    images = mount_loop(holder, "images-fs") / "images"
+    images.mkdir()
+    shutil.copy(raw_image, images / "disk.img")
+    alias = _loop_over(holder.path)  # /dev/loopM over /dev/loopN: writing it writes the images' filesystem
+    try:
+        listed = bty_disks_reasons(capsys, images)
+    finally:
+        subprocess.run(["losetup", "-d", alias], check=False)
+    assert listed[os.path.basename(alias)] == [
+        f"boot medium: holds the images directory {images} (through its backing device {holder.path})"]
+
+
+def test_the_device_node_below_a_loop_holding_the_images_directory_is_boot_medium(
+        raw_image: Path, make_loop: MakeLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    below = make_loop(32 * MiB)
+    upper = _loop_over(below.path)
+    point = tmp_path / "upper-fs"
+    point.mkdir()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", upper], check=True, capture_output=True)
+        subprocess.run(["mount", upper, str(point)], check=True)
+        images = point / "images"
+        images.mkdir()
+        listed = bty_disks_reasons(capsys, images)
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+        subprocess.run(["losetup", "-d", upper], check=False)
+    assert listed[below.name][0] == f"boot medium: holds the images directory {images}"
