@@ -19,7 +19,14 @@ import blake3
 
 from bty_live.bmap import find_bmap_sidecar
 from bty_live.errors import ImageError
-from bty_live.formats import SUFFIXES, Compression, ImageReader, detect_compression, probe_decompressed_size
+from bty_live.formats import (
+    SUFFIXES,
+    Compression,
+    ImageReader,
+    check_image_file,
+    detect_compression,
+    probe_decompressed_size,
+)
 from bty_live.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
 
 #: where the live stick mounts its BTY_IMAGES partition
@@ -90,6 +97,7 @@ class CatalogEntry:
 
 def describe_image(path: Path) -> CatalogEntry:
     """Everything cheap to know about one image file (no decompression)."""
+    check_image_file(path)
     manifest, manifest_error = None, None
     try:
         manifest = load_manifest(path)
@@ -133,6 +141,10 @@ def find_image(spec: str, directory: Path) -> CatalogEntry:
     if candidate.is_file():
         return describe_image(candidate)
     if os.sep in spec:
+        check_image_file(candidate)  # a directory, FIFO or character device is named as such
+        if candidate.is_block_device():
+            raise ImageError(f"image {spec} is a block device, not a disk image file; copy the disk into an image "
+                             f"file first (dd if={spec} of=disk.img), then `bty images add` it")
         raise ImageError(f"image {spec} does not exist; check the path")
     try:
         entries = list_images(directory)
@@ -151,6 +163,7 @@ def find_image(spec: str, directory: Path) -> CatalogEntry:
         if len(found) > 1:
             names = ", ".join(e.path.name for e in found)
             raise ImageError(f"image {spec!r} is ambiguous in {directory}: {names}; give the file name")
+    check_image_file(candidate)  # `bty flash somedir`: say that it is a directory
     names = ", ".join(e.name for e in entries) or "none"
     raise ImageError(f"image {spec!r} not found in {directory} (images there: {names}); see `bty images`")
 
@@ -172,6 +185,7 @@ def compute_digests(path: Path, progress: Callable[[int, int], None] | None = No
     buffer = bytearray(16 << 20)
     view = memoryview(buffer)
     size = 0
+    check_image_file(path)
     with ImageReader(path, observer=file_hash.update) as reader:
         while n := reader.readinto(view):
             image_hash.update(view[:n])

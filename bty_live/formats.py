@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import os
+import stat
 import zlib
 from collections.abc import Callable
 from enum import StrEnum
@@ -69,8 +71,39 @@ def claimed_compression(path: Path) -> Compression | None:
     return SUFFIXES.get(path.suffix.lower())
 
 
+#: what a path is when it is not a file bty can read an image from (test, name), in test order
+_NOT_IMAGE_FILES: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_an_image_file(path: Path) -> str | None:
+    """What `path` is when it exists but is neither a regular file nor a block device (reading
+    a FIFO or /dev/zero would block or never end); None for files, block devices, missing paths."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in _NOT_IMAGE_FILES:
+        if test(mode):
+            return what
+    return None
+
+
+def check_image_file(path: Path) -> None:
+    """Raise ImageError when `path` exists but is no file to read an image from (see not_an_image_file)."""
+    what = not_an_image_file(path)
+    if what is not None:
+        raise ImageError(f"image {path} is {what}, not a disk image file; give the path of an image file "
+                         "(.img, .raw, .iso, .zst, .xz, .gz)")
+
+
 def detect_compression(path: Path) -> Compression:
     """The compression of `path` from its first bytes, cross-checked with its name."""
+    check_image_file(path)
     try:
         with open(path, "rb") as f:
             head = f.read(512)
