@@ -24,7 +24,7 @@ from typing import Literal
 
 from bty_live.disks import Disk
 from bty_live.eligibility import Assessed
-from bty_live.errors import SelectorError
+from bty_live.errors import SelectorError, UsageError
 from bty_live.units import format_size, parse_size
 
 #: resolves a path (a /dev/disk/by-* link, say) to the device node it points at
@@ -83,8 +83,9 @@ class Selector:
 # --------------------------------------------------------------------------- parsing
 
 
-def _error(text: str, problem: str) -> SelectorError:
-    return SelectorError(f"bad disk selector '{text}': {problem}; allowed: {ALLOWED}")
+def _error(text: str, problem: str) -> UsageError:
+    """A selector that does not parse is a usage error (exit 2), not a disk that was not found."""
+    return UsageError(f"bad disk selector '{text}': {problem}; allowed: {ALLOWED}")
 
 
 def _parse_term(word: str, text: str) -> Term:
@@ -110,7 +111,7 @@ def _parse_term(word: str, text: str) -> Term:
 
 
 def parse_selector(text: str) -> Selector:
-    """Parse a selector; raises SelectorError naming the allowed keys on any mistake."""
+    """Parse a selector; raises UsageError naming the allowed keys on any mistake."""
     if not text.strip():
         raise _error(text, "it is empty")
     terms: list[Term] = []

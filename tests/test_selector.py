@@ -10,7 +10,7 @@ import pytest
 
 from bty_live.disks import Disk
 from bty_live.eligibility import Assessed
-from bty_live.errors import SelectorError
+from bty_live.errors import SelectorError, UsageError
 from bty_live.selector import Term, normalize_wwn, parse_selector, select_disk
 
 GiB = 1 << 30
@@ -51,7 +51,7 @@ def test_transport_is_an_alias_of_tran() -> None:
 
 
 def test_an_unknown_key_is_refused_listing_the_allowed_keys() -> None:
-    with pytest.raises(SelectorError, match=r"unknown key 'colour'.*allowed: serial=, wwn=, path=.*largest"):
+    with pytest.raises(UsageError, match=r"unknown key 'colour'.*allowed: serial=, wwn=, path=.*largest"):
         parse_selector("colour=red")
 
 
@@ -59,13 +59,13 @@ def test_an_unknown_key_is_refused_listing_the_allowed_keys() -> None:
     "", "  ", "serial", "serial:abc", "serial=", "serial=a,,size=1G", "model>=X", "size>=lots",
     "largest,smallest", "serial=a,",
 ])
-def test_malformed_selectors_are_refused(text: str) -> None:
-    with pytest.raises(SelectorError, match="bad disk selector"):
+def test_malformed_selectors_are_refused_as_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="bad disk selector"):
         parse_selector(text)
 
 
 def test_a_bare_path_is_refused_with_a_hint() -> None:
-    with pytest.raises(SelectorError, match=r"did you mean path=/dev/sdb\?"):
+    with pytest.raises(UsageError, match=r"did you mean path=/dev/sdb\?"):
         parse_selector("/dev/sdb")
 
 
@@ -219,3 +219,31 @@ def test_largest_refuses_a_tie() -> None:
 def test_size_range_with_largest_selects_within_the_range() -> None:
     disks = [ok(make_disk("sdb", 8 * GiB)), ok(make_disk("sdc", 30 * GiB)), ok(make_disk("sdd", 2 << 40))]
     assert pick("size>=4G,size<=1T,largest", *disks) == "sdc"
+
+
+# --------------------------------------------------------------------------- through `bty flash`
+
+
+@pytest.fixture
+def small_image(tmp_path: Path) -> Path:
+    image = tmp_path / "small.img"
+    image.write_bytes(b"\x01" * (1 << 20))
+    return image
+
+
+@pytest.mark.parametrize("text", ["colour=red", "size>=lots", "serial=A,,model=B", "tran=usb,largest,smallest"])
+def test_bad_selector_syntax_is_a_usage_error_exit_2_showing_the_accepted_syntax(
+        small_image: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bty_live import cli
+
+    assert cli.main(["flash", str(small_image), text, "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert f"bad disk selector '{text}'" in err and "allowed: serial=, wwn=, path=" in err
+
+
+def test_a_well_formed_selector_that_matches_nothing_stays_exit_6(
+        small_image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bty_live import cli
+
+    assert cli.main(["flash", str(small_image), "serial=NO-SUCH-SERIAL-4711", "--yes"]) == 6
+    assert "NO-SUCH-SERIAL-4711" in capsys.readouterr().err
