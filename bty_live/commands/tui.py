@@ -18,13 +18,15 @@ Choose an image and a disk with the keyboard, see what will be destroyed, flash,
 fix up the partition table, read the receipt: the same engine and checks as `bty flash`.
 
 screens:
-  Images    name, OS, size, digest status (and the known-good badge) of each image
+  Images    name, OS, size, digest status and badge of each image: known-good when a passing
+            run on this machine model hashed this very file, unverified when only the manifest's
+            digest is known-good here (the file may be a bad copy: flash it to know)
   Disks     model, size, transport, serial and ids; disks that may not be written are dimmed,
             with the reason, and cannot be chosen; the list follows disks being plugged in
   Confirm   what the disk holds now and what will be written; type the disk's name to go on
   Progress  phase, bar, MB/s, ETA, bytes written and zero-filled, elapsed; c cancels (asks
             first), and a cancelled flash wipes the disk
-  Done      the receipt; a flash another, b reboot, o power off (each asks y/n first), s shell
+  Done      the receipt; keys: a another image, b reboot, o power off (both ask y/n), s shell
   Error     the cause in one line, what to do next, the details on demand
 
 keys: arrows and Enter; Esc goes back; ? or F1 help; l the log of the engine's events; s shell;

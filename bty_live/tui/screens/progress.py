@@ -41,15 +41,21 @@ class ProgressScreen(Screen[None]):
     def show_event(self, event: Event) -> None:
         """Fold one engine event into what is shown (the app calls this for each event)."""
         self.progress = self.progress.apply(event)
-        if self.is_mounted:
-            self.query_one(ProgressPanel).state = self.progress
+        self._show()
 
     def show_cancelling(self) -> None:
         self.progress = replace(self.progress, cancelling=True)
-        self.query_one(ProgressPanel).state = self.progress
+        self._show()
 
     def on_mount(self) -> None:
-        self.query_one(ProgressPanel).state = self.progress
+        self._show()
+
+    def _show(self) -> None:
+        """Hand the state to the panel. The first events can arrive after the screen is mounted
+        but before its panel is: the panel then gets the state it missed in on_mount."""
+        panels = self.query(ProgressPanel)
+        if panels:
+            panels.first().state = self.progress
 
     def action_cancel(self) -> None:
         if self.progress.cancelling:
