@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError
+from bty_live.run import ToolError, run
 from bty_live.units import format_size
 
 # <linux/fs.h>
@@ -155,13 +156,34 @@ class BlockTarget:
             fcntl.ioctl(self.fd, BLKFLSBUF)
 
     def reread_partitions(self) -> bool:
-        """Ask the kernel to re-read the partition table; False when the device does not do
-        partitions (a loop device without partscan) or they are busy."""
+        """Make the kernel's partitions (and their /dev nodes) match the table on the disk.
+
+        BLKRRPART re-reads the whole table, but refuses a loop device attached without partscan
+        (and leaves no /dev/loopNpM nodes); `partx -u` then adds, resizes and removes them one by
+        one (BLKPG), which works on every block device. With no table left (after a wipe) partx
+        cannot read one, and the stale partitions are removed (`partx -d`). False when neither
+        way got the kernel's view in line (e.g. a partition is mounted)."""
         try:
             fcntl.ioctl(self.fd, BLKRRPART)
-            return True
+            rescanned = True
         except OSError:
-            return False
+            rescanned = False
+        try:
+            if run(["partx", "-u", self.path], check=False).returncode == 0:
+                return True
+            if not self._kernel_partitions():
+                return True  # no table and no partitions: in line
+            return run(["partx", "-d", self.path], check=False).returncode == 0
+        except ToolError:
+            return rescanned
+
+    def _kernel_partitions(self) -> list[str]:
+        """The partitions the kernel has for this disk (sysfs), e.g. ["loop0p1", "loop0p2"]."""
+        base = sysfs_dir(self.info.rdev)
+        try:
+            return sorted(p.name for p in base.iterdir() if (p / "partition").is_file())
+        except OSError:
+            return []
 
     def wipe_signatures(self, extra_offsets: tuple[int, ...] = ()) -> list[tuple[int, int]]:
         """Zero the first and last WIPE_SPAN bytes of the disk (MBR, both GPT copies,
