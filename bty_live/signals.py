@@ -83,8 +83,9 @@ def stop_signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not _stopping:  # once stopping, later signals stay ignored until the process has exited
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def call_on_stop_signals(callback: Callable[[int], None]) -> None:
