@@ -25,7 +25,8 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.DigestMismatchError, 5, "image digest does not match its manifest"),
     (errors.ImageError, 3, "image missing, unreadable or of an unknown format"),
     (errors.SelectorError, 6, "disk selector matched no eligible disk, or several"),
-    (errors.TargetRefusedError, 7, "target refused: boot medium, mounted, in use, read-only or too small"),
+    (errors.TargetRefusedError, 7, "target refused: boot medium, holds the images, mounted, in use, read-only, "
+     "too small, or fake capacity"),
     (errors.TargetVanishedError, 9, "target disk vanished during the run"),
     (errors.TargetIOError, 8, "I/O error or no space on the target"),
     (errors.VerifyError, 10, "read-back verification failed"),
