@@ -405,3 +405,25 @@ def test_a_record_with_the_manifests_digest_but_no_verified_file_gives_no_known_
     assert known_good_for_entry([old], entry, images) == []
     assert entry_badge([old], entry, images, "Dell R650") == "unverified"
     assert entry_badge([old], entry, images, "HPE DL360") == ""  # nothing known about that model
+
+
+def test_bty_ledger_into_a_pipe_prints_one_unwrapped_line_per_run(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model = "Supermicro Super Server SYS-221H-TNR with the long product name the BMC reports"
+    append_record(tmp_path / "ledger.jsonl", record(name="debian-12-desktop-classroom", model=model,
+                                                    disk_model="Samsung SSD 990 PRO 2TB", disk_serial="S7KHNJ0W"))
+    assert bty_ledger("--images", str(tmp_path)) == 0  # stdout is captured: not a terminal
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["WHEN", "RESULT", "IMAGE", "TASK", "MODEL", "SERIAL", "DISK", "PHASES"]
+    row = lines[2]
+    assert model in row and "debian-12-desktop-classroom aaaaaaaaaaaa" in row and "Samsung SSD 990 PRO 2TB" in row
+    assert row.endswith("write+ verify+ fixup+ tune+") and len(row) > 80
+
+
+def test_bty_ledger_into_a_pipe_prints_each_failures_error_on_one_line(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    error = ("image demo.img does not match its manifest: blake3 of the stream is 0123456789abcdef, the manifest "
+             "says aaaaaaaaaaaaaaaa; copy the image again; /dev/sdb wiped")
+    append_record(tmp_path / "ledger.jsonl", record("failed", error=error, error_kind="digest"))
+    assert bty_ledger("--images", str(tmp_path)) == 0
+    assert any(line.endswith(f"demo on Dell R650: {error}") for line in capsys.readouterr().out.splitlines())

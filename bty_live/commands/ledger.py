@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from bty_live.catalog import resolve_images_dir
+from bty_live.commands.table import print_table
 from bty_live.ledger import Ledger, LedgerRecord, default_ledger_path, filter_records, read_ledger, summarize
 
 DESCRIPTION = """\
@@ -68,6 +69,19 @@ def _phases(record: LedgerRecord) -> str:
     return " ".join(f"{name}{_MARK.get(record.phase(name), '?')}" for name in ("write", "verify", "fixup", "tune"))
 
 
+COLUMNS = ("WHEN", "RESULT", "IMAGE", "TASK", "MODEL", "SERIAL", "DISK", "PHASES")
+
+
+def _row(r: LedgerRecord) -> list[str | Text]:
+    """One run: a table row on a terminal, one plain line into a pipe."""
+    result = Text("passed", style="green") if r.result == "passed" else Text.assemble(
+        ("failed", "red"), f" {r.error_kind or ''}")
+    disk = " ".join(x for x in (r.disk_model, r.disk_serial) if x) or "-"
+    return [r.recorded_at.replace("+00:00", "Z"), result, f"{r.image_name} {_short(r.image_blake3)}",
+            f"{r.task} {_short(r.task_digest)}" if r.task else "-", r.machine_model, r.machine_serial or "-",
+            disk, _phases(r)]
+
+
 def _warn_skipped(ledger: Ledger) -> None:
     for line in ledger.skipped:
         print(f"bty: warning: ledger {ledger.path} line {line.number} skipped: {line.reason}", file=sys.stderr)
@@ -86,24 +100,14 @@ def run(args: argparse.Namespace) -> int:
             "known_good": [c.to_dict() for c in summarize(records) if c.known_good],
         }, indent=2))
         return 0
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines are one line each, into a pipe too
     if not ledger.exists:
         print(f"no ledger at {path} yet: `bty flash` appends one record per run there")
         return 0
     if not records:
         print(f"no runs in {path} match the filters" if ledger.records else f"no runs in {path} yet")
         return 0
-    table = Table(title=f"ledger {path}", title_justify="left")
-    for column in ("WHEN", "RESULT", "IMAGE", "TASK", "MODEL", "SERIAL", "DISK", "PHASES"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        result = "[green]passed[/green]" if r.result == "passed" else f"[red]failed[/red] {r.error_kind or ''}"
-        disk = " ".join(x for x in (r.disk_model, r.disk_serial) if x) or "-"
-        table.add_row(r.recorded_at.replace("+00:00", "Z"), result,
-                      escape(f"{r.image_name} {_short(r.image_blake3)}"),
-                      escape(f"{r.task} {_short(r.task_digest)}") if r.task else "-", escape(r.machine_model),
-                      escape(r.machine_serial or "-"), escape(disk), _phases(r))
-    console.print(table)
+    print_table(COLUMNS, [_row(r) for r in records], title=f"ledger {path}")
     for r in records:
         if r.result == "failed" and r.error:
             console.print(f"[red]{r.recorded_at}[/red] " + escape(f"{r.image_name} on {r.machine_model}: {r.error}"),
