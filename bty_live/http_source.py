@@ -34,7 +34,7 @@ from bty_live.httpconn import (
     request_target,
 )
 from bty_live.protocol import bearer
-from bty_live.units import format_size
+from bty_live.units import format_size, format_sizes
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -289,9 +289,10 @@ class HttpStream:
             length = response.getheader("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if self.source.size is not None and total is not None and total != self.source.size:
+                served, announced = format_sizes(total, self.source.size)
                 raise ImageFetchError(
-                    f"image {url} is {format_size(total)} on the server but the plan announced "
-                    f"{format_size(self.source.size)}: the image changed after the plan was made; ask again"
+                    f"image {url} is {served} on the server but the plan announced "
+                    f"{announced}: the image changed after the plan was made; ask again"
                 )
             if self._validator is None:
                 self._validator = _Validator(total, etag, modified)

@@ -14,11 +14,11 @@ from bty_live import zstd_frames
 from bty_live.bmap import Bmap, find_bmap_sidecar, load_bmap
 from bty_live.catalog import describe_image
 from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
-from bty_live.formats import Compression, ImageReader, compression_of, detect_compression
+from bty_live.formats import Compression, ImageReader, compression_of, detect_compression, probe_decompressed_size
 from bty_live.manifest import Manifest
 from bty_live.partition_table import PartitionTable, parse_partition_table
 from bty_live.sources import ByteSource, FileSource
-from bty_live.units import format_size
+from bty_live.units import format_size, format_sizes
 
 HEAD_BYTES = 1 << 20
 
@@ -77,24 +77,27 @@ def load_image_source(path: Path) -> ImageSource:
         frames = _scan_zstd(path)
         declared = sum(f.content_size or 0 for f in frames)
         if all(f.content_size is not None for f in frames):
-            if size is not None and declared != size:
-                raise DigestMismatchError(
-                    f"image {path.name} decompresses to {format_size(declared)} but its manifest says "
-                    f"{format_size(size)}; the manifest belongs to another image: rerun `bty images add`"
-                )
+            _check_manifest_size(path, declared, size, "zstd frame headers")
             if size is None:
                 size, size_source = declared, "zstd frame headers"
+    elif compression == Compression.XZ:
+        indexed = probe_decompressed_size(path, compression)  # the xz index of every stream, read up front
+        if indexed is not None:
+            _check_manifest_size(path, indexed, size, "xz index")
+            if size is None:
+                size, size_source = indexed, "xz index"
     elif size is None and entry.size is not None:
-        size, size_source = entry.size, "xz index" if compression == Compression.XZ else "file size"
+        size, size_source = entry.size, "file size"
 
     bmap = None
     bmap_path = entry.bmap_path or find_bmap_sidecar(path)
     if bmap_path is not None:
         bmap = load_bmap(bmap_path)
         if size is not None and bmap.image_size != size:
+            described, real = format_sizes(bmap.image_size, size)
             raise ImageError(
-                f"bmap {bmap_path.name} describes a {format_size(bmap.image_size)} image but {path.name} is "
-                f"{format_size(size)}; regenerate it with bmaptool create or remove it"
+                f"bmap {bmap_path.name} describes a {described} image but {path.name} is "
+                f"{real}; regenerate it with bmaptool create or remove it"
             )
         if size is None:
             size, size_source = bmap.image_size, "bmap"
@@ -112,6 +115,18 @@ def load_image_source(path: Path) -> ImageSource:
         bmap=bmap,
         frames=tuple(frames) if frames is not None else None,
         table=table,
+    )
+
+
+def _check_manifest_size(path: Path, actual: int, manifest_size: int | None, told_by: str) -> None:
+    """Refuse, before anything is written, an image whose own metadata (`told_by`) gives another
+    decompressed size than its manifest."""
+    if manifest_size is None or actual == manifest_size:
+        return
+    real, claimed = format_sizes(actual, manifest_size)
+    raise DigestMismatchError(
+        f"image {path.name} decompresses to {real} (its {told_by}) but its manifest says {claimed}; "
+        "the manifest belongs to another image: rerun `bty images add`"
     )
 
 

@@ -49,6 +49,15 @@ def format_size(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_sizes(*sizes: int) -> tuple[str, ...]:
+    """Sizes to be compared in one message: as format_size, plus the exact byte count of each when
+    two different sizes would read alike ("16 MiB (16,777,217 bytes)" beside "16 MiB (16,777,216 bytes)")."""
+    texts = tuple(format_size(n) for n in sizes)
+    if len(set(texts)) == len(set(sizes)):
+        return texts
+    return tuple(f"{text} ({n:,} bytes)" for text, n in zip(texts, sizes, strict=True))
+
+
 def format_rate(bytes_per_second: float) -> str:
     return f"{bytes_per_second / 1e6:,.0f} MB/s"
 

@@ -8,6 +8,7 @@ import io
 import lzma
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -149,3 +150,59 @@ def test_pack_writes_independent_sized_frames_that_any_zstd_reads(files: dict[st
     assert all(frame.content_size for frame in summary.index)
     unpacked = subprocess.run(["zstd", "-dc", str(out)], check=True, capture_output=True).stdout
     assert unpacked == DATA
+
+
+# -- the xz index: an xz image's size is known before it is decompressed -----------------------------
+
+XZ_SIZE = 16 << 20
+
+
+@pytest.fixture
+def xz_images(tmp_path: Path) -> Path:
+    """An images directory with a 16 MiB GPT image as a two-stream xz file (as `cat a.xz b.xz` makes)."""
+    from tests.imagekit import build_gpt_image
+
+    directory = tmp_path / "images"
+    directory.mkdir()
+    raw = build_gpt_image(tmp_path / "gpt.img", XZ_SIZE, files_bytes=1 << 20).read_bytes()
+    half = len(raw) // 2
+    (directory / "gpt.img.xz").write_bytes(lzma.compress(raw[:half], preset=0) + lzma.compress(raw[half:], preset=0))
+    return directory
+
+
+def test_an_xz_image_without_a_manifest_gets_its_size_from_the_index_of_every_stream(xz_images: Path) -> None:
+    from bty_live.image import load_image_source
+
+    image = load_image_source(xz_images / "gpt.img.xz")
+    assert (image.size, image.size_source) == (XZ_SIZE, "xz index")
+
+
+@pytest.mark.parametrize("delta", [1, -512, 4 << 20])
+def test_an_xz_image_whose_manifest_size_is_wrong_is_refused_at_planning_with_nothing_written(
+        xz_images: Path, delta: int, make_loop: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from bty_live import cli
+    from bty_live.manifest import load_manifest, write_manifest
+
+    image = xz_images / "gpt.img.xz"
+    assert cli.main(["images", "add", str(image)]) == 0
+    manifest = load_manifest(image)
+    assert manifest is not None and manifest.size == XZ_SIZE
+    write_manifest(image, replace(manifest, size=XZ_SIZE + delta))
+    loop = make_loop(32 << 20, fill=b"\x33")
+    capsys.readouterr()
+    assert cli.main(["flash", "gpt", loop.path, "--images", str(xz_images), "--yes"]) == 5
+    err = capsys.readouterr().err
+    assert "xz index" in err and "manifest" in err and "bty images add" in err, err
+    assert loop.read(0, 1 << 20) == b"\x33" * (1 << 20) and loop.read(31 << 20, 1 << 20) == b"\x33" * (1 << 20)
+    if abs(delta) < 1 << 20:  # the rounded sizes are equal: the exact bytes tell them apart
+        assert f"{XZ_SIZE:,} bytes" in err and f"{XZ_SIZE + delta:,} bytes" in err, err
+
+
+def test_sizes_that_round_alike_are_shown_in_exact_bytes() -> None:
+    from bty_live.units import format_sizes
+
+    assert format_sizes(16 << 20, (16 << 20) + 1) == ("16 MiB (16,777,216 bytes)", "16 MiB (16,777,217 bytes)")
+    assert format_sizes(16 << 20, 20 << 20) == ("16 MiB", "20 MiB")
+    assert format_sizes(16 << 20, 16 << 20) == ("16 MiB", "16 MiB")
