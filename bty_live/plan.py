@@ -92,12 +92,13 @@ class FlashPlan:
 
 
 def protected_paths_for(image_path: Path | None, images_dir: Path | None) -> tuple[Path, ...]:
-    """The running system, the images directory and the image file: their disks are off limits."""
+    """The running system, the image file itself and the images directory: their disks are off
+    limits, and so is a loop device backed by the image or by a file in the images directory."""
     paths = [Path("/")]
     if image_path is not None:
-        paths.append(image_path.resolve().parent)
+        paths.append(image_path.resolve())
     if images_dir is not None:
-        paths.append(images_dir)
+        paths.append(images_dir.resolve())
     return tuple(paths)
 
 

@@ -15,7 +15,7 @@ from bty_live.eligibility import EligibilityContext, assess_all, context_for, re
 from bty_live.image import ImageSource, load_image_source
 from bty_live.ledger import default_ledger_path
 from bty_live.machine import read_machine_identity
-from bty_live.plan import FlashOptions, FlashPlan, make_plan
+from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
 from bty_live.receipt import default_receipts_dir
 from bty_live.selector import parse_selector, select_disk
 from bty_live.tune.model import TuneRequest
@@ -52,7 +52,7 @@ def prepare_plan_for(
     images_dir: Path | None = None,
 ) -> FlashPlan:
     """Plan flashing an image already loaded (a file, or a stream from a server) onto a disk."""
-    protected = protected_paths(image.path, images_dir)
+    protected = protected_paths_for(image.path, images_dir)
     ctx = context_for(protected, image.size)
     disk = choose_disk(disk_spec, ctx)
     plan = make_plan(image, disk, reasons(disk, ctx), options, protected)
@@ -61,17 +61,6 @@ def prepare_plan_for(
     receipts_dir = options.receipts_dir or (None if options.receipt else default_receipts_dir())
     return replace(plan, tune=tune, tune_digest=digest, ledger=ledger, receipt_path=options.receipt,
                    receipts_dir=receipts_dir)
-
-
-def protected_paths(image_path: Path | None, images_dir: Path | None) -> tuple[Path, ...]:
-    """The running system, the image file itself and the images directory: their disks are off
-    limits, and so is a loop device backed by the image or by a file in the images directory."""
-    paths = [Path("/")]
-    if image_path is not None:
-        paths.append(image_path.resolve())
-    if images_dir is not None:
-        paths.append(images_dir.resolve())
-    return tuple(paths)
 
 
 def tune_request_for(image: ImageSource, disk: Disk, options: FlashOptions,

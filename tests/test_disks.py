@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LoopDevice
 
 from bty_live.commands import disks as disks_command
 from bty_live.disks import (
@@ -32,6 +31,7 @@ from bty_live.disks import (
 )
 from bty_live.eligibility import EligibilityContext, reasons
 from bty_live.errors import SelectorError, TargetVanishedError
+from tests.conftest import LoopDevice
 
 MiB = 1 << 20
 MakeLoop = Callable[..., LoopDevice]
