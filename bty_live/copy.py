@@ -35,7 +35,7 @@ from bty_live.formats import ImageReader
 from bty_live.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
 from bty_live.sources import RawStream
 from bty_live.target import ZEROOUT_PIECE, TargetInfo
-from bty_live.units import format_size
+from bty_live.units import format_size, format_sizes
 from bty_live.zstd_frames import Frame
 
 CHUNK = 8 << 20
@@ -194,10 +194,8 @@ class WritePass:
     def _end_of_stream(self, size: int) -> None:
         self._size = size
         if self.expected_size is not None and size < self.expected_size:
-            raise SourceCorruptError(
-                f"image {self.name} is truncated: it ends at {format_size(size)} of "
-                f"{format_size(self.expected_size)}; re-copy it"
-            )
+            ends, whole = format_sizes(size, self.expected_size)
+            raise SourceCorruptError(f"image {self.name} is truncated: it ends at {ends} of {whole}; re-copy it")
         # end markers only after a complete stream: on an error the abort flag stops the others
         self._to_hash.put(None)
         self._to_write.put(None)

@@ -22,7 +22,9 @@ from bty_live.tune.model import TuneRequest
 
 
 def looks_like_selector(text: str) -> bool:
-    return any(c in text for c in "=<>") or text.strip() in ("largest", "smallest")
+    """Selector terms have an operator or are comma-combined (no disk name holds either), or are
+    the bare words largest / smallest; anything else names a disk."""
+    return any(c in text for c in "=<>,") or text.strip() in ("largest", "smallest")
 
 
 def choose_disk(spec: str, ctx: EligibilityContext) -> Disk:

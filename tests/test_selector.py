@@ -231,7 +231,8 @@ def small_image(tmp_path: Path) -> Path:
     return image
 
 
-@pytest.mark.parametrize("text", ["colour=red", "size>=lots", "serial=A,,model=B", "tran=usb,largest,smallest"])
+@pytest.mark.parametrize("text", ["colour=red", "size>=lots", "serial=A,,model=B", "tran=usb,largest,smallest",
+                                  "largest,smallest"])
 def test_bad_selector_syntax_is_a_usage_error_exit_2_showing_the_accepted_syntax(
         small_image: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
     from bty_live import cli
