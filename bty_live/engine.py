@@ -321,11 +321,14 @@ class _Run:
 
     def _failed_receipt(self, message: str) -> Receipt:
         """The receipt of a run that failed after the disk was opened: what was done, and why it stopped."""
+        return self._receipt(self.copy, "not reached", "not reached", [], error=message)
+
+    def _receipt(self, copy: CopyResult | None, stream_check: str, readback_check: str, fixups: list[str],
+                 tune: TuneResult | None = None, *, error: str | None = None) -> Receipt:
         plan = self.plan
         disk = plan.disk
-        copy = self.copy
         return Receipt(
-            result="failed",
+            result="ok" if error is None else "failed",
             image_name=plan.image.name,
             image_path=plan.image.location,
             image_size=copy.size if copy else plan.image.size or 0,
@@ -341,43 +344,13 @@ class _Run:
             bytes_written=copy.written if copy else 0,
             bytes_zeroed=copy.zeroed if copy else 0,
             verify_mode=str(plan.options.verify),
-            stream_check="not reached",
-            readback_check="not reached",
-            fixups=[],
-            phases=dict(self.phases),
-            started_at=self.started_at.isoformat(timespec="seconds"),
-            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            parallel_frames=copy.parallel_frames if copy else False,
-            error=message,
-        )
-
-    def _receipt(self, copy: CopyResult, stream_check: str, readback_check: str, fixups: list[str],
-                 tune: TuneResult | None = None) -> Receipt:
-        plan = self.plan
-        disk = plan.disk
-        return Receipt(
-            result="ok",
-            image_name=plan.image.name,
-            image_path=plan.image.location,
-            image_size=copy.size,
-            image_blake3=copy.digest,
-            manifest_blake3=plan.image.expected_blake3,
-            target_path=disk.path,
-            target_model=disk.model,
-            target_serial=disk.serial,
-            target_wwn=disk.wwn,
-            target_size=disk.size,
-            target_transport=disk.transport,
-            target_by_id=list(disk.by_id),
-            bytes_written=copy.written,
-            bytes_zeroed=copy.zeroed,
-            verify_mode=str(plan.options.verify),
             stream_check=stream_check,
             readback_check=readback_check,
             fixups=fixups,
             phases=dict(self.phases),
             started_at=self.started_at.isoformat(timespec="seconds"),
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            parallel_frames=copy.parallel_frames,
+            parallel_frames=copy.parallel_frames if copy else False,
             tune=tune.to_dict() if tune is not None else None,
+            error=error,
         )

@@ -98,3 +98,14 @@ def looks_blank(device: str, size: int) -> bool:
     head = read_device(device, 0, MiB)
     tail = read_device(device, size - MiB, MiB)
     return head == bytes(MiB) and tail == bytes(MiB)
+
+
+def slow_gzip_image(path: Path, raw_image: Path, zeros: int = 2048 * MiB) -> Path:
+    """The raw image followed by `zeros` bytes of zeros, as a multi-member gzip: cheap to make,
+    seconds to decompress and write, so there is time to stop a flash mid-write."""
+    member = gzip.compress(bytes(64 * MiB), compresslevel=1)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(raw_image.read_bytes(), compresslevel=1))
+        for _ in range(zeros // (64 * MiB)):
+            f.write(member)
+    return path

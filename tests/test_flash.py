@@ -20,7 +20,15 @@ from bty_live.manifest import load_manifest
 from bty_live.plan import FlashOptions, VerifyMode
 from bty_live.prepare import prepare_plan
 from tests.conftest import LoopDevice
-from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, looks_blank, read_device
+from tests.imagekit import (
+    MiB,
+    build_gpt_image,
+    compress,
+    device_equals_file,
+    looks_blank,
+    read_device,
+    slow_gzip_image,
+)
 
 IMAGE_SIZE = 64 * MiB
 
@@ -349,17 +357,7 @@ def test_ctrl_c_mid_write_exits_130_quickly_and_wipes(tmp_path: Path, raw_image:
 
 
 def _slow_gzip_image(tmp_path: Path, raw_image: Path) -> Path:
-    """The real image followed by 2 GiB of zeros, as a multi-member gzip: cheap to make, seconds
-    to decompress, so there is time to cancel mid-write."""
-    import gzip
-
-    image = tmp_path / "long.img.gz"
-    zeros = gzip.compress(bytes(64 * MiB), compresslevel=1)
-    with open(image, "wb") as f:
-        f.write(gzip.compress(raw_image.read_bytes(), compresslevel=1))
-        for _ in range(32):
-            f.write(zeros)
-    return image
+    return slow_gzip_image(tmp_path / "long.img.gz", raw_image)
 
 
 # -- partition-table fix-ups ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from bty_live.events import Event, Kind, Phase
 from bty_live.plan import FlashOptions
 from bty_live.prepare import prepare_plan
 from tests.conftest import LoopDevice
-from tests.imagekit import MiB, build_gpt_image, device_equals_file, looks_blank, read_device
+from tests.imagekit import MiB, build_gpt_image, device_equals_file, looks_blank, read_device, slow_gzip_image
 
 IMAGE_SIZE = 64 * MiB
 BTY = [sys.executable, "-m", "bty_live.cli"]
@@ -40,13 +40,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def slow_image(tmp_path_factory: pytest.TempPathFactory, raw_image: Path) -> Path:
     """The GPT image followed by 2 GiB of zeros as multi-member gzip: seconds to flash."""
-    image = tmp_path_factory.mktemp("slow") / "long.img.gz"
-    zeros = gzip.compress(bytes(64 * MiB), compresslevel=1)
-    with open(image, "wb") as f:
-        f.write(gzip.compress(raw_image.read_bytes(), compresslevel=1))
-        for _ in range(32):
-            f.write(zeros)
-    return image
+    return slow_gzip_image(tmp_path_factory.mktemp("slow") / "long.img.gz", raw_image)
 
 
 SLOW_SIZE = IMAGE_SIZE + 2048 * MiB
@@ -210,14 +204,18 @@ def test_sigkill_at_any_moment_never_leaves_a_partition_table_over_a_partial_ima
 # -- closed pipes and lost terminals ---------------------------------------------------------------
 
 
+def bty_into_a_closed_pipe(args: str, pipe: str) -> subprocess.CompletedProcess[str]:
+    """`bty ARGS PIPE` in a real shell (PIPE such as "| head -3"); the exit code is bty's own."""
+    return subprocess.run(["bash", "-c", f'{" ".join(BTY)} {args} {pipe}; exit "${{PIPESTATUS[0]}}"'],
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_a_json_reader_that_stops_early_does_not_stop_the_flash(tmp_path: Path, raw_image: Path,
                                                                 make_loop: Callable[..., LoopDevice]) -> None:
     """`bty flash ... --json | head -3`: the flash goes on with its output dropped."""
     loop = make_loop(IMAGE_SIZE)
     ledger = tmp_path / "ledger.jsonl"
-    done = subprocess.run(["bash", "-c", f'{" ".join(BTY)} flash {raw_image} {loop.path} --yes --json '
-                           f'--ledger {ledger} | head -3; exit "${{PIPESTATUS[0]}}"'],
-                          capture_output=True, text=True, timeout=120)
+    done = bty_into_a_closed_pipe(f"flash {raw_image} {loop.path} --yes --json --ledger {ledger}", "| head -3")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 3
     assert device_equals_file(loop.path, raw_image)
@@ -230,9 +228,7 @@ def test_a_closed_pipe_on_both_outputs_does_not_stop_the_flash(tmp_path: Path, r
     """`bty flash ... 2>&1 | head -2`: progress lines and the receipt both go nowhere."""
     loop = make_loop(IMAGE_SIZE)
     ledger = tmp_path / "ledger.jsonl"
-    done = subprocess.run(["bash", "-c", f'{" ".join(BTY)} flash {raw_image} {loop.path} --yes '
-                           f'--ledger {ledger} 2>&1 | head -2; exit "${{PIPESTATUS[0]}}"'],
-                          capture_output=True, text=True, timeout=120)
+    done = bty_into_a_closed_pipe(f"flash {raw_image} {loop.path} --yes --ledger {ledger}", "2>&1 | head -2")
     assert done.returncode == 0, done.stdout
     assert device_equals_file(loop.path, raw_image)
     assert ledger_records(ledger)[0]["result"] == "passed"
@@ -245,9 +241,7 @@ def test_a_failure_behind_a_closed_pipe_still_exits_non_zero_and_is_recorded(
     damaged.write_bytes(data[: len(data) // 2])  # truncated mid-stream
     loop = make_loop(IMAGE_SIZE)
     ledger = tmp_path / "ledger.jsonl"
-    done = subprocess.run(["bash", "-c", f'{" ".join(BTY)} flash {damaged} {loop.path} --yes --json '
-                           f'--ledger {ledger} 2>&1 | head -1; exit "${{PIPESTATUS[0]}}"'],
-                          capture_output=True, text=True, timeout=120)
+    done = bty_into_a_closed_pipe(f"flash {damaged} {loop.path} --yes --json --ledger {ledger}", "2>&1 | head -1")
     assert done.returncode == 4
     assert ledger_records(ledger)[0]["result"] == "failed"
     assert partition_table(loop.path) is None
