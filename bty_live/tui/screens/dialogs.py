@@ -16,57 +16,25 @@ from textual.widgets.option_list import Option
 from bty_live.tui.widgets import ActionChoices, KeyHints, TitleBar
 
 
-class CancelDialog(ModalScreen[bool]):
-    """Asks before cancelling; "keep flashing" is highlighted, so a stray Enter changes nothing."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Yes, cancel"),
-        Binding("n,escape", "answer(False)", "No", key_display="n"),
-    ]
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Static("Cancel the flash?", classes="heading")
-            yield Static(f"The engine stops, then wipes the partition tables and signatures of {self.target}: "
-                         "what was written so far will not boot.")
-            yield ActionChoices(Option("No, keep flashing", id="keep"),
-                                Option("Yes, cancel and wipe the disk", id="cancel"), id="answer")
-        yield KeyHints()
-
-    def on_mount(self) -> None:
-        self.query_one(ActionChoices).focus()
-
-    @on(OptionList.OptionSelected, "#answer")
-    def _chosen(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self.dismiss(event.option.id == "cancel")
-
-    def action_answer(self, cancel: bool) -> None:
-        self.dismiss(cancel)
-
-
-class PowerDialog(ModalScreen[bool]):
-    """Asks before a reboot or power-off; "no" is highlighted, so a stray Enter changes nothing."""
+class YesNoDialog(ModalScreen[bool]):
+    """A question whose safe answer ("no") is highlighted, so a stray Enter changes nothing;
+    `y` answers yes, `n` or Esc no."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No", key_display="n"),
     ]
 
-    def __init__(self, verb: str) -> None:
+    def __init__(self, heading: str, detail: str, no: str, yes: str) -> None:
         super().__init__()
-        self.verb = verb  # "reboot" or "power off"
+        self.texts = heading, detail, no, yes
 
     def compose(self) -> ComposeResult:
+        heading, detail, no, yes = self.texts
         with Vertical(classes="dialog"):
-            yield Static(f"{self.verb.capitalize()} now? y/n", classes="heading")
-            yield Static(f"The machine will {self.verb} at once. Esc or n stays here.")
-            yield ActionChoices(Option(f"No, do not {self.verb}", id="no"),
-                                Option(f"Yes, {self.verb} now", id="yes"), id="answer")
+            yield Static(heading, classes="heading")
+            yield Static(detail)
+            yield ActionChoices(Option(no, id="no"), Option(yes, id="yes"), id="answer")
         yield KeyHints()
 
     def on_mount(self) -> None:
@@ -79,6 +47,31 @@ class PowerDialog(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class CancelDialog(YesNoDialog):
+    """Asks before cancelling a flash."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes, cancel"),
+        Binding("n,escape", "answer(False)", "No", key_display="n"),
+    ]
+
+    def __init__(self, target: str) -> None:
+        super().__init__("Cancel the flash?",
+                         f"The engine stops, then wipes the partition tables and signatures of {target}: "
+                         "what was written so far will not boot.",
+                         "No, keep flashing", "Yes, cancel and wipe the disk")
+        self.target = target
+
+
+class PowerDialog(YesNoDialog):
+    """Asks before a reboot or power-off."""
+
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"{verb.capitalize()} now? y/n", f"The machine will {verb} at once. Esc or n stays here.",
+                         f"No, do not {verb}", f"Yes, {verb} now")
+        self.verb = verb  # "reboot" or "power off"
 
 
 HELP = """\
