@@ -135,7 +135,10 @@ def test_interactive_flash_through_the_tui_on_the_serial_console(stick: Path, wo
         console.send("\r")
         console.expect("Flashed and verified", timeout=600)
         time.sleep(2)
-        console.send("p")  # power off
+        console.send("o")  # power off: asks first
+        console.expect("Power off now", timeout=60)
+        time.sleep(1)
+        console.send("y")
         console.wait_exit(timeout=180)
     finally:
         console.close()
