@@ -13,6 +13,8 @@
 #   --fail-on TEXT      with --serial-log: stop QEMU and exit 1 once TEXT is in the log
 #   --timeout SECONDS   stop QEMU after SECONDS (exit 124 without --expect)
 #   --snapshot          do not write to the disk image (changes go to a temporary overlay)
+#   --firmware F         uefi (OVMF, the default), secureboot (OVMF, Secure Boot enforced with
+#                        Microsoft's keys), or bios (SeaBIOS, legacy BIOS); also BTY_QEMU_FIRMWARE
 #   --accel kvm|tcg     override the KVM probe (also BTY_QEMU_ACCEL)
 #   --mem MIB           guest memory (default 2048, or BTY_QEMU_MEM)
 #   --workdir DIR       where the OVMF variables copy goes (default: a temporary directory)
@@ -24,6 +26,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 bus=nvme serial=BTYDISK log="" expect="" fail_on="" timeout=0 snapshot=0 accel="" workdir="" extra=()
+firmware=${BTY_QEMU_FIRMWARE:-uefi}
 while [[ $# -gt 0 ]]; do
     case $1 in
     --bus) bus=$2; shift 2 ;;
@@ -34,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --timeout) timeout=$2; shift 2 ;;
     --snapshot) snapshot=1; shift ;;
     --accel) accel=$2; shift 2 ;;
+    --firmware) firmware=$2; shift 2 ;;
     --mem) BTY_QEMU_MEM=$2; shift 2 ;;
     --workdir) workdir=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -55,7 +59,7 @@ accel=${accel:-$(detect_accel)}
 QARGS=(-M q35 -m "$BTY_QEMU_MEM" -smp "$BTY_QEMU_SMP" -nodefaults -display none -no-reboot
        -name bty-boot-disk)
 add_accel_args "$accel"
-add_firmware_args "$workdir"
+add_firmware_args "$workdir" "$firmware"
 add_disk_args "$bus" disk0 "$disk" "$serial" "$(image_format "$disk")" "" 1
 [[ $snapshot == 1 ]] && QARGS+=(-snapshot)
 add_serial_args "$log"

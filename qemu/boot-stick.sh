@@ -33,6 +33,8 @@
 #   --expect TEXT        with --serial-log: stop QEMU and exit 0 once TEXT is in the log
 #   --fail-on TEXT       with --serial-log: stop QEMU and exit 1 once TEXT is in the log
 #   --timeout SECONDS    stop QEMU after SECONDS (124)
+#   --firmware F         uefi (OVMF, the default), secureboot (OVMF, Secure Boot enforced with
+#                        Microsoft's keys), or bios (SeaBIOS, legacy BIOS); also BTY_QEMU_FIRMWARE
 #   --accel kvm|tcg      override the KVM probe (also BTY_QEMU_ACCEL)
 #   --mem MIB            guest memory (default 2048, or BTY_QEMU_MEM)
 #   --print              print the QEMU command line before running it
@@ -47,7 +49,7 @@ source "$here/lib.sh"
 
 stick=$root/build/bty-live.img workdir=$root/build/qemu targets=2 bus=nvme target_size=4G
 prefix=TARGET keep_targets=0 fail="" cmdline="" console=serial stick_size="" in_place=0 build_keys=""
-log="" expect="" fail_on="" timeout=0 accel="" extra=()
+log="" expect="" fail_on="" timeout=0 accel="" extra=() firmware=${BTY_QEMU_FIRMWARE:-uefi}
 while [[ $# -gt 0 ]]; do
     case $1 in
     --stick) stick=$2; shift 2 ;;
@@ -68,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     --fail-on) fail_on=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
+    --firmware) firmware=$2; shift 2 ;;
     --mem) BTY_QEMU_MEM=$2; shift 2 ;;
     --print) BTY_QEMU_PRINT=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -98,7 +101,7 @@ python3 "$root/scripts/stick.py" cmdline "$disk" --append "$cmdline" --default "
 QARGS=(-M q35 -m "$BTY_QEMU_MEM" -smp "$BTY_QEMU_SMP" -nodefaults -display none -no-reboot
        -name bty-stick)
 add_accel_args "$accel"
-add_firmware_args "$workdir"
+add_firmware_args "$workdir" "$firmware"
 add_disk_args usb stick "$disk" BTYSTICK raw "" 1
 
 fail_k="" fail_offset=$((72 << 20))

@@ -88,12 +88,47 @@ add_accel_args() {
     fi
 }
 
-# add_firmware_args WORKDIR: OVMF code (read-only) + a private copy of its variables
+# Secure Boot OVMF: the code that enforces it (needs SMM) and variables with Microsoft's keys
+# enrolled, as on a PC from a shop (Debian's ovmf package ships both).
+find_ovmf_secboot() {
+    local dir
+    for dir in /usr/share/OVMF /usr/share/ovmf /usr/share/edk2/ovmf; do
+        if [[ -r $dir/OVMF_CODE_4M.secboot.fd && -r $dir/OVMF_VARS_4M.ms.fd ]]; then
+            OVMF_CODE=$dir/OVMF_CODE_4M.secboot.fd OVMF_VARS=$dir/OVMF_VARS_4M.ms.fd
+            return 0
+        fi
+    done
+    die "no Secure Boot OVMF firmware found (OVMF_CODE_4M.secboot.fd + OVMF_VARS_4M.ms.fd; install ovmf: make setup)"
+}
+
+# add_firmware_args WORKDIR [FIRMWARE]: append the firmware's arguments to QARGS.
+#   uefi        OVMF code (read-only) + a private copy of its variables (the default)
+#   secureboot  OVMF with Secure Boot enforced and Microsoft's keys enrolled; SMM on, the flash
+#               writable only from SMM (as the secboot build requires)
+#   bios        no pflash at all: QEMU's SeaBIOS, a legacy BIOS PC
+# Each firmware keeps its own variables file in WORKDIR, so one workdir can serve all three.
 add_firmware_args() {
-    find_ovmf
-    [[ -f $1/OVMF_VARS.fd ]] || cp "$OVMF_VARS" "$1/OVMF_VARS.fd"
+    local workdir=$1 firmware=${2:-uefi} vars
+    case $firmware in
+    uefi)
+        find_ovmf
+        vars=$workdir/OVMF_VARS.fd
+        ;;
+    secureboot)
+        find_ovmf_secboot
+        vars=$workdir/OVMF_VARS.secboot.fd
+        QARGS+=(-machine smm=on -global driver=cfi.pflash01,property=secure,value=on)
+        ;;
+    bios)
+        return 0
+        ;;
+    *)
+        die "unknown firmware $firmware: uefi, secureboot or bios"
+        ;;
+    esac
+    [[ -f $vars ]] || cp "$OVMF_VARS" "$vars"
     QARGS+=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
-            -drive "if=pflash,format=raw,file=$1/OVMF_VARS.fd")
+            -drive "if=pflash,format=raw,file=$vars")
 }
 
 # blank_target PATH SIZE KEEP: a blank sparse disk image at PATH; with KEEP=1 an existing one
