@@ -24,6 +24,10 @@ live=(
     kmod cpio qemu-system-x86 qemu-utils ovmf debian-archive-keyring
     systemd-container dpkg-dev apt
     python3-pefile squashfs-tools bubblewrap
+    # mkosi runs the host's grub-mkimage and grub-bios-setup for the stick's legacy BIOS boot
+    grub-pc-bin grub-common
+    # the e2e screen test reads the TUI off QEMU's framebuffer (OCR)
+    tesseract-ocr tesseract-ocr-eng
 )
 
 stamp=/var/lib/bty-live-setup.stamp

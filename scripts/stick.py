@@ -5,19 +5,21 @@
       Copy mkosi's BASE image (ESP + root) to OUT, append the exFAT BTY_IMAGES partition holding
       every image of DIR (writing missing manifests with `bty images add`), and write the boot
       menu: a "bty-live" entry (screen) and a "bty-live (serial console)" entry, both with the
-      UKI's own command line plus KEYS.
+      kernel's command line (mkosi.conf's KernelCommandLine=) plus KEYS.
   stick.py cmdline IMAGE [--append KEYS] [--no-build-keys] [--default screen|serial] [--show]
-      Rewrite the boot menu of a stick image (e.g. a test copy): both entries get the UKI's
+      Rewrite the boot menu of a stick image (e.g. a test copy): both entries get the kernel's
       command line, the keys given at build time (unless --no-build-keys), then KEYS.
 
 Why outside mkosi: systemd-repart 254 cannot format exFAT and mkosi's sandbox sees no loop
 devices, while filling an exFAT file system here needs exfat-fuse on a loop device (the host
 kernel has no exfat driver). The boot menu lives in the ESP, which mtools edits without mounting.
 
-Boot menu: the UKI moves from EFI/Linux/ (where systemd-boot would list it on its own) to
-EFI/bty/bty-live.efi, and two type #1 entries start it with `efi` + `options`. Without Secure
-Boot, systemd-stub uses the options it is given instead of its built-in command line, so keys
-can be changed here, or at the boot menu ("e"), without rebuilding the UKI.
+Boot menu: one GRUB configuration (grub/grub.cfg on the ESP) serves the three ways the stick
+starts: UEFI and UEFI with Secure Boot (shim -> Debian's signed GRUB, whose early config mkosi
+points there) and legacy BIOS (GRUB's core image, whose prefix is /grub). The kernel and initrd
+paths come from mkosi's type #1 entry, kept as bty/entry.conf; the command line is plain text
+in the menu, so keys can be changed here, or at the boot menu ("e"), without rebuilding anything
+and without touching a signed file.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import json
 import os
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,9 @@ LABEL = "BTY_IMAGES"
 BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"  # Windows and macOS mount these
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 MIB = 1 << 20
-UKI_PATH = "EFI/bty/bty-live.efi"
+GRUB_CFG = "grub/grub.cfg"  # where mkosi's early configs point GRUB (EFI/debian/grub.cfg, core.img)
+ENTRY_PATH = "bty/entry.conf"
+KEYS_PATH = "bty/keys.txt"
 ENTRIES = {
     "screen": ("bty-live", "console=tty0"),
     "serial": ("bty-live (serial console ttyS0)", "console=tty0 console=ttyS0,115200"),
@@ -78,14 +82,15 @@ def partition_of_type(image: Path, type_guid: str) -> dict[str, Any]:
     return found[0]
 
 
-def esp_offset(image: Path) -> int:
+def esp_partition(image: Path) -> dict[str, Any]:
     for part in partitions(image):
         if str(part["type"]).upper() == ESP_TYPE:
-            return int(part["start"]) * 512
+            return part
     raise SystemExit(f"stick: {image} has no EFI system partition")
 
 
-# --------------------------------------------------------------------------- ESP via mtools
+def esp_offset(image: Path) -> int:
+    return int(esp_partition(image)["start"]) * 512
 
 
 class Esp:
@@ -135,72 +140,105 @@ class Esp:
     def delete(self, path: str) -> None:
         self._m("mdel", f"::/{path}", check=False)
 
-
-def pe_section(data: bytes, name: str) -> bytes | None:
-    """The contents of a PE section (e.g. a UKI's .cmdline), or None."""
-    if data[:2] != b"MZ":
-        return None
-    pe = struct.unpack_from("<I", data, 0x3C)[0]
-    if data[pe:pe + 4] != b"PE\0\0":
-        return None
-    count = struct.unpack_from("<H", data, pe + 6)[0]
-    opt_size = struct.unpack_from("<H", data, pe + 20)[0]
-    table = pe + 24 + opt_size
-    for i in range(count):
-        entry = table + 40 * i
-        sname = data[entry:entry + 8].rstrip(b"\0").decode(errors="replace")
-        vsize, _vaddr, rsize, raw = struct.unpack_from("<IIII", data, entry + 8)
-        if sname == name:
-            return data[raw:raw + min(vsize, rsize)]
-    return None
+    def delete_tree(self, path: str) -> None:
+        self._m("mdeltree", f"::/{path}", check=False)
 
 
-def uki_cmdline(esp: Esp) -> str:
-    saved = esp.read("EFI/bty/cmdline.txt").decode() if esp.exists("EFI/bty/cmdline.txt") else None
-    if saved is not None:
-        return saved.strip()
-    section = pe_section(esp.read(UKI_PATH), ".cmdline")
-    if section is None:
-        raise SystemExit(f"stick: cannot read the command line of {UKI_PATH}")
-    return section.rstrip(b"\0").decode().strip()
+@dataclass(frozen=True)
+class BootEntry:
+    """What boots the live system: the kernel and initrds on the ESP and their command line, as
+    mkosi's type #1 entry gives them (mkosi writes loader/entries/bty-live-KVER.conf)."""
+
+    linux: str
+    initrds: tuple[str, ...]
+    options: str
+
+    @classmethod
+    def parse(cls, text: str) -> BootEntry:
+        linux, initrds, options = "", [], ""
+        for line in text.splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key == "linux":
+                linux = value.strip()
+            elif key == "initrd":
+                initrds += value.split()
+            elif key == "options":
+                options = value.strip()
+        if not linux or not initrds:
+            raise SystemExit(f"stick: the boot entry has no linux or initrd line:\n{text}")
+        return cls(linux, tuple(initrds), options)
+
+    def render(self) -> str:
+        return (f"linux {self.linux}\n" + "".join(f"initrd {i}\n" for i in self.initrds)
+                + f"options {self.options}\n")
 
 
-def install_menu(esp: Esp) -> None:
-    """Move the UKI out of systemd-boot's auto-discovery and remember its command line."""
-    if esp.exists(UKI_PATH):
-        return
-    ukis = [n for n in esp.listdir("EFI/Linux") if n.lower().endswith(".efi")]
-    if len(ukis) != 1:
-        raise SystemExit(f"stick: expected one UKI in EFI/Linux of the ESP, found {ukis}")
-    esp.move(f"EFI/Linux/{ukis[0]}", UKI_PATH)
-    cmdline = pe_section(esp.read(UKI_PATH), ".cmdline")
-    if cmdline is None:
-        raise SystemExit("stick: the UKI has no .cmdline section")
-    esp.write("EFI/bty/cmdline.txt", cmdline.rstrip(b"\0").strip() + b"\n")
-    log(f"boot menu: {ukis[0]} -> {UKI_PATH}")
+def grub_quote(text: str) -> str:
+    """A GRUB word: single quotes keep $, spaces and ; as they are."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def render_grub_cfg(entry: BootEntry, esp_uuid: str, keys: str, default: str, timeout: int = 0) -> str:
+    """The boot menu GRUB reads on every firmware: UEFI (Debian's signed GRUB, reached through
+    shim) and legacy BIOS (GRUB's core image in the BIOS boot partition). Two entries, a screen
+    and a serial console one, each with the kernel's command line plus the keys given.
+
+    bty-live.esp= names the ESP the stick boots from: the initrd finds the stick's root next to
+    it (systemd-boot used to say so in the LoaderDevicePartUUID EFI variable; GRUB does not, and
+    a BIOS has no EFI variables at all)."""
+    lines = [
+        "# bty-live boot menu, written by scripts/stick.py (`stick.py cmdline` rewrites it).",
+        "# Hidden when the timeout is 0: hold Esc (or F4) while the stick starts to show it, then",
+        "# press e on an entry to edit its kernel command line, and Ctrl-x (or F10) to boot it.",
+        f"set timeout_style={'hidden' if timeout == 0 else 'menu'}",
+        f"set timeout={timeout}",
+        f"set default=bty-live-{default}",
+    ]
+    for name, (title, consoles) in ENTRIES.items():
+        options = " ".join(x for x in (entry.options, f"bty-live.esp={esp_uuid.lower()}", consoles, keys.strip()) if x)
+        lines += [
+            f"menuentry {grub_quote(title)} --id bty-live-{name} {{",
+            f"    linux {entry.linux} {options}",
+            f"    initrd {' '.join(entry.initrds)}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def boot_entry(esp: Esp) -> BootEntry:
+    """The boot entry: the saved one (bty/entry.conf), else mkosi's type #1 entry, moved to
+    bty/entry.conf (out of loader/entries/, where no boot loader of ours looks)."""
+    if esp.exists(ENTRY_PATH):
+        return BootEntry.parse(esp.read(ENTRY_PATH).decode())
+    names = [n for n in esp.listdir("loader/entries") if n.endswith(".conf")]
+    if len(names) != 1:
+        raise SystemExit(f"stick: expected one boot entry in loader/entries of the ESP (mkosi's), found {names}")
+    entry = BootEntry.parse(esp.read(f"loader/entries/{names[0]}").decode())
+    esp.write(ENTRY_PATH, entry.render().encode())
+    esp.delete_tree("loader")
+    log(f"boot entry: kernel {entry.linux}, initrds {' '.join(entry.initrds)}")
+    return entry
+
+
+def fix_shim_names(esp: Esp) -> None:
+    """mkosi 24.3 copies Debian's MokManager as EFI/BOOT/mmx64.efi.signed; shim starts
+    mmx64.efi (to enrol a key or hash when a boot loader fails its check), so give it that name."""
+    if esp.exists("EFI/BOOT/mmx64.efi.signed") and not esp.exists("EFI/BOOT/mmx64.efi"):
+        esp.move("EFI/BOOT/mmx64.efi.signed", "EFI/BOOT/mmx64.efi")
+    for name in ("BOOTX64.EFI", "grubx64.efi", "mmx64.efi"):
+        if not esp.exists(f"EFI/BOOT/{name}"):
+            raise SystemExit(f"stick: EFI/BOOT/{name} is missing from the ESP (mkosi.conf: ShimBootloader=signed)")
 
 
 def build_keys(esp: Esp) -> str:
-    """The keys `make image CMDLINE=...` added (kept in the ESP next to the UKI)."""
-    return esp.read("EFI/bty/keys.txt").decode().strip() if esp.exists("EFI/bty/keys.txt") else ""
+    """The keys `make image CMDLINE=...` added (kept in the ESP next to the boot entry)."""
+    return esp.read(KEYS_PATH).decode().strip() if esp.exists(KEYS_PATH) else ""
 
 
-def write_menu(esp: Esp, keys: str, default: str, timeout: int = 0) -> list[str]:
-    base = uki_cmdline(esp)
-    lines = []
-    for name, (title, consoles) in ENTRIES.items():
-        options = " ".join(x for x in (base, consoles, keys.strip()) if x)
-        entry = f"title {title}\nefi /{UKI_PATH}\noptions {options}\n"
-        esp.write(f"loader/entries/bty-live-{name}.conf", entry.encode())
-        lines.append(f"{name}: {options}")
-    loader = (
-        f"# bty-live boot menu. timeout 0: hidden; hold Space while the stick starts to show it,\n"
-        f"# then press e on an entry to edit its kernel command line.\n"
-        f"timeout {timeout}\ndefault bty-live-{default}.conf\neditor yes\nauto-entries no\n"
-        f"auto-firmware yes\nconsole-mode keep\n"
-    )
-    esp.write("loader/loader.conf", loader.encode())
-    return lines
+def write_menu(esp: Esp, esp_uuid: str, keys: str, default: str, timeout: int = 0) -> list[str]:
+    text = render_grub_cfg(boot_entry(esp), esp_uuid, keys, default, timeout)
+    esp.write(GRUB_CFG, text.encode())
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("linux ")]
 
 
 # --------------------------------------------------------------------------- exFAT partition
@@ -304,9 +342,9 @@ def cmd_assemble(args: argparse.Namespace) -> int:
     run("cp", "--sparse=always", str(base), str(tmp))
     try:
         esp = Esp(tmp)
-        install_menu(esp)
-        esp.write("EFI/bty/keys.txt", args.cmdline.strip().encode() + b"\n")
-        for line in write_menu(esp, args.cmdline, args.default):
+        fix_shim_names(esp)
+        esp.write(KEYS_PATH, args.cmdline.strip().encode() + b"\n")
+        for line in write_menu(esp, esp_partition(tmp)["uuid"], args.cmdline, args.default):
             log(f"boot entry {line}")
         ensure_manifests(images, args.bty)
         append_images_partition(tmp, images, args.free)
@@ -318,15 +356,13 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
 
 def cmd_cmdline(args: argparse.Namespace) -> int:
-    esp = Esp(Path(args.image))
+    image = Path(args.image)
+    esp = Esp(image)
     if args.show:
-        print(esp.read("loader/loader.conf").decode(), end="")
-        for name in ENTRIES:
-            print(esp.read(f"loader/entries/bty-live-{name}.conf").decode(), end="")
+        print(esp.read(GRUB_CFG).decode(), end="")
         return 0
-    install_menu(esp)
     keys = " ".join(k for k in ("" if args.no_build_keys else build_keys(esp), args.append.strip()) if k)
-    for line in write_menu(esp, keys, args.default, args.timeout):
+    for line in write_menu(esp, esp_partition(image)["uuid"], keys, args.default, args.timeout):
         log(f"boot entry {line}")
     return 0
 
@@ -356,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the keys given when the stick was built (make image CMDLINE=...)")
     p.add_argument("--default", choices=sorted(ENTRIES), default="screen")
     p.add_argument("--timeout", type=int, default=0,
-                   help="boot menu timeout in seconds (default 0: hidden, Space shows it)")
+                   help="boot menu timeout in seconds (default 0: hidden, holding Esc shows it)")
     p.add_argument("--show", action="store_true", help="print the menu and change nothing")
     p.set_defaults(func=cmd_cmdline)
     p = sub.add_parser("partition", help="print START SIZE (512-byte sectors) of the one partition of a type")
