@@ -6,7 +6,7 @@
 # netboot system is the stick's system, byte for byte: same packages, same units, same bty.
 #   1. scripts/build-image.sh brings build/mkosi/ up to date (wheels, mkosi; skipped when nothing
 #      changed). The stick it assembles goes to a scratch file, from no images, and is deleted.
-#   2. vmlinuz: mkosi's kernel (build/mkosi/bty-live.vmlinuz), the one inside the stick's UKI.
+#   2. vmlinuz: mkosi's kernel (build/mkosi/bty-live.vmlinuz), the one GRUB boots from the stick's ESP.
 #   3. initrd, two cpio archives one after the other (the kernel unpacks both into its tmpfs):
 #        - zstd: /init (mkosi.netboot/init), busybox, the squashfs and loop drivers, taken from
 #          the root file system itself

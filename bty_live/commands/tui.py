@@ -33,6 +33,11 @@ keys: arrows and Enter; Esc goes back; ? or F1 help; l the log of the engine's e
 ctrl+q quits (asking first during a flash). No mouse and no more than 16 colours are needed: it
 works on the Linux console, over a serial console and in any terminal of 80x24 or more.
 
+console font: on a Linux virtual terminal with a framebuffer, the font is first chosen by the
+screen's size, so the text stays readable (--console-font keep leaves it): Terminus 16x32 from
+1600x900 up (1920x1080: 120x33 cells), doubled to 32x64 from 3200x1800 up (4K: 120x33), the
+kernel's 8x16 below (1280x800: 160x50). Serial consoles and terminal emulators are left as they are.
+
 exit status: 0 when the user quits (or reboots/powers off), 3 when the user asks for a shell (the
 live stick's session wrapper then starts a login shell), 130 when the user quit during a flash
 (it was cancelled and the disk wiped), 128+N when stopped by signal N (143 SIGTERM, 129 SIGHUP,
@@ -58,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", metavar="DIR",
                         help="images directory (default: $BTY_IMAGES, the stick's images partition, else ./images)")
+    parser.add_argument("--console-font", choices=("auto", "keep"), default="auto",
+                        help="on a virtual terminal: pick a font by screen size (auto, the default) "
+                             "or keep the current one")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     os.environ.setdefault("TEXTUAL_THEME", "ansi-dark")
     from bty_live.cli import INTERNAL_ERROR
+    from bty_live.console_font import set_console_font
     from bty_live.tui.app import make_app
+
+    if args.console_font == "auto" and (note := set_console_font()):
+        print(f"bty tui: {note}", file=sys.stderr)
 
     app = make_app(images_dir=args.images, known_good=_known_good_badge(args.images), handle_stop_signals=True)
     app.run(mouse=False)
