@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.e2e.rig import ROOT
+from tests.e2e.rig import FIRST_PAINT, ROOT
 
 E2E_DIR = ROOT / "build" / "e2e"
 DURATIONS: dict[str, float] = {}
@@ -115,6 +115,10 @@ def _timed(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIRST_PAINT:
+        terminalreporter.section("power-on to the TUI's image list")
+        for console, seconds in FIRST_PAINT.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {console}")
     if not DURATIONS:
         return
     terminalreporter.section("e2e durations")

@@ -22,6 +22,10 @@ BOOT_DISK = ROOT / "qemu" / "boot-disk.sh"
 ANSI = re.compile(r"\x1b(\[[0-9;?<=>$]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|[=>78])")
 SHELL_PROMPT = "root@bty-live:~# "
 
+#: seconds from the rig's start (QEMU's power-on, within a second or two) to the TUI's image
+#: list, per console: the tests that see it fill this in, the e2e summary prints it
+FIRST_PAINT: dict[str, float] = {}
+
 # Generous: TCG on a shared 2-core machine is slow, and CI machines are busier still.
 BOOT_TIMEOUT = int(os.environ.get("BTY_E2E_BOOT_TIMEOUT", "420"))
 
@@ -107,13 +111,15 @@ class StickRun:
     in_place: bool = False
     keep_targets: bool = False
     fail_on: str | None = None  # stop QEMU as soon as the console shows this (run_to_end)
+    firmware: str = "uefi"  # uefi, secureboot (enforced, Microsoft's keys) or bios (SeaBIOS)
+    console: str = "serial"  # the boot entry: serial (console=ttyS0) or screen (tty1 only)
     extra: Sequence[str] = ()
     started: float = field(default=0.0, init=False)
 
     def argv(self, serial_log: Path | None = None) -> list[str]:
         argv = [str(BOOT_STICK), "--stick", str(self.stick), "--workdir", str(self.workdir),
                 "--targets", str(self.targets), "--bus", self.bus, "--target-size", self.target_size,
-                "--cmdline", self.cmdline]
+                "--cmdline", self.cmdline, "--firmware", self.firmware, "--console", self.console]
         if self.stick_size:
             argv += ["--stick-size", self.stick_size]
         if self.fail_writes:
@@ -325,3 +331,35 @@ class NetbootRun:
         out = subprocess.run([str(BTY), "serve", "machines", "--state", str(self.state), "--json"],
                              check=True, capture_output=True, text=True).stdout
         return list(json.loads(out)["machines"])
+
+
+def partition_mismatches(image: Path, target: Path) -> list[str]:
+    """How the disk `target` differs from the raw disk image `image`, partition by partition:
+    the same partitions (start, size, type, UUID) holding the same bytes. The regions outside the
+    partitions are left out: the flash's GPT fix-ups move the backup table to the disk's end."""
+    want, have = gpt_partitions(image), gpt_partitions(target)
+    keys = ("start", "size", "type", "uuid")
+    if [[p.get(k) for k in keys] for p in want] != [[p.get(k) for k in keys] for p in have]:
+        return [f"partition table: {have} instead of {want}"]
+    problems = []
+    with open(image, "rb") as a, open(target, "rb") as b:
+        for part in want:
+            start, size = int(part["start"]) * 512, int(part["size"]) * 512  # type: ignore[call-overload]
+            a.seek(start)
+            b.seek(start)
+            done = 0
+            while done < size:
+                n = min(8 << 20, size - done)
+                if a.read(n) != b.read(n):
+                    problems.append(f"partition {part['node']} differs at byte {start + done} (8 MiB block)")
+                    break
+                done += n
+    return problems
+
+
+def decompressed(image_zst: Path, scratch: Path) -> Path:
+    """The raw disk image of a .img.zst, decompressed into `scratch` (reused when there)."""
+    raw = scratch / image_zst.name.removesuffix(".zst")
+    if not raw.exists():
+        subprocess.run(["zstd", "-dqf", str(image_zst), "-o", str(raw)], check=True)
+    return raw

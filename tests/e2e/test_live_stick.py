@@ -1,4 +1,5 @@
-"""The live stick end to end, in QEMU: UEFI (OVMF), the stick on USB (qemu-xhci + usb-storage),
+"""The live stick end to end, in QEMU: UEFI (OVMF) unless a test names another firmware (Secure
+Boot: tests/e2e/test_tuning.py; legacy BIOS: here), the stick on USB (qemu-xhci + usb-storage),
 blank NVMe targets with serial numbers TARGET1, TARGET2, and the demo image on the stick."""
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import pexpect
 import pytest
 
 from tests.e2e.rig import (
+    FIRST_PAINT,
     ROOT,
     SHELL_PROMPT,
     StickRun,
     boot_disk,
+    decompressed,
     gpt_partitions,
     has_gpt,
+    partition_mismatches,
     plain,
     untouched,
 )
@@ -38,6 +42,7 @@ def test_unattended_flash_powers_off_and_the_target_boots_alone(stick: Path, wor
     run = StickRun(stick, workdir, cmdline=f"{UNATTENDED} bty.after=poweroff", fail_on="bty unattended: FAILED")
     code, console, seconds = run.run_to_end(workdir / "stick-console.log")
     assert code == 0, f"QEMU did not end by a guest power-off (exit {code}); see {workdir}"
+    assert "bty-initrd: firmware: UEFI, Secure Boot off" in console, console[:3000]
     assert "bty unattended: FAILED" not in console
     assert "bty unattended: done; poweroff" in console
     assert "reboot: Power down" in console
@@ -48,6 +53,28 @@ def test_unattended_flash_powers_off_and_the_target_boots_alone(stick: Path, wor
     booted, boot_seconds = boot_disk(run.target(1), workdir / "target1-console.log", DEMO_BOOTED)
     assert booted, f"TARGET1 did not print '{DEMO_BOOTED}' when booted alone; see {workdir}"
     print(f"\nunattended flash + power-off: {seconds:.0f} s; TARGET1 booted alone: {boot_seconds:.0f} s")
+
+
+def test_legacy_bios_boots_the_same_stick_to_an_unattended_flash(stick: Path, workdir: Path) -> None:
+    # SeaBIOS: the boot code in the stick's MBR loads GRUB's core image from the BIOS boot
+    # partition, which reads the same menu, kernel and initrd as UEFI's GRUB. `smallest` must pick
+    # TARGET1 (3 GiB): the stick (a USB disk of about 450 MiB) is smaller still, but it is the
+    # boot medium, never eligible, with or without EFI variables to say which disk it is.
+    subprocess.run(["truncate", "-s", "3G", str(workdir / "target1.img")], check=True)
+    subprocess.run(["truncate", "-s", "4G", str(workdir / "target2.img")], check=True)
+    run = StickRun(stick, workdir, firmware="bios", keep_targets=True,
+                   cmdline="bty.image=demo bty.disk=smallest bty.after=poweroff", fail_on="bty unattended: FAILED")
+    code, console, seconds = run.run_to_end(workdir / "stick-console.log")
+    assert code == 0, f"QEMU did not end by a guest power-off (exit {code}); see {workdir}"
+    assert "bty-initrd: firmware: legacy BIOS" in console, console[:3000]
+    assert "bty unattended: done; poweroff" in console and "reboot: Power down" in console
+    assert "/dev/nvme0n1" in console and "serial TARGET1" in console
+    assert untouched(run.target(2)), "TARGET2 was written to"
+    # The demo OS is UEFI-only (images/README.md): TARGET1 is checked byte for byte instead.
+    image = decompressed(ROOT / "images" / "demo.img.zst", workdir)
+    assert partition_mismatches(image, run.target(1)) == []
+    image.unlink()
+    print(f"\nlegacy BIOS: unattended flash + power-off: {seconds:.0f} s")
 
 
 def test_failing_target_gives_a_clear_error_is_wiped_and_nothing_reboots(stick: Path, workdir: Path) -> None:
@@ -108,7 +135,7 @@ def test_the_stick_is_never_a_target_and_ambiguous_selectors_refuse(stick: Path,
 
         out = console.shell("findmnt -no SOURCE,FSTYPE,OPTIONS / ; findmnt -no SOURCE,FSTYPE,OPTIONS /run/bty/images")
         assert re.search(r"/dev/sda2\s+squashfs\s+ro", out), out
-        assert re.search(r"/dev/sda3\s+exfat\s+rw", out), out
+        assert re.search(r"/dev/sda4\s+exfat\s+rw", out), out
         console.send("poweroff\n")
         console.wait_exit()
     finally:
@@ -145,7 +172,14 @@ def test_interactive_flash_through_the_tui_on_the_serial_console(stick: Path, wo
     assert untouched(run.target(2))
     booted, _ = boot_disk(run.target(1), workdir / "target1-console.log", DEMO_BOOTED)
     assert booted, f"TARGET1 flashed through the TUI did not boot; see {workdir}"
+    FIRST_PAINT["serial console, 80x24"] = to_tui
     print(f"\npower-on to the TUI's image list on the serial console: {to_tui:.1f} s")
+
+
+def boot_code(image: Path) -> bytes:
+    """The MBR's boot code (GRUB's boot.img on the stick: what a legacy BIOS runs)."""
+    with open(image, "rb") as f:
+        return f.read(440)
 
 
 def images_partition(image: Path) -> dict[str, object]:
@@ -186,6 +220,7 @@ def test_images_partition_grows_to_a_larger_stick_and_survives_an_interruption(s
         console.close()
     part = images_partition(run.stick_copy)
     assert part.get("name") == "BTY_IMAGES"
+    assert boot_code(run.stick_copy) == boot_code(stick), "growing BTY_IMAGES lost the MBR's BIOS boot code"
     assert int(part["size"]) * 512 > 1800 << 20 and part["start"] == original["start"]  # type: ignore[call-overload]
 
     # 3. A third boot has nothing to do.

@@ -1,7 +1,12 @@
 """Post-flash tuning end to end, in QEMU: the stick flashes demo-tunable (the demo OS with an ext4
 root) unattended, its manifest's CIJOE task (images/demo-tunable.task.yaml) tunes the flashed
 root, and the target, booted alone, shows the hostname made from the flashing machine's MAC,
-the machine-id the task wrote, and the output of the first-boot job it installed."""
+the machine-id the task wrote, and the output of the first-boot job it installed.
+
+The stick boots with Secure Boot enforced under Microsoft's keys (shim -> Debian's signed GRUB ->
+Debian's signed kernel), so the kernel runs in lockdown: every path of a flash is exercised there
+(O_DIRECT writes, BLKZEROOUT, the fake-capacity preflight's reads, re-reading the partition
+table, pyparted's fix-ups, mounting the flashed root for tuning, CIJOE, the power-off)."""
 
 from __future__ import annotations
 
@@ -48,9 +53,10 @@ def on_stick(images: Path, live_path: str) -> Path:
 
 def test_unattended_flash_tunes_the_target_and_it_boots_with_its_own_identity(stick: Path, workdir: Path) -> None:
     run = StickRun(stick, workdir, cmdline="bty.image=demo-tunable bty.disk=serial=TARGET1 bty.after=poweroff",
-                   fail_on="bty unattended: FAILED", extra=nic_args(MAC))
+                   fail_on="bty unattended: FAILED", firmware="secureboot", extra=nic_args(MAC))
     code, console, seconds = run.run_to_end(workdir / "stick-console.log")
     assert code == 0, f"QEMU did not end by a guest power-off (exit {code}); see {workdir}"
+    assert "bty-initrd: firmware: UEFI, Secure Boot on, kernel lockdown integrity" in console, console[:3000]
     assert "bty unattended: FAILED" not in console
     assert "bty unattended: done; poweroff" in console
     assert re.search(r"tune: step 3/3 first boot \(bty\.firstboot\): passed", console), console[-3000:]
