@@ -28,6 +28,8 @@
 #   --no-build-keys      leave out the keys the stick was built with
 #   --console serial|screen   the default boot entry (default serial: console=ttyS0 is last)
 #   --stick-size SIZE    grow the stick copy to SIZE first (a larger USB stick)
+#   --menu-timeout N     show GRUB's boot menu for N seconds (default 0: hidden; a key sent over
+#                        the serial line starting with Esc reaches GRUB too late to show it)
 #   --in-place           boot IMAGE itself, not a copy (it is written to)
 #   --serial-log FILE    serial console to FILE instead of the terminal
 #   --expect TEXT        with --serial-log: stop QEMU and exit 0 once TEXT is in the log
@@ -48,7 +50,7 @@ root=$(cd "$here/.." && pwd)
 source "$here/lib.sh"
 
 stick=$root/build/bty-live.img workdir=$root/build/qemu targets=2 bus=nvme target_size=4G
-prefix=TARGET keep_targets=0 fail="" cmdline="" console=serial stick_size="" in_place=0 build_keys=""
+prefix=TARGET keep_targets=0 fail="" cmdline="" console=serial stick_size="" in_place=0 build_keys="" menu_timeout=0
 log="" expect="" fail_on="" timeout=0 accel="" extra=() firmware=${BTY_QEMU_FIRMWARE:-uefi}
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -64,6 +66,7 @@ while [[ $# -gt 0 ]]; do
     --no-build-keys) build_keys=--no-build-keys; shift ;;
     --console) console=$2; shift 2 ;;
     --stick-size) stick_size=$2; shift 2 ;;
+    --menu-timeout) menu_timeout=$2; shift 2 ;;
     --in-place) in_place=1; shift ;;
     --serial-log) log=$2; shift 2 ;;
     --expect) expect=$2; shift 2 ;;
@@ -95,7 +98,7 @@ fi
 if [[ -n $stick_size ]]; then
     truncate -s "$stick_size" "$disk"
 fi
-python3 "$root/scripts/stick.py" cmdline "$disk" --append "$cmdline" --default "$console" $build_keys \
+python3 "$root/scripts/stick.py" cmdline "$disk" --append "$cmdline" --default "$console" --timeout "$menu_timeout" $build_keys \
     2>"$workdir/stick-menu.log" || die "could not write the boot menu of $disk: $(cat "$workdir/stick-menu.log")"
 
 QARGS=(-M q35 -m "$BTY_QEMU_MEM" -smp "$BTY_QEMU_SMP" -nodefaults -display none -no-reboot

@@ -43,6 +43,9 @@ LABEL = "BTY_IMAGES"
 BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"  # Windows and macOS mount these
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 MIB = 1 << 20
+#: how long the hidden menu waits for Esc, F4 or Shift: a key pressed earlier reaches the
+#: firmware instead (Esc opens the setup of many, OVMF's among them)
+HIDDEN_MENU_SECONDS = 1
 GRUB_CFG = "grub/grub.cfg"  # where mkosi's early configs point GRUB (EFI/debian/grub.cfg, core.img)
 ENTRY_PATH = "bty/entry.conf"
 KEYS_PATH = "bty/keys.txt"
@@ -91,6 +94,9 @@ def esp_partition(image: Path) -> dict[str, Any]:
 
 def esp_offset(image: Path) -> int:
     return int(esp_partition(image)["start"]) * 512
+
+
+# --------------------------------------------------------------------------- ESP via mtools
 
 
 class Esp:
@@ -144,6 +150,9 @@ class Esp:
         self._m("mdeltree", f"::/{path}", check=False)
 
 
+# --------------------------------------------------------------------------- boot menu (GRUB)
+
+
 @dataclass(frozen=True)
 class BootEntry:
     """What boots the live system: the kernel and initrds on the ESP and their command line, as
@@ -188,10 +197,10 @@ def render_grub_cfg(entry: BootEntry, esp_uuid: str, keys: str, default: str, ti
     a BIOS has no EFI variables at all)."""
     lines = [
         "# bty-live boot menu, written by scripts/stick.py (`stick.py cmdline` rewrites it).",
-        "# Hidden when the timeout is 0: hold Esc (or F4) while the stick starts to show it, then",
-        "# press e on an entry to edit its kernel command line, and Ctrl-x (or F10) to boot it.",
+        "# Hidden (timeout 0): for one second after the firmware hands over, Esc or F4 (or holding",
+        "# Shift) shows it; then e on an entry edits its kernel command line, Ctrl-x boots it.",
         f"set timeout_style={'hidden' if timeout == 0 else 'menu'}",
-        f"set timeout={timeout}",
+        f"set timeout={HIDDEN_MENU_SECONDS if timeout == 0 else timeout}",
         f"set default=bty-live-{default}",
     ]
     for name, (title, consoles) in ENTRIES.items():
@@ -392,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the keys given when the stick was built (make image CMDLINE=...)")
     p.add_argument("--default", choices=sorted(ENTRIES), default="screen")
     p.add_argument("--timeout", type=int, default=0,
-                   help="boot menu timeout in seconds (default 0: hidden, holding Esc shows it)")
+                   help="show the boot menu for this many seconds (default 0: hidden; Esc, F4 or Shift "
+                        "in the second after the firmware shows it)")
     p.add_argument("--show", action="store_true", help="print the menu and change nothing")
     p.set_defaults(func=cmd_cmdline)
     p = sub.add_parser("partition", help="print START SIZE (512-byte sectors) of the one partition of a type")

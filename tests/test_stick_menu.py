@@ -91,7 +91,8 @@ def test_the_menu_boots_mkosis_kernel_and_initrds_with_the_esp_named(stick_image
     assert entries["bty-live-screen"][0].endswith("console=tty0 bty.image=demo bty.disk=serial=T1")
     assert initrd == "initrd /bty-live/00-bty-init.cpio.zst /bty-live/6.1.0-57-amd64/kernel-modules.initrd"
     assert "set default=bty-live-screen" in cfg
-    assert "set timeout_style=hidden" in cfg and "set timeout=0" in cfg
+    # hidden, with a second in which Esc, F4 or Shift shows it
+    assert "set timeout_style=hidden" in cfg and "set timeout=1" in cfg
 
 
 def test_rewriting_the_menu_keeps_the_entry_and_can_show_it(stick_image: Path) -> None:

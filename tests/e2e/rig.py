@@ -113,13 +113,15 @@ class StickRun:
     fail_on: str | None = None  # stop QEMU as soon as the console shows this (run_to_end)
     firmware: str = "uefi"  # uefi, secureboot (enforced, Microsoft's keys) or bios (SeaBIOS)
     console: str = "serial"  # the boot entry: serial (console=ttyS0) or screen (tty1 only)
+    menu_timeout: int = 0  # seconds GRUB shows its menu (0: hidden)
     extra: Sequence[str] = ()
     started: float = field(default=0.0, init=False)
 
     def argv(self, serial_log: Path | None = None) -> list[str]:
         argv = [str(BOOT_STICK), "--stick", str(self.stick), "--workdir", str(self.workdir),
                 "--targets", str(self.targets), "--bus", self.bus, "--target-size", self.target_size,
-                "--cmdline", self.cmdline, "--firmware", self.firmware, "--console", self.console]
+                "--cmdline", self.cmdline, "--firmware", self.firmware, "--console", self.console,
+                "--menu-timeout", str(self.menu_timeout)]
         if self.stick_size:
             argv += ["--stick-size", self.stick_size]
         if self.fail_writes:

@@ -108,14 +108,23 @@ def test_failing_target_gives_a_clear_error_is_wiped_and_nothing_reboots(stick: 
 
 def test_the_stick_is_never_a_target_and_ambiguous_selectors_refuse(stick: Path, workdir: Path) -> None:
     # TARGET1 holds a copy of the stick (same partition UUIDs): the live system must still run
-    # from the USB stick it booted from, and offer the copy, not the stick, as a target.
+    # from the USB stick it booted from, and offer the copy, not the stick, as a target. The
+    # root shell is asked for at the boot menu, as a user would.
     subprocess.run(["cp", "--sparse=always", str(stick), str(workdir / "target1.img")], check=True)
     subprocess.run(["truncate", "-s", "4G", str(workdir / "target2.img")], check=True)
-    run = StickRun(stick, workdir, cmdline="bty-live.session=shell", keep_targets=True)
+    run = StickRun(stick, workdir, keep_targets=True, menu_timeout=30)
     console = run.spawn(workdir / "stick-console.log")
     try:
+        # A key added at GRUB's menu: e edits the default (serial) entry, whose linux line is the
+        # third (after "setparams" and a blank line); Ctrl-n next line, Ctrl-e its end, Ctrl-x boot.
+        console.expect("GNU GRUB")
+        console.expect("bty-live (serial console ttyS0)", timeout=60)
+        for key in ("e", "\x0e", "\x0e", "\x05", " bty-live.session=shell", "\x18"):
+            time.sleep(0.5)
+            console.send(key)
         console.expect("bty-live: ready")
         console.expect(SHELL_PROMPT)
+        assert "bty-live.session=shell" in console.shell("cat /proc/cmdline")
         disks = console.shell("bty disks")
         sda = next(line for line in disks.splitlines() if line.startswith("sda"))
         assert "BTYSTICK" in sda and "boot medium" in sda, disks
@@ -223,9 +232,13 @@ def test_images_partition_grows_to_a_larger_stick_and_survives_an_interruption(s
     assert boot_code(run.stick_copy) == boot_code(stick), "growing BTY_IMAGES lost the MBR's BIOS boot code"
     assert int(part["size"]) * 512 > 1800 << 20 and part["start"] == original["start"]  # type: ignore[call-overload]
 
-    # 3. A third boot has nothing to do.
-    console = run2.spawn(workdir / "boot3-console.log")
+    # 3. A third boot has nothing to do; it is a legacy BIOS one: the rewritten partition table
+    # kept the MBR's boot code and GRUB's core image (asserted above) and both still start.
+    run3 = StickRun(run.stick_copy, workdir, cmdline="bty-live.session=shell", targets=0, in_place=True,
+                    firmware="bios")
+    console = run3.spawn(workdir / "boot3-console.log")
     try:
+        console.expect("bty-initrd: firmware: legacy BIOS")
         console.expect("bty-live: ready")
         console.expect(SHELL_PROMPT)
         out = console.shell("journalctl -b -u bty-images -o cat --no-pager | cat")

@@ -5,7 +5,7 @@ the machine-id the task wrote, and the output of the first-boot job it installed
 
 The stick boots with Secure Boot enforced under Microsoft's keys (shim -> Debian's signed GRUB ->
 Debian's signed kernel), so the kernel runs in lockdown: every path of a flash is exercised there
-(O_DIRECT writes, BLKZEROOUT, the fake-capacity preflight's reads, re-reading the partition
+(O_DIRECT writes, BLKZEROOUT, the O_DIRECT read-back, re-reading the partition
 table, pyparted's fix-ups, mounting the flashed root for tuning, CIJOE, the power-off)."""
 
 from __future__ import annotations
