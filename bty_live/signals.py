@@ -58,6 +58,13 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     if _stopping:  # already stopping: a second signal must not cut the wipe or the ledger record short
         return
     _stopping.append(signum)
+    # Ignored by the kernel from now on, not by a Python handler: CPython resets the signals it
+    # handles to their default action while the interpreter exits, and a late SIGTERM then killed
+    # bty after the wipe and its message (exit -15 instead of 143). Programs started after this
+    # (the wipe's partx) inherit the ignored dispositions; they are short and never the target of
+    # a stop.
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
     raise StopSignal(signum)
 
 
