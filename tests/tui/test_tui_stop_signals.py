@@ -72,7 +72,12 @@ def start_flash(child: pexpect.spawn, loop: LoopDevice) -> None:
     child.expect("disks can take this image")
     confirm_on(child, loop)
     child.send(loop.name + "\r")  # the name and Enter in one write, as expect or a paste sends them
-    child.expect("Writing")
+    try:
+        child.expect("Writing")
+    except pexpect.TIMEOUT:  # say what the screen showed instead (seen once in CI, never here)
+        shown = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b" ", child.before or b"").decode(errors="replace")
+        raise AssertionError(f"no 'Writing' after confirming {loop.name}; the screen's last output: "
+                             f"{' '.join(shown.split())[-1500:]}") from None
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
