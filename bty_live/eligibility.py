@@ -2,8 +2,9 @@
 
 Each rule looks at one disk and returns a human reason naming the thing in the way (the
 partition, the mount point, the holder), or None. A disk is eligible when no rule objects.
-The I/O these rules need (mounts, holders, swap, open file descriptors, which disks hold / and
-the images) is collected by `bty_live.disks`; `context_for` is the one helper here that reads it.
+The I/O these rules need (mounts, holders, swap, open file descriptors) is collected by
+`bty_live.disks`; which disks hold / and the images by `bty_live.boot_medium`, called from
+`context_for`, the one helper here that reads anything.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bty_live.disks import Devnum, Disk, Protected, protect
+from bty_live.boot_medium import protect
+from bty_live.disk_model import Devnum, Disk, Protected
 from bty_live.errors import TargetRefusedError
 from bty_live.units import format_size
 
@@ -22,7 +24,7 @@ class EligibilityContext:
     """What the rules need to know beyond the disk itself.
 
     boot_devnums: whole disks holding the running system's / or the images directory
-        (from `bty_live.disks.boot_medium_devnums`).
+        (from `bty_live.boot_medium.boot_medium_devnums`).
     image_size: bytes the target must hold, or None when no image is chosen yet.
     protected: "/", the images directory and the image, each with its disks and files
         (from `context_for`); lets the rules name which one a disk holds, and refuse a loop
@@ -34,21 +36,36 @@ class EligibilityContext:
     protected: tuple[Protected, ...] = ()
 
 
-def context_for(protected_paths: Sequence[Path | str], image_size: int | None = None,
-                images_dir: Path | str | None = None) -> EligibilityContext:
-    """The context for a plan's protected paths ("/" is the running system; any other directory is
-    an images directory, a file is the image), plus `images_dir` when given."""
-    paths = [Path(p) for p in protected_paths]
-    if images_dir is not None and Path(images_dir) not in paths:
-        paths.append(Path(images_dir))
+def protected_paths(image: Path | None = None, images_dir: Path | None = None) -> tuple[Path, ...]:
+    """The running system, the image file and the images directory (when it is one): their disks
+    are off limits, and so is a loop device backed by the image or by a file in the directory."""
+    paths = [Path("/")]
+    if image is not None:
+        paths.append(image.resolve())
+    if images_dir is not None and images_dir.is_dir():
+        paths.append(images_dir.resolve())
+    return tuple(paths)
+
+
+def context_for(paths: Sequence[Path | str], image_size: int | None = None) -> EligibilityContext:
+    """The context for protected paths ("/" is the running system; any other directory is an
+    images directory, a file is the image): what each holds, read now."""
     entries = []
-    for path in paths:
+    for path in map(Path, paths):
         if str(path) == "/":
             entries.append(protect(path, "the running system"))
         else:
             entries.append(protect(path, "the images directory" if path.is_dir() else "the image"))
     boot: frozenset[Devnum] = frozenset().union(*(entry.devnums for entry in entries))
     return EligibilityContext(boot_devnums=boot, image_size=image_size, protected=tuple(entries))
+
+
+def eligibility_context(image: Path | None = None, images_dir: Path | None = None,
+                        image_size: int | None = None) -> EligibilityContext:
+    """The one way every front-end judges disks: `bty flash` and its dry run, the engine's check
+    right before the first write (from the plan's `protected_paths`), the TUI's disk list, the
+    agent's inventory and `bty disks` all protect the same paths by the same rules."""
+    return context_for(protected_paths(image, images_dir), image_size)
 
 
 Rule = Callable[[Disk, EligibilityContext], str | None]
@@ -171,8 +188,13 @@ def assess_all(disks: Iterable[Disk], ctx: EligibilityContext) -> list[Assessed]
     return [assess(disk, ctx) for disk in disks]
 
 
+def refusal(disk: Disk, found: Sequence[str]) -> TargetRefusedError:
+    """The one refusal message: the disk and every reason it must not be written."""
+    return TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(found))
+
+
 def require_eligible(disk: Disk, ctx: EligibilityContext) -> None:
     """Raise TargetRefusedError naming every reason when `disk` must not be written."""
     found = reasons(disk, ctx)
     if found:
-        raise TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(found))
+        raise refusal(disk, found)

@@ -23,7 +23,7 @@ from bty_live.bmap import BmapRangeVerifier
 from bty_live.copy import CopyResult, StreamConsumer, WritePass
 from bty_live.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
 from bty_live.disks import find_disk, read_identity
-from bty_live.eligibility import context_for, reasons
+from bty_live.eligibility import context_for, require_eligible
 from bty_live.errors import (
     BtyError,
     DigestMismatchError,
@@ -151,11 +151,7 @@ class _Run:
             )
         if (os.major(target.info.rdev), os.minor(target.info.rdev)) != now.devnum:
             raise TargetRefusedError(f"target {plan.target.path} changed while it was opened; nothing was written")
-        disk = find_disk(plan.target.path)
-        ctx = context_for(plan.protected_paths, plan.image.size)
-        found = reasons(disk, ctx)
-        if found:
-            raise TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(found))
+        require_eligible(find_disk(plan.target.path), context_for(plan.protected_paths, plan.image.size))
 
     def _wipe_if_touched(self, exc: BaseException) -> str | None:
         target = self.target

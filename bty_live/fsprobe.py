@@ -18,26 +18,22 @@ partitions usually start early, so this costs a fraction of the image.
 
 from __future__ import annotations
 
-import re
 import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bty_live import blkid
 from bty_live.formats import Compression, ImageReader, detect_compression
 from bty_live.partition_table import PartitionTable
-from bty_live.run import ToolError, run
+from bty_live.run import ToolError
 
 #: bytes captured from the start of each partition
 PROBE_WINDOW = 1 << 20
 #: bytes captured of a root directory (FAT32/exFAT): the label entry is among the first
 FOLLOW_UP_WINDOW = 64 << 10
 _CHUNK = 4 << 20
-
-# blkid -p exit codes (blkid(8)): 0 found, 2 nothing found, 8 ambivalent (several signatures)
-_BLKID_NOTHING = 2
-_BLKID_AMBIVALENT = 8
 
 
 @dataclass(frozen=True)
@@ -251,15 +247,13 @@ def _blkid_on_copy(tmp: Path, pieces: list[tuple[int, bytes]], size: int | None)
 
 def blkid_probe(path: Path) -> FsInfo:
     """`blkid -p` (low-level superblock probe, no cache) on a file or device."""
-    proc = run(["blkid", "-p", "-o", "export", str(path)], check=False)
-    if proc.returncode == _BLKID_NOTHING:
+    status, values, detail = blkid.probe_one(path)
+    if status == blkid.NOTHING:
         return FsInfo(fstype=None)
-    if proc.returncode == _BLKID_AMBIVALENT:
+    if status == blkid.AMBIVALENT:
         return FsInfo(fstype=None, ambivalent=True)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
-        raise ToolError(f"blkid failed on a copy of a partition head: {detail}")
-    values = parse_blkid_export(proc.stdout)
+    if status != blkid.FOUND:
+        raise ToolError(f"blkid failed on a copy of a partition head: {detail or f'exit status {status}'}")
     return FsInfo(
         fstype=values.get("TYPE"),
         label=values.get("LABEL"),
@@ -267,16 +261,3 @@ def blkid_probe(path: Path) -> FsInfo:
         version=values.get("VERSION"),
         usage=values.get("USAGE"),
     )
-
-
-_ESCAPE = re.compile(r"\\(.)")
-
-
-def parse_blkid_export(text: str) -> dict[str, str]:
-    """KEY=VALUE lines; `-o export` escapes shell-special characters with a backslash."""
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = _ESCAPE.sub(r"\1", value)
-    return values

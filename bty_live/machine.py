@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bty_live.sysfs import listdir, read_text
+
 DMI = Path("/sys/class/dmi/id")
 NET = Path("/sys/class/net")
 _PLACEHOLDERS = {
@@ -63,38 +65,26 @@ class MachineIdentity:
 
 
 def _dmi(name: str, root: Path) -> str | None:
-    try:
-        value = (root / name).read_text(errors="replace").strip()
-    except OSError:
-        return None
+    value = read_text(root / name) or ""
     return None if value.lower() in _PLACEHOLDERS else value
 
 
 def _nics(root: Path) -> tuple[Nic, ...]:
     """Physical interfaces (those with a device behind them), sorted by name; no lo, bridges, veths."""
     found = []
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return ()
-    for name in names:
+    for name in listdir(root):
         directory = root / name
         if not (directory / "device").exists():
             continue
-        try:
-            mac = (directory / "address").read_text().strip().lower()
-        except OSError:
-            continue
+        mac = (read_text(directory / "address") or "").lower()
         if not mac or mac == "00:00:00:00:00:00":
             continue
         driver = None
         driver_link = directory / "device" / "driver"
         if driver_link.exists():
             driver = os.path.basename(os.path.realpath(driver_link))
-        try:
-            carrier: bool | None = (directory / "carrier").read_text().strip() == "1"
-        except OSError:
-            carrier = None
+        state = read_text(directory / "carrier")  # unreadable while the interface is down
+        carrier = None if state is None else state == "1"
         found.append(Nic(name=name, mac=mac, driver=driver, carrier=carrier))
     return tuple(found)
 

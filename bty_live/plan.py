@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from bty_live.disks import Disk, DiskIdentity
+from bty_live.disk_model import Disk, DiskIdentity
+from bty_live.eligibility import refusal
 from bty_live.errors import TargetRefusedError
 from bty_live.image import ImageSource
 from bty_live.tune.model import TuneRequest
@@ -91,17 +92,6 @@ class FlashPlan:
         return lines
 
 
-def protected_paths_for(image_path: Path | None, images_dir: Path | None) -> tuple[Path, ...]:
-    """The running system, the image file itself and the images directory: their disks are off
-    limits, and so is a loop device backed by the image or by a file in the images directory."""
-    paths = [Path("/")]
-    if image_path is not None:
-        paths.append(image_path.resolve())
-    if images_dir is not None:
-        paths.append(images_dir.resolve())
-    return tuple(paths)
-
-
 def make_plan(
     image: ImageSource,
     disk: Disk,
@@ -111,7 +101,7 @@ def make_plan(
 ) -> FlashPlan:
     """Refuse (TargetRefusedError) or return the plan. `reasons` come from eligibility.reasons()."""
     if reasons:
-        raise TargetRefusedError(f"refusing to write {disk.path}: " + "; ".join(reasons))
+        raise refusal(disk, reasons)
     if image.size is not None and image.size > disk.size:
         raise TargetRefusedError(
             f"target {disk.path} ({format_size(disk.size)}) is too small for image {image.file_name} "

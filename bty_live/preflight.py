@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bty_live.disks import Disk
+from bty_live.disk_model import Disk
 from bty_live.errors import TargetRefusedError
 from bty_live.target import BlockTarget, aligned_buffer
 from bty_live.units import format_size

@@ -10,12 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from bty_live.catalog import find_image, resolve_images_dir
-from bty_live.disks import Disk, discover_disks, find_disk
-from bty_live.eligibility import EligibilityContext, assess_all, context_for, reasons
+from bty_live.disk_model import Disk
+from bty_live.disks import discover_disks, find_disk
+from bty_live.eligibility import EligibilityContext, assess_all, context_for, protected_paths, reasons
 from bty_live.image import ImageSource, load_image_source
 from bty_live.ledger import default_ledger_path
 from bty_live.machine import read_machine_identity
-from bty_live.plan import FlashOptions, FlashPlan, make_plan, protected_paths_for
+from bty_live.plan import FlashOptions, FlashPlan, make_plan
 from bty_live.receipt import default_receipts_dir
 from bty_live.selector import parse_selector, select_disk
 from bty_live.tune.model import TuneRequest
@@ -54,7 +55,7 @@ def prepare_plan_for(
     images_dir: Path | None = None,
 ) -> FlashPlan:
     """Plan flashing an image already loaded (a file, or a stream from a server) onto a disk."""
-    protected = protected_paths_for(image.path, images_dir)
+    protected = protected_paths(image.path, images_dir)
     ctx = context_for(protected, image.size)
     disk = choose_disk(disk_spec, ctx)
     plan = make_plan(image, disk, reasons(disk, ctx), options, protected)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bty_live.disks import Disk
+from bty_live.disk_model import Disk
 from bty_live.eligibility import Assessed
 from bty_live.errors import SelectorError, UsageError
 from bty_live.units import format_size, parse_size

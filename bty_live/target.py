@@ -14,8 +14,8 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
+from bty_live import sysfs
 from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError
 from bty_live.run import ToolError, run
 from bty_live.units import format_size
@@ -34,17 +34,6 @@ ZEROOUT_PIECE = 128 << 20
 #: size of the regions wiped at the start and end of a disk after a failure (covers MBR, GPT
 #: headers and entry arrays, ISO 9660 volume descriptors, most filesystem superblocks)
 WIPE_SPAN = 1 << 20
-
-
-def sysfs_dir(rdev: int) -> Path:
-    return Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
-
-
-def _read_sysfs_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
@@ -108,9 +97,9 @@ class BlockTarget:
     def _probe(fd: int, rdev: int) -> TargetInfo:
         size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
         logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
-        queue = sysfs_dir(rdev) / "queue"
-        physical = _read_sysfs_int(queue / "physical_block_size") or logical
-        zeroes = _read_sysfs_int(queue / "write_zeroes_max_bytes") or 0
+        queue = sysfs.block_dir(sysfs.devnum_of(rdev)) / "queue"
+        physical = sysfs.read_int(queue / "physical_block_size") or logical
+        zeroes = sysfs.read_int(queue / "write_zeroes_max_bytes") or 0
         return TargetInfo(size=size, logical_block_size=logical, physical_block_size=physical,
                           rdev=rdev, zeroout_offloaded=zeroes > 0)
 
@@ -179,11 +168,7 @@ class BlockTarget:
 
     def _kernel_partitions(self) -> list[str]:
         """The partitions the kernel has for this disk (sysfs), e.g. ["loop0p1", "loop0p2"]."""
-        base = sysfs_dir(self.info.rdev)
-        try:
-            return sorted(p.name for p in base.iterdir() if (p / "partition").is_file())
-        except OSError:
-            return []
+        return sorted(p.name for p in sysfs.partition_dirs(sysfs.block_dir(sysfs.devnum_of(self.info.rdev))))
 
     def wipe_signatures(self, extra_offsets: tuple[int, ...] = ()) -> list[tuple[int, int]]:
         """Zero the first and last WIPE_SPAN bytes of the disk (MBR, both GPT copies,
@@ -214,9 +199,7 @@ class BlockTarget:
     # -- errors ------------------------------------------------------------------------------
 
     def still_present(self) -> bool:
-        return (sysfs_dir(self.info.rdev) / "size").exists() and (
-            _read_sysfs_int(sysfs_dir(self.info.rdev) / "size") or 0
-        ) > 0
+        return sysfs.size_bytes(sysfs.block_dir(sysfs.devnum_of(self.info.rdev))) > 0
 
     def io_error(self, doing: str, offset: int, exc: OSError) -> TargetIOError:
         where = f"{self.path} at {format_size(offset)}"

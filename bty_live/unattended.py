@@ -28,7 +28,7 @@ from typing import TextIO
 
 from bty_live import engine
 from bty_live.commands.render import MilestoneLines
-from bty_live.disks import describe_contents
+from bty_live.disk_contents import describe_contents
 from bty_live.errors import BtyError, UsageError
 from bty_live.machine import MachineIdentity, read_machine_identity
 from bty_live.plan import FlashOptions, VerifyMode

@@ -19,16 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from bty_live.boot_medium import boot_medium_devnums
 from bty_live.commands import disks as disks_command
-from bty_live.disks import (
-    Disk,
-    boot_medium_devnums,
-    describe_contents,
-    discover_disks,
-    find_disk,
-    read_identity,
-    transport_of,
-)
+from bty_live.disk_contents import describe_contents
+from bty_live.disk_model import Disk
+from bty_live.disks import discover_disks, find_disk, read_identity, transport_of
 from bty_live.eligibility import EligibilityContext, reasons
 from bty_live.errors import SelectorError, TargetVanishedError
 from tests.conftest import LoopDevice

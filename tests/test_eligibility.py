@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bty_live.disks import BackingFile, Disk, Opener, Partition, Protected
+from bty_live.disk_model import BackingFile, Disk, Opener, Partition, Protected
 from bty_live.eligibility import EligibilityContext, assess_all, reasons, require_eligible
 from bty_live.errors import TargetRefusedError
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bty_live import cli
+from bty_live.blkid import parse_export
 from bty_live.errors import SourceCorruptError
 from bty_live.formats import Compression, ImageReader
 from bty_live.fsprobe import (
@@ -20,7 +21,6 @@ from bty_live.fsprobe import (
     FsInfo,
     Region,
     blkid_probe,
-    parse_blkid_export,
     probe_filesystems,
     probe_regions,
 )
@@ -214,7 +214,7 @@ def test_labels_with_spaces_and_shell_characters_come_back_unescaped(tmp_path: P
     label = 'my $"root\\'
     mkfs_ext4(image, 0, 8, label)
     assert probe_regions(image, [Region(0, 0, 8 * MiB)])[0].label == label
-    assert parse_blkid_export("LABEL=a\\ b\\$\\\"c\nTYPE=ext4\n") == {"LABEL": 'a b$"c', "TYPE": "ext4"}
+    assert parse_export("LABEL=a\\ b\\$\\\"c\nTYPE=ext4\n") == {"LABEL": 'a b$"c', "TYPE": "ext4"}
 
 
 # --- bty inspect --------------------------------------------------------------------------

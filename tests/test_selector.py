@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bty_live.disks import Disk
+from bty_live.disk_model import Disk
 from bty_live.eligibility import Assessed
 from bty_live.errors import SelectorError, UsageError
 from bty_live.selector import Term, normalize_wwn, parse_selector, select_disk

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 from bty_live import __version__
-from bty_live.disks import Disk, discover_disks
-from bty_live.eligibility import assess_all, context_for
+from bty_live.disk_model import Disk
+from bty_live.disks import discover_disks
+from bty_live.eligibility import assess_all, eligibility_context
 from bty_live.machine import MachineIdentity, read_machine_identity
 
 
@@ -42,7 +42,7 @@ def collect_inventory(mac: str, identity: MachineIdentity | None = None,
                       disks: list[Disk] | None = None) -> dict[str, Any]:
     identity = identity or read_machine_identity()
     found = discover_disks() if disks is None else disks
-    ctx = context_for([Path("/")])
+    ctx = eligibility_context()
     return {
         "mac": mac,
         "machine": identity.to_dict(),

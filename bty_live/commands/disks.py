@@ -13,7 +13,7 @@ from rich.text import Text
 
 from bty_live.commands.table import print_table
 from bty_live.disks import discover_disks
-from bty_live.eligibility import Assessed, assess_all, context_for
+from bty_live.eligibility import Assessed, assess_all, eligibility_context
 from bty_live.units import format_size, parse_size
 
 COLUMNS = ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE")
@@ -101,7 +101,7 @@ def _render_table(assessed: list[Assessed]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     images_dir = resolve_images_dir(args.images)
-    ctx = context_for([Path("/"), images_dir], args.min_size)
+    ctx = eligibility_context(images_dir=images_dir, image_size=args.min_size)
     assessed = assess_all(discover_disks(include_virtual=args.all), ctx)
     if args.json:
         print(json.dumps([assessed_to_json(item) for item in assessed], indent=2))

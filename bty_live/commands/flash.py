@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bty_live import engine
-from bty_live.disks import describe_contents
+from bty_live.disk_contents import describe_contents
 from bty_live.errors import BtyError, Cancelled, UsageError
 from bty_live.image import ImageSource
 from bty_live.plan import FlashOptions, FlashPlan, VerifyMode

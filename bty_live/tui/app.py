@@ -28,7 +28,7 @@ from textual.scrollbar import ScrollBar
 from textual.timer import Timer
 
 from bty_live.catalog import CatalogEntry, resolve_images_dir
-from bty_live.disks import Disk
+from bty_live.disk_model import Disk
 from bty_live.events import Event
 from bty_live.hotplug import DiskEvent
 from bty_live.plan import FlashOptions, FlashPlan

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Protocol
 
 from bty_live.catalog import CatalogEntry, list_images
-from bty_live.disks import Disk, describe_contents, discover_disks
-from bty_live.eligibility import Assessed, assess_all, context_for
+from bty_live.disk_contents import describe_contents
+from bty_live.disk_model import Disk
+from bty_live.disks import discover_disks
+from bty_live.eligibility import Assessed, assess_all, eligibility_context
 from bty_live.events import EventSink
 from bty_live.hotplug import DiskEvent, DiskWatcher
-from bty_live.plan import FlashOptions, FlashPlan, protected_paths_for
+from bty_live.plan import FlashOptions, FlashPlan
 from bty_live.prepare import prepare_plan
 from bty_live.receipt import Receipt, save_receipt
 
@@ -55,8 +57,7 @@ class Backend:
 def assess_disks(entry: CatalogEntry, images_dir: Path) -> list[Assessed]:
     """The disks as `prepare_plan` would judge them for this image: the same protected paths,
     the same boot-medium walk, the same rules. The plan checks again when a disk is chosen."""
-    protected = protected_paths_for(entry.path, images_dir if images_dir.is_dir() else None)
-    return assess_all(discover_disks(), context_for(protected, entry.size))
+    return assess_all(discover_disks(), eligibility_context(entry.path, images_dir, entry.size))
 
 
 def plan_flash(entry: CatalogEntry, disk: Disk, options: FlashOptions, images_dir: Path) -> FlashPlan:

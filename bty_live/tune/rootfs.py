@@ -28,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bty_live import sysfs
 from bty_live.errors import TuneError
 from bty_live.fsprobe import FsInfo, blkid_probe
 from bty_live.partition_table import ROOT_TYPES, USR_TYPES, PartitionTable, parse_partition_table
@@ -91,13 +92,6 @@ def _kernel_name(disk: str) -> str:
     return os.path.basename(os.path.realpath(disk))
 
 
-def _sysfs_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def read_head(device: str, length: int) -> bytes:
     """The first `length` bytes with O_DIRECT: the page cache may predate the write."""
     fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -114,18 +108,13 @@ def read_head(device: str, length: int) -> bytes:
 
 def kernel_partitions(disk: str) -> dict[int, tuple[str, int, int]]:
     """number -> (device, start, size) in bytes, as the kernel has them (sysfs)."""
-    sysfs = Path("/sys/class/block") / _kernel_name(disk)
     found: dict[int, tuple[str, int, int]] = {}
-    try:
-        children = sorted(sysfs.iterdir())
-    except OSError:
-        return found
-    for child in children:
-        number = _sysfs_int(child / "partition")
-        start, size = _sysfs_int(child / "start"), _sysfs_int(child / "size")
+    for child in sysfs.partition_dirs(sysfs.block_dir_of_node(disk)):
+        number = sysfs.read_int(child / "partition")
+        start, size = sysfs.read_int(child / "start"), sysfs.read_int(child / "size")
         if number is None or start is None or size is None:
             continue
-        found[number] = (f"/dev/{child.name}", start * 512, size * 512)
+        found[number] = (f"/dev/{child.name}", start * sysfs.SECTOR, size * sysfs.SECTOR)
     return found
 
 
@@ -162,9 +151,9 @@ def read_layout(disk: str) -> DiskLayout:
     if not stat.S_ISBLK(st.st_mode):
         raise TuneError(f"target {disk} is not a block device; tuning needs the flashed disk")
     name = _kernel_name(disk)
-    sysfs = Path("/sys/class/block") / name
-    size = (_sysfs_int(sysfs / "size") or 0) * 512
-    sector_size = _sysfs_int(sysfs / "queue" / "logical_block_size") or 512
+    sysdir = sysfs.block_dir_of_node(disk)
+    size = sysfs.size_bytes(sysdir)
+    sector_size = sysfs.read_int(sysdir / "queue" / "logical_block_size") or 512
     try:
         head = read_head(disk, min(HEAD_BYTES, size) if size else HEAD_BYTES)
     except OSError as exc:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bty_live.catalog import CatalogEntry
-from bty_live.disks import Disk, Partition
+from bty_live.disk_model import Disk, Partition
 from bty_live.eligibility import Assessed
 from bty_live.errors import DigestMismatchError
 from bty_live.events import Event, EventSink, Kind, Phase

@@ -15,7 +15,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from bty_live.catalog import CatalogEntry
-from bty_live.disks import Disk
+from bty_live.disk_model import Disk
 from bty_live.eligibility import Assessed
 from bty_live.errors import BtyError
 from bty_live.tui.text import DISK_COLUMNS, disk_prompt
