@@ -20,7 +20,9 @@ import pytest
 import tomli_w
 import yaml
 
-from cijoe.bty.target import TargetError, TargetRoot, expand_template, parse_install_section, parse_mode
+from cijoe.bty.steps import expand_template, parse_mode
+from cijoe.bty.systemd_units import parse_install_section
+from cijoe.bty.target_root import TargetError, TargetRoot
 from tests.tunedata.targetkit import IMAGE_MACHINE_ID, USER_UID, build_target_tree
 
 REPO = Path(__file__).resolve().parent.parent

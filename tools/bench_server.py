@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python tools/bench_server.py`: make `tools` importable
     sys.path.insert(0, str(REPO))
 
-from tools.bench import LoopTargets  # noqa: E402
+from tools.benchkit.loop_targets import LoopTargets  # noqa: E402
 from tools.mkdiskimage import MIB, build_disk_image, parse_size  # noqa: E402
 
 PY = sys.executable

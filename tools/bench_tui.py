@@ -279,7 +279,8 @@ def flash_tui(command: Sequence[str], variant: Variant, target: str, image_size:
 
 
 def bench_throughput(args: argparse.Namespace, command: Sequence[str]) -> dict[str, object]:
-    from tools.bench import TARGET_SLACK, LoopTargets, prepare_artifacts, warm
+    from tools.benchkit.artifacts import prepare_artifacts, warm
+    from tools.benchkit.loop_targets import TARGET_SLACK, LoopTargets
 
     art = prepare_artifacts(args.out, args.size, args.fill, args.bty, rebuild=False)
     variants = [Variant("single", "single-frame .zst", art.zst)]

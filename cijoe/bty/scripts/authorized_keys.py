@@ -23,7 +23,9 @@ import os
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from cijoe.bty.target import ActionLog, TargetError, TargetRoot, config_options, parse_bool, run_step
+from cijoe.bty.config import config_options
+from cijoe.bty.steps import ActionLog, parse_bool, run_step
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa", "ssh-dss",

@@ -22,18 +22,10 @@ from __future__ import annotations
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetRoot,
-    config_options,
-    disable_unit,
-    enable_unit,
-    mask_unit,
-    one_of,
-    required,
-    run_step,
-    unmask_unit,
-)
+from cijoe.bty.config import config_options
+from cijoe.bty.steps import ActionLog, one_of, required, run_step
+from cijoe.bty.systemd_units import disable_unit, enable_unit, mask_unit, unmask_unit
+from cijoe.bty.target_root import TargetRoot
 
 STATES = ("enabled", "disabled", "masked", "unmasked")
 

@@ -40,16 +40,10 @@ from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetError,
-    TargetRoot,
-    config_options,
-    enable_unit,
-    parse_bool,
-    run_step,
-    table,
-)
+from cijoe.bty.config import config_options, table
+from cijoe.bty.steps import ActionLog, parse_bool, run_step
+from cijoe.bty.systemd_units import enable_unit
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 BASE = "/var/lib/bty/firstboot"
 CIJOE_PATHS = ("/usr/bin/cijoe", "/usr/local/bin/cijoe")

@@ -31,17 +31,9 @@ from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetError,
-    TargetRoot,
-    config_options,
-    parse_bool,
-    run_step,
-    shell_join,
-    table,
-    text,
-)
+from cijoe.bty.config import config_options, table, text
+from cijoe.bty.steps import ActionLog, parse_bool, run_step, shell_join
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 #: a partition ending less than this before the end of the usable area is "already full"
 #: (the rest is alignment that sfdisk would not use anyway)

@@ -25,17 +25,9 @@ import re
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetError,
-    TargetRoot,
-    config_options,
-    expand_template,
-    parse_bool,
-    required,
-    run_step,
-    template_values,
-)
+from cijoe.bty.config import config_options
+from cijoe.bty.steps import ActionLog, expand_template, parse_bool, required, run_step, template_values
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 HOSTS_ADDRESS = "127.0.1.1"
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")

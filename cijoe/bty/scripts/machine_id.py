@@ -33,17 +33,10 @@ import secrets
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetError,
-    TargetRoot,
-    config_options,
-    enable_unit,
-    one_of,
-    run_step,
-    table,
-    text,
-)
+from cijoe.bty.config import config_options, table, text
+from cijoe.bty.steps import ActionLog, one_of, run_step
+from cijoe.bty.systemd_units import enable_unit
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 KEYGEN_UNIT = "bty-ssh-host-keys.service"
 KEYGEN_UNIT_TEXT = """\

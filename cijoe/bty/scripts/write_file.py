@@ -26,16 +26,9 @@ from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any
 
-from cijoe.bty.target import (
-    ActionLog,
-    TargetError,
-    TargetRoot,
-    config_options,
-    parse_bool,
-    parse_mode,
-    required,
-    run_step,
-)
+from cijoe.bty.config import config_options
+from cijoe.bty.steps import ActionLog, parse_bool, parse_mode, required, run_step
+from cijoe.bty.target_root import TargetError, TargetRoot
 
 
 def add_args(parser: ArgumentParser) -> None:

@@ -1,0 +1,96 @@
+"""What the tools write: the cached image, its zstd files, manifest and bmap, built when missing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.benchkit.output import step
+from tools.benchkit.procs import run_quiet
+from tools.mkdiskimage import MIB, build_disk_image
+
+READ_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    image: Path
+    zst: Path
+    manifest: Path
+    bmap: Path
+    image_size: int
+    zst_size: int
+    build_seconds: dict[str, float]  # only for what was (re)built this time
+    packed: Path | None = None  # multi-frame zstd from `bty images pack`
+    packed_size: int = 0
+
+
+def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild: bool) -> Artifacts:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{size // MIB}M-fill{round(fill * 100)}"
+    image = out_dir / f"{stem}.img"
+    zst = out_dir / f"{stem}.img.zst"
+    manifest = out_dir / f"{stem}.img.zst.toml"
+    bmap = out_dir / f"{stem}.img.bmap"
+    built: dict[str, float] = {}
+    if rebuild or not image.exists():
+        for stale in (image, zst, manifest, bmap):
+            stale.unlink(missing_ok=True)
+        step(f"building {image.name}: {size / MIB:.0f} MiB GPT + ESP + ext4 {fill:.0%} full of host files")
+        info = build_disk_image(image, size, fill=fill)
+        built["image"] = info.build_seconds
+        print(f"    {info.file_count} files, {info.data_bytes / MIB:.0f} MiB of data, "
+              f"built in {info.build_seconds:.1f} s")
+    else:
+        step(f"using cached {image}")
+    if not zst.exists():
+        manifest.unlink(missing_ok=True)
+        step(f"compressing: zstd -T0 -3 {image.name}")
+        built["zstd"] = timed(lambda: compress(image, zst))
+    if not bmap.exists():
+        step(f"bmaptool create {image.name} > {bmap.name}")
+        partial = bmap.with_name(f".{bmap.name}.partial")
+        built["bmap"] = timed(lambda: run_quiet(["bmaptool", "create", str(image)], stdout=partial))
+        os.replace(partial, bmap)
+    if not manifest.exists():
+        step(f"bty images add {zst.name}")
+        try:
+            built["manifest"] = timed(lambda: run_quiet([str(bty), "images", "add", str(zst)]))
+        except (RuntimeError, OSError) as exc:
+            print(f"    WARNING: no manifest: {exc}", flush=True)
+    packed = out_dir / f"{stem}.packed.img.zst"
+    if not packed.exists() or not packed.with_name(packed.name + ".toml").exists():
+        step(f"bty images pack {image.name} -o {packed.name}")
+        try:
+            built["pack"] = timed(lambda: run_quiet([str(bty), "images", "pack", str(image), "-o", str(packed)]))
+        except (RuntimeError, OSError) as exc:
+            print(f"    WARNING: no packed image: {exc}", flush=True)
+    return Artifacts(image=image, zst=zst, manifest=manifest, bmap=bmap, image_size=image.stat().st_size,
+                     zst_size=zst.stat().st_size, build_seconds=built,
+                     packed=packed if packed.exists() else None,
+                     packed_size=packed.stat().st_size if packed.exists() else 0)
+
+
+def compress(image: Path, zst: Path) -> None:
+    partial = zst.with_name(f".{zst.name}.partial")
+    run_quiet(["zstd", "-T0", "-3", "-q", "-f", str(image), "-o", str(partial)])
+    os.replace(partial, zst)
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def warm(paths: Sequence[Path]) -> None:
+    """Read the sources once so every tool starts with them in the page cache."""
+    buf = bytearray(READ_CHUNK)
+    for path in paths:
+        if path.exists():
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
