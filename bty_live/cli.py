@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from bty_live import __version__, errors
 from bty_live.output import dropping_std_streams
-from bty_live.run import ToolError
 from bty_live.signals import exit_code_for_signal, interrupt_signal, stop_signals_raise
+from bty_live.system.run import ToolError
 
 #: exit code per error class; the first matching class (most specific first) wins
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bty_live.receipt import Receipt
+    from bty_live.flash.receipt import Receipt
 
 
 class BtyError(Exception):

@@ -93,7 +93,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bty_live.manifest import TuneSpec, load_manifest, write_manifest
+from bty_live.image.manifest import TuneSpec, load_manifest, write_manifest
 
 image = Path(sys.argv[1])
 manifest = load_manifest(image)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bty_live.protocol import CREDENTIAL_HEADER, machine_path
+from bty_live.protocol.wire import CREDENTIAL_HEADER, machine_path
 from bty_live.server.config import NetbootFiles, ServerConfig
 from bty_live.server.runner import ServerThread
 

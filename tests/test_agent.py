@@ -27,10 +27,10 @@ from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, 
 from bty_live.agent.uplink import EventUplink
 from bty_live.errors import TargetRefusedError
 from bty_live.events import Event, Kind, Phase
-from bty_live.http_source import ImageFetchError
-from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
-from bty_live.ledger import read_ledger
-from bty_live.protocol import Action, AgentPlan
+from bty_live.flash.ledger import read_ledger
+from bty_live.image.http_source import ImageFetchError
+from bty_live.protocol.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
+from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.server.images import ServedImage
 from bty_live.server.runner import ServerThread
 from bty_live.server.service import Deployments

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bty_live.bmap import Bmap, BmapRangeVerifier, find_bmap_sidecar, load_bmap
 from bty_live.errors import DigestMismatchError, ImageError
-from bty_live.formats import Compression, ImageReader
+from bty_live.image.bmap import Bmap, BmapRangeVerifier, find_bmap_sidecar, load_bmap
+from bty_live.image.formats import Compression, ImageReader
 
 BLOCK = 4096
 #: image size deliberately not a multiple of the block size: the last range is cut at the end

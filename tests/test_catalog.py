@@ -10,9 +10,9 @@ import pytest
 import zstandard
 
 from bty_live import cli
-from bty_live.catalog import find_image, image_stem, list_images, resolve_images_dir
 from bty_live.errors import ImageError
-from bty_live.manifest import Manifest, load_manifest, parse_manifest, write_manifest
+from bty_live.image.catalog import find_image, image_stem, list_images, resolve_images_dir
+from bty_live.image.manifest import Manifest, load_manifest, parse_manifest, write_manifest
 
 DIGEST = "ab" * 32
 

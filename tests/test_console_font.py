@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bty_live.console_font import (
+from bty_live.stick.console_font import (
     KERNEL_8X16,
     TERMINUS_16X32,
     choose_font,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from bty_live.boot_medium import boot_medium_devnums
 from bty_live.commands import disks as disks_command
-from bty_live.disk_contents import describe_contents
-from bty_live.disk_model import Disk
-from bty_live.disks import discover_disks, find_disk, read_identity, transport_of
-from bty_live.eligibility import EligibilityContext, reasons
+from bty_live.disk.boot_medium import boot_medium_devnums
+from bty_live.disk.contents import describe_contents
+from bty_live.disk.discovery import discover_disks, find_disk, read_identity, transport_of
+from bty_live.disk.eligibility import EligibilityContext, reasons
+from bty_live.disk.model import Disk
 from bty_live.errors import SelectorError, TargetVanishedError
 from tests.conftest import LoopDevice
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bty_live.disk_model import BackingFile, Disk, Opener, Partition, Protected
-from bty_live.eligibility import EligibilityContext, assess_all, reasons, require_eligible
+from bty_live.disk.eligibility import EligibilityContext, assess_all, reasons, require_eligible
+from bty_live.disk.model import BackingFile, Disk, Opener, Partition, Protected
 from bty_live.errors import TargetRefusedError
 
 GiB = 1 << 30

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bty_live import cli, engine
+from bty_live import cli
 from bty_live.errors import Cancelled, VerifyError
 from bty_live.events import Event, Kind, Phase
-from bty_live.manifest import load_manifest
-from bty_live.plan import FlashOptions, VerifyMode
-from bty_live.prepare import prepare_plan
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions, VerifyMode
+from bty_live.flash.prepare import prepare_plan
+from bty_live.image.manifest import load_manifest
 from tests.conftest import LoopDevice
 from tests.imagekit import (
     MiB,

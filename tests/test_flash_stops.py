@@ -21,10 +21,10 @@ from pathlib import Path
 import blake3
 import pytest
 
-from bty_live import engine
 from bty_live.events import Event, Kind, Phase
-from bty_live.plan import FlashOptions
-from bty_live.prepare import prepare_plan
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions
+from bty_live.flash.prepare import prepare_plan
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, device_equals_file, looks_blank, read_device, slow_gzip_image
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from bty_live.ledger import read_ledger
-from bty_live.manifest import load_manifest, write_manifest
+from bty_live.flash.ledger import read_ledger
+from bty_live.image.manifest import load_manifest, write_manifest
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, looks_blank
 from tests.tunedata.targetkit import build_disk_image, build_target_tree
@@ -47,7 +47,7 @@ def images(tmp_path: Path) -> Path:
     (directory / "broken.yaml").write_text(FAILING_TASK)
     from dataclasses import replace
 
-    from bty_live.manifest import TuneSpec
+    from bty_live.image.manifest import TuneSpec
 
     write_manifest(image, replace(manifest, tune=TuneSpec(task="name.yaml")))
     return directory

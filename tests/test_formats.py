@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import zstandard
 
-from bty_live import zstd_frames
 from bty_live.errors import ImageError, SourceCorruptError
-from bty_live.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
-from bty_live.pack import pack_image
+from bty_live.image import zstd_frames
+from bty_live.image.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
+from bty_live.image.pack import pack_image
 
 DATA = b"".join(i.to_bytes(4, "little") * 1024 for i in range(3000)) + bytes(5 << 20)  # ~17 MiB
 
@@ -171,7 +171,7 @@ def xz_images(tmp_path: Path) -> Path:
 
 
 def test_an_xz_image_without_a_manifest_gets_its_size_from_the_index_of_every_stream(xz_images: Path) -> None:
-    from bty_live.image import load_image_source
+    from bty_live.image.source import load_image_source
 
     image = load_image_source(xz_images / "gpt.img.xz")
     assert (image.size, image.size_source) == (XZ_SIZE, "xz index")
@@ -183,7 +183,7 @@ def test_an_xz_image_whose_manifest_size_is_wrong_is_refused_at_planning_with_no
     from dataclasses import replace
 
     from bty_live import cli
-    from bty_live.manifest import load_manifest, write_manifest
+    from bty_live.image.manifest import load_manifest, write_manifest
 
     image = xz_images / "gpt.img.xz"
     assert cli.main(["images", "add", str(image)]) == 0

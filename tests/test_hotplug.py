@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bty_live.hotplug import DiskEvent, DiskWatcher, default_source, disk_event
+from bty_live.disk.hotplug import DiskEvent, DiskWatcher, default_source, disk_event
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices")
 

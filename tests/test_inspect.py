@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from bty_live import cli
-from bty_live.blkid import parse_export
 from bty_live.errors import SourceCorruptError
-from bty_live.formats import Compression, ImageReader
-from bty_live.fsprobe import (
+from bty_live.image.formats import Compression, ImageReader
+from bty_live.image.fsprobe import (
     ForwardReader,
     FsInfo,
     Region,
@@ -24,7 +23,8 @@ from bty_live.fsprobe import (
     probe_filesystems,
     probe_regions,
 )
-from bty_live.partition_table import PartitionTable, parse_partition_table
+from bty_live.image.partition_table import PartitionTable, parse_partition_table
+from bty_live.system.blkid import parse_export
 
 MiB = 1 << 20
 ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"

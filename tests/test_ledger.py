@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from bty_live.catalog import describe_image
 from bty_live.commands import ledger as ledger_command
 from bty_live.commands import tui as tui_command
 from bty_live.errors import DigestMismatchError
 from bty_live.events import Event, Kind, Phase
-from bty_live.ledger import (
+from bty_live.flash.ledger import (
     LedgerRecord,
     PhaseResult,
     PhaseTracker,
@@ -31,8 +30,9 @@ from bty_live.ledger import (
     read_ledger,
     summarize,
 )
-from bty_live.machine import MachineIdentity, Nic, read_machine_identity
-from bty_live.receipt import Receipt
+from bty_live.flash.receipt import Receipt
+from bty_live.image.catalog import describe_image
+from bty_live.system.machine import MachineIdentity, Nic, read_machine_identity
 from bty_live.tui.text import image_prompt
 from bty_live.tune import TuneError, TuneResult
 from tests.conftest import LoopDevice

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bty_live.machine import boot_mac_from_cmdline, read_machine_identity
+from bty_live.system.machine import boot_mac_from_cmdline, read_machine_identity
 
 
 def fake_sysfs(tmp_path: Path) -> tuple[Path, Path]:

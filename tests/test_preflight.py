@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from bty_live import cli, engine
-from bty_live.disks import find_disk
+from bty_live import cli
+from bty_live.disk.discovery import find_disk
 from bty_live.errors import TargetRefusedError
 from bty_live.events import Event
-from bty_live.image import load_image_source
-from bty_live.plan import FlashOptions
-from bty_live.preflight import MARKER_SIZE, marker_offsets, preflight_capacity, preflight_if_wanted, wanted
-from bty_live.prepare import prepare_plan_for
-from bty_live.target import BlockTarget
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions
+from bty_live.flash.preflight import MARKER_SIZE, marker_offsets, preflight_capacity, preflight_if_wanted, wanted
+from bty_live.flash.prepare import prepare_plan_for
+from bty_live.flash.target import BlockTarget
+from bty_live.image.source import load_image_source
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, device_equals_file, read_device
 

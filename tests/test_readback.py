@@ -10,8 +10,8 @@ from collections.abc import Callable
 import blake3
 import pytest
 
-from bty_live import readback
 from bty_live.errors import TargetIOError
+from bty_live.flash import readback
 from tests.conftest import LoopDevice
 
 pytestmark = pytest.mark.root

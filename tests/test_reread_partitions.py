@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bty_live import cli
-from bty_live.target import BlockTarget
+from bty_live.flash.target import BlockTarget
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, run
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from bty_live.disk_model import Disk
-from bty_live.eligibility import Assessed
+from bty_live.disk.eligibility import Assessed
+from bty_live.disk.model import Disk
+from bty_live.disk.selector import Term, normalize_wwn, parse_selector, select_disk
 from bty_live.errors import SelectorError, UsageError
-from bty_live.selector import Term, normalize_wwn, parse_selector, select_disk
 
 GiB = 1 << 30
 

@@ -16,8 +16,8 @@ import pytest
 from bty_live import cli
 from bty_live.commands import serve
 from bty_live.events import Event, Kind, Phase
-from bty_live.ledger import LedgerRecord, read_ledger
-from bty_live.protocol import Action, AgentPlan, machine_path
+from bty_live.flash.ledger import LedgerRecord, read_ledger
+from bty_live.protocol.wire import Action, AgentPlan, machine_path
 from bty_live.server.runner import ServerThread
 from bty_live.server.state import DB_NAME, SCHEMA_VERSION, StateError, Store
 from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
@@ -52,7 +52,7 @@ def receipt(result: str = "ok", blake3: str = "ab" * 32) -> dict[str, Any]:
 
 
 def record(result: str = "passed", model: str = "QEMU Standard PC", blake3: str = "ab" * 32) -> dict[str, Any]:
-    """A ledger record as the agent's engine writes it (bty_live.ledger.make_record)."""
+    """A ledger record as the agent's engine writes it (bty_live.flash.ledger.make_record)."""
     phase = {"result": result, "seconds": 1.0}
     return LedgerRecord.from_dict({"result": result, "image_name": "demo", "image_blake3": blake3,
                                    "machine_model": model, "macs": ["52:54:00:aa:aa:aa"],

@@ -18,8 +18,8 @@ import pytest
 from bty_live import cli
 from bty_live.commands import serve
 from bty_live.events import Event, Kind, Phase
-from bty_live.ledger import LedgerRecord
-from bty_live.protocol import Action, AgentPlan, machine_path
+from bty_live.flash.ledger import LedgerRecord
+from bty_live.protocol.wire import Action, AgentPlan, machine_path
 from bty_live.server.runner import ServerThread
 from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
 

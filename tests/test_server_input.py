@@ -15,7 +15,7 @@ import pytest
 
 from bty_live import cli
 from bty_live.events import Event, Kind, Phase
-from bty_live.protocol import Action, machine_path
+from bty_live.protocol.wire import Action, machine_path
 from bty_live.server.app import MAX_BODY, MAX_DEPTH
 from bty_live.server.runner import ServerThread
 from bty_live.server.service import Deployments

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from bty_live import cli, engine
+from bty_live import cli
 from bty_live.commands import disks as disks_command
-from bty_live.disks import find_disk
-from bty_live.eligibility import context_for, reasons
+from bty_live.disk.discovery import find_disk
+from bty_live.disk.eligibility import context_for, reasons
 from bty_live.errors import TargetRefusedError
-from bty_live.image import load_image_source
-from bty_live.plan import FlashOptions
-from bty_live.prepare import prepare_plan, prepare_plan_for
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions
+from bty_live.flash.prepare import prepare_plan, prepare_plan_for
+from bty_live.image.source import load_image_source
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, read_device
 

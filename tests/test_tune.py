@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
-from bty_live import engine
 from bty_live.errors import ImageError, UsageError
 from bty_live.events import Event, Kind, Phase
-from bty_live.fsprobe import FsInfo
-from bty_live.machine import MachineIdentity, Nic
-from bty_live.manifest import Manifest, TuneSpec
-from bty_live.plan import FlashOptions, VerifyMode
-from bty_live.prepare import prepare_plan
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions, VerifyMode
+from bty_live.flash.prepare import prepare_plan
+from bty_live.image.fsprobe import FsInfo
+from bty_live.image.manifest import Manifest, TuneSpec
+from bty_live.system.machine import MachineIdentity, Nic
 from bty_live.tune import TuneError, TuneRequest, TuneResult, choose_task, load_task, run_tuning
 from bty_live.tune.config import build_config, write_config
 from bty_live.tune.rootfs import DiskLayout, NoRoot, PartitionInfo, RootChoice, choose_root, mounted_devices
@@ -461,7 +461,7 @@ ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 
 def layout(*parts: tuple[int, str, str, str | None, str | None]) -> DiskLayout:
     """Partitions as (number, type GUID, GPT name, fstype, label)."""
-    from bty_live.partition_table import PartitionTable, gpt_type_name
+    from bty_live.image.partition_table import PartitionTable, gpt_type_name
 
     infos = tuple(PartitionInfo(n, n * MiB, MiB, t, gpt_type_name(t), name, f"/dev/sdx{n}",
                                 FsInfo(fs, label, usage="crypto" if fs == "crypto_LUKS" else "filesystem"))

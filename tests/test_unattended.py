@@ -11,10 +11,10 @@ import pytest
 
 from bty_live import cli
 from bty_live.errors import SelectorError, UsageError
-from bty_live.machine import MachineIdentity
-from bty_live.plan import VerifyMode
-from bty_live.system_actions import SystemActions
-from bty_live.unattended import After, Consoles, parse_cmdline, run_unattended
+from bty_live.flash.plan import VerifyMode
+from bty_live.stick.unattended import After, Consoles, parse_cmdline, run_unattended
+from bty_live.system.actions import SystemActions
+from bty_live.system.machine import MachineIdentity
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, device_equals_file, read_device
 

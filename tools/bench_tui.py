@@ -226,7 +226,7 @@ def flash_cli(bty: Path, variant: Variant, target: str, image_size: int, work: P
 
 def disk_index(images: Path, target: str) -> int:
     """How many Down presses from the first choosable disk to `target`, as the Disks screen orders them."""
-    from bty_live.catalog import list_images
+    from bty_live.image.catalog import list_images
     from bty_live.tui.backend import assess_disks
 
     [entry] = list_images(images)

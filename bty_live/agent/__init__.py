@@ -7,5 +7,5 @@ dropped downloads), streams the engine's events back, posts the receipt and rebo
     runner.py     the state machine            api.py      the JSON API client (http.client)
     uplink.py     events -> server, in the background, never blocking the flash
     inventory.py  DMI, NICs, disks             tuning.py   SEAM(tuning): post-flash tuning
-The image stream itself is bty_live.http_source.HttpSource.
+The image stream itself is bty_live.image.http_source.HttpSource.
 """

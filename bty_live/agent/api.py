@@ -1,4 +1,4 @@
-"""The agent's side of the JSON API (see bty_live.protocol), over http.client.
+"""The agent's side of the JSON API (see bty_live.protocol.wire), over http.client.
 
 Each call is one attempt on a fresh connection and raises: `ServerUnavailableError` (unreachable,
 timeout, 5xx: try again later), `TokenRefusedError` (401/403: fatal), `ServerRejectedError`
@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from bty_live import __version__
-from bty_live.httpconn import (
+from bty_live.protocol.httpconn import (
     ServerRejectedError,
     ServerUnavailableError,
     TokenRefusedError,
@@ -29,7 +29,7 @@ from bty_live.httpconn import (
     parse_url,
     request_target,
 )
-from bty_live.protocol import AgentPlan, bearer, credential_header, machine_path
+from bty_live.protocol.wire import AgentPlan, bearer, credential_header, machine_path
 
 
 class ServerApi:

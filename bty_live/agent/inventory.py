@@ -11,10 +11,10 @@ import platform
 from typing import Any
 
 from bty_live import __version__
-from bty_live.disk_model import Disk
-from bty_live.disks import discover_disks
-from bty_live.eligibility import assess_all, eligibility_context
-from bty_live.machine import MachineIdentity, read_machine_identity
+from bty_live.disk.discovery import discover_disks
+from bty_live.disk.eligibility import assess_all, eligibility_context
+from bty_live.disk.model import Disk
+from bty_live.system.machine import MachineIdentity, read_machine_identity
 
 
 def disk_summary(disk: Disk, reasons: tuple[str, ...]) -> dict[str, Any]:

@@ -31,21 +31,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bty_live import engine
 from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.tuning import tuning_option
 from bty_live.agent.uplink import EventUplink, UplinkStats
 from bty_live.errors import BtyError, Cancelled, NetworkError, UsageError, stopped_by
 from bty_live.events import Event, EventSink, Kind, Phase
-from bty_live.http_source import HttpSource, ResumeNotice
-from bty_live.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
-from bty_live.image import load_streamed_image_source
-from bty_live.ledger import LedgerError, read_ledger
-from bty_live.plan import FlashOptions, VerifyMode
-from bty_live.prepare import prepare_plan_for
-from bty_live.protocol import Action, AgentPlan
-from bty_live.receipt import Receipt
+from bty_live.flash import engine
+from bty_live.flash.ledger import LedgerError, read_ledger
+from bty_live.flash.plan import FlashOptions, VerifyMode
+from bty_live.flash.prepare import prepare_plan_for
+from bty_live.flash.receipt import Receipt
+from bty_live.image.http_source import HttpSource, ResumeNotice
+from bty_live.image.source import load_streamed_image_source
+from bty_live.protocol.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
+from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.signals import interrupt_signal
 from bty_live.units import format_size
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from bty_live.errors import NetworkError
 from bty_live.events import Event, Kind, Phase
-from bty_live.httpconn import Backoff, ServerUnavailableError
+from bty_live.protocol.httpconn import Backoff, ServerUnavailableError
 
 Post = Callable[[list[dict[str, Any]]], None]
 

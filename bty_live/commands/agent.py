@@ -78,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from bty_live.cli import exit_code_for
     from bty_live.commands.render import MilestoneLines
     from bty_live.errors import UsageError
-    from bty_live.machine import read_machine_identity
-    from bty_live.protocol import normalise_mac
+    from bty_live.protocol.wire import normalise_mac
     from bty_live.signals import raise_on_stop_signals
-    from bty_live.system_actions import systemd_actions
-    from bty_live.unattended import read_cmdline
+    from bty_live.stick.unattended import read_cmdline
+    from bty_live.system.actions import systemd_actions
+    from bty_live.system.machine import read_machine_identity
 
     cmdline = args.cmdline if args.cmdline is not None else read_cmdline()
     values = _cmdline_values(cmdline)

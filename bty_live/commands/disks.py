@@ -12,8 +12,8 @@ from typing import Any
 from rich.text import Text
 
 from bty_live.commands.table import print_table
-from bty_live.disks import discover_disks
-from bty_live.eligibility import Assessed, assess_all, eligibility_context
+from bty_live.disk.discovery import discover_disks
+from bty_live.disk.eligibility import Assessed, assess_all, eligibility_context
 from bty_live.units import format_size, parse_size
 
 COLUMNS = ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE")
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def resolve_images_dir(arg: str | None) -> Path:
     """The images directory: the catalog's rule when it exists, else arg, $BTY_IMAGES, ./images."""
     try:
-        from bty_live.catalog import resolve_images_dir as catalog_rule
+        from bty_live.image.catalog import resolve_images_dir as catalog_rule
     except ImportError:
         return Path(arg or os.environ.get("BTY_IMAGES") or "images")
     return Path(catalog_rule(arg))

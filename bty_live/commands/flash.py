@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from bty_live import engine
-from bty_live.disk_contents import describe_contents
+from bty_live.disk.contents import describe_contents
 from bty_live.errors import BtyError, Cancelled, UsageError
-from bty_live.image import ImageSource
-from bty_live.plan import FlashOptions, FlashPlan, VerifyMode
-from bty_live.prepare import prepare_plan
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashOptions, FlashPlan, VerifyMode
+from bty_live.flash.prepare import prepare_plan
+from bty_live.image.source import ImageSource
 
 from .render import JsonLines, make_renderer
 

@@ -12,15 +12,21 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.text import Text
 
-from bty_live.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
 from bty_live.commands.table import print_table
 from bty_live.errors import ImageError
-from bty_live.formats import detect_compression
-from bty_live.image import read_head
-from bty_live.ledger import BADGE_UNVERIFIED, default_ledger_path, known_good_for_entry, read_ledger, unverified_models
-from bty_live.manifest import Manifest, load_manifest, write_manifest
-from bty_live.pack import DEFAULT_LEVEL, pack_image
-from bty_live.partition_table import parse_partition_table
+from bty_live.flash.ledger import (
+    BADGE_UNVERIFIED,
+    default_ledger_path,
+    known_good_for_entry,
+    read_ledger,
+    unverified_models,
+)
+from bty_live.image.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
+from bty_live.image.formats import detect_compression
+from bty_live.image.manifest import Manifest, load_manifest, write_manifest
+from bty_live.image.pack import DEFAULT_LEVEL, pack_image
+from bty_live.image.partition_table import parse_partition_table
+from bty_live.image.source import read_head
 from bty_live.units import format_size
 
 DESCRIPTION = """\

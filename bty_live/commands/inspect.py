@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bty_live.bmap import Bmap, find_bmap_sidecar, load_bmap
 from bty_live.errors import ImageError
-from bty_live.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
-from bty_live.fsprobe import ForwardReader, FsInfo, Region, probe_filesystems, probe_regions
-from bty_live.manifest import load_manifest
-from bty_live.partition_table import Partition, PartitionTable, is_iso9660, parse_partition_table
+from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
+from bty_live.image.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
+from bty_live.image.fsprobe import ForwardReader, FsInfo, Region, probe_filesystems, probe_regions
+from bty_live.image.manifest import load_manifest
+from bty_live.image.partition_table import Partition, PartitionTable, is_iso9660, parse_partition_table
 from bty_live.units import format_size
 
 #: bytes of the decompressed image read for the partition table (GPT, 4096-byte sectors included)

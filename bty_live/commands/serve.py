@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_assign(args: argparse.Namespace) -> int:
     from bty_live.errors import UsageError
-    from bty_live.protocol import Action, normalise_mac
+    from bty_live.protocol.wire import Action, normalise_mac
     from bty_live.server.service import IMAGES_DIR_SETTING, Deployments
     from bty_live.server.state import Store
 
@@ -188,7 +188,7 @@ def run_assign(args: argparse.Namespace) -> int:
 
 def run_reset(args: argparse.Namespace) -> int:
     from bty_live.errors import UsageError
-    from bty_live.protocol import normalise_mac
+    from bty_live.protocol.wire import normalise_mac
     from bty_live.server.service import Deployments
     from bty_live.server.state import Store
 
@@ -242,7 +242,7 @@ def _row(row: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
 
 
 def run_bootstrap(args: argparse.Namespace) -> int:
-    from bty_live.httpconn import parse_url
+    from bty_live.protocol.httpconn import parse_url
     from bty_live.server.config import read_token_file
     from bty_live.server.ipxe import bootstrap_script
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from bty_live.errors import BtyError
 
 if TYPE_CHECKING:
-    from bty_live.catalog import CatalogEntry
+    from bty_live.image.catalog import CatalogEntry
 
 DESCRIPTION = """\
 Choose an image and a disk with the keyboard, see what will be destroyed, flash, verify and
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     os.environ.setdefault("TEXTUAL_THEME", "ansi-dark")
     from bty_live.cli import INTERNAL_ERROR
-    from bty_live.console_font import set_console_font
+    from bty_live.stick.console_font import set_console_font
     from bty_live.tui.app import make_app
 
     if args.console_font == "auto" and (note := set_console_font()):
@@ -93,9 +93,9 @@ def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], str]:
     """The ledger's verdict for this machine's model, read once per call (the list reloads):
     "known-good" for a file a passing run verified, "unverified" when only the manifest's digest
     is known-good here (the file's bytes were never hashed), else ""."""
-    from bty_live.catalog import resolve_images_dir
-    from bty_live.ledger import default_ledger_path, entry_badge, read_ledger
-    from bty_live.machine import read_machine_identity
+    from bty_live.flash.ledger import default_ledger_path, entry_badge, read_ledger
+    from bty_live.image.catalog import resolve_images_dir
+    from bty_live.system.machine import read_machine_identity
 
     directory = resolve_images_dir(images)
     model = read_machine_identity().model

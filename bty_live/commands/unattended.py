@@ -36,10 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from bty_live.catalog import resolve_images_dir
     from bty_live.errors import BtyError
-    from bty_live.system_actions import systemd_actions
-    from bty_live.unattended import (
+    from bty_live.image.catalog import resolve_images_dir
+    from bty_live.stick.unattended import (
         Consoles,
         describe_failure,
         log_path,
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         read_cmdline,
         run_unattended,
     )
+    from bty_live.system.actions import systemd_actions
 
     cmdline = args.cmdline if args.cmdline is not None else read_cmdline()
     images_dir = resolve_images_dir(args.images)

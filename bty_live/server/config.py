@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bty_live.errors import UsageError
-from bty_live.ledger import default_ledger_path
-from bty_live.protocol import MIN_TOKEN_LENGTH, TOKEN_CHARS
+from bty_live.flash.ledger import default_ledger_path
+from bty_live.protocol.wire import MIN_TOKEN_LENGTH, TOKEN_CHARS
 
 DEFAULT_KERNEL_ARGS = "console=tty0 console=ttyS0,115200"
 
@@ -37,7 +37,7 @@ class ServerConfig:
     public_url: str | None = None
     #: seconds an agent with nothing to do waits before asking again
     poll: float = 10.0
-    #: the known-good ledger (JSON lines, bty_live.ledger); None: ledger.jsonl in images_dir
+    #: the known-good ledger (JSON lines, bty_live.flash.ledger); None: ledger.jsonl in images_dir
     ledger: Path | None = None
 
     @property

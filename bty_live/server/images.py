@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bty_live.catalog import CatalogEntry, find_image, is_image_file, list_images
 from bty_live.errors import ImageError
-from bty_live.manifest import load_manifest
-from bty_live.protocol import ImageRef
+from bty_live.image.catalog import CatalogEntry, find_image, is_image_file, list_images
+from bty_live.image.manifest import load_manifest
+from bty_live.protocol.wire import ImageRef
 
 IMAGES_ROUTE = "/images"
 

@@ -11,7 +11,7 @@ iPXE expands `${mac:hexhyp}` itself, so the kernel learns the MAC of the NIC it 
 
 from __future__ import annotations
 
-from bty_live.protocol import TOKEN_QUERY
+from bty_live.protocol.wire import TOKEN_QUERY
 from bty_live.server.config import NetbootFiles
 
 NETBOOT_ROUTE = "/netboot"

@@ -6,7 +6,7 @@
   failed with wait, so a machine never loops through the same flash.
 - Events of the current run move the plan to running (or failed) and set the status line.
 - A receipt of the current run closes the plan.
-- A ledger record (bty_live.ledger.LedgerRecord, made by the agent's engine, passed or failed)
+- A ledger record (bty_live.flash.ledger.LedgerRecord, made by the agent's engine, passed or failed)
   is appended to the server's ledger.jsonl, the same file format `bty ledger` reads on a stick.
 - Events, receipts and ledger records are taken only for the run the machine is on (409
   otherwise), and a receipt or record must name the digest of the image assigned to that run.
@@ -27,8 +27,8 @@ from typing import Any
 
 from bty_live.errors import ImageError, UsageError
 from bty_live.events import Event, Kind, Phase
-from bty_live.ledger import LedgerRecord, append_record
-from bty_live.protocol import Action, AgentPlan
+from bty_live.flash.ledger import LedgerRecord, append_record
+from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.server.images import find_served
 from bty_live.server.state import PlanRecord, PlanState, ReceiptRecord, Store
 from bty_live.units import format_rate, format_size

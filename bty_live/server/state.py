@@ -5,7 +5,7 @@ and `bty serve assign` work beside a running server. A `schema_version` table sa
 layout the file has; newer layouts are refused, older ones are migrated forward on open.
 Machines' credentials are stored only as hashes. This module only stores and fetches: what a
 receipt or an event *means* is `service.py`'s job.
-The known-good ledger is not here: it is the project's ledger.jsonl (bty_live.ledger), which the
+The known-good ledger is not here: it is the project's ledger.jsonl (bty_live.flash.ledger), which the
 server appends the agents' records to, so `bty ledger` and `bty images` read it as on a stick.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bty_live.errors import BtyError
-from bty_live.protocol import Action
+from bty_live.protocol.wire import Action
 
 DB_NAME = "bty-serve.sqlite3"
 

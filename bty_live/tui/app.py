@@ -27,11 +27,11 @@ from textual.screen import Screen
 from textual.scrollbar import ScrollBar
 from textual.timer import Timer
 
-from bty_live.catalog import CatalogEntry, resolve_images_dir
-from bty_live.disk_model import Disk
+from bty_live.disk.hotplug import DiskEvent
+from bty_live.disk.model import Disk
 from bty_live.events import Event
-from bty_live.hotplug import DiskEvent
-from bty_live.plan import FlashOptions, FlashPlan
+from bty_live.flash.plan import FlashOptions, FlashPlan
+from bty_live.image.catalog import CatalogEntry, resolve_images_dir
 from bty_live.signals import STOP_SIGNALS, call_on_stop_signals, exit_code_for_signal, signal_name
 from bty_live.tui.backend import Backend, Watcher, real_backend
 from bty_live.tui.messages import DiskHotplug, FlashEvent, FlashFinished, NextStep, Planned, StepChosen
@@ -52,7 +52,7 @@ from bty_live.tui.text import error_cause, log_line
 from bty_live.tui.widgets import CellScrollBarRender
 
 if TYPE_CHECKING:
-    from bty_live.system_actions import SystemActions
+    from bty_live.system.actions import SystemActions
 
 #: quitting during a flash cancels it: the CLI's exit code for a cancelled run
 CANCELLED_EXIT_CODE = 130
@@ -251,7 +251,7 @@ class BtyApp(App[int]):
         self.push_screen(CancelDialog(self._progress.plan.disk.path if self._progress else "the disk"), answered)
 
     def action_shell(self) -> None:
-        from bty_live.system_actions import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
+        from bty_live.system.actions import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
 
         if not self.flashing:
             self.exit(SHELL_EXIT_CODE, return_code=SHELL_EXIT_CODE)
@@ -463,7 +463,7 @@ def make_app(
       and exit with 128+N (`bty tui` sets it; tests in the pytest process leave it off).
     """
     if actions is None:
-        from bty_live.system_actions import systemd_actions
+        from bty_live.system.actions import systemd_actions
 
         actions = systemd_actions()
     return BtyApp(

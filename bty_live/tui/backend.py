@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from bty_live.catalog import CatalogEntry, list_images
-from bty_live.disk_contents import describe_contents
-from bty_live.disk_model import Disk
-from bty_live.disks import discover_disks
-from bty_live.eligibility import Assessed, assess_all, eligibility_context
+from bty_live.disk.contents import describe_contents
+from bty_live.disk.discovery import discover_disks
+from bty_live.disk.eligibility import Assessed, assess_all, eligibility_context
+from bty_live.disk.hotplug import DiskEvent, DiskWatcher
+from bty_live.disk.model import Disk
 from bty_live.events import EventSink
-from bty_live.hotplug import DiskEvent, DiskWatcher
-from bty_live.plan import FlashOptions, FlashPlan
-from bty_live.prepare import prepare_plan
-from bty_live.receipt import Receipt, save_receipt
+from bty_live.flash.plan import FlashOptions, FlashPlan
+from bty_live.flash.prepare import prepare_plan
+from bty_live.flash.receipt import Receipt, save_receipt
+from bty_live.image.catalog import CatalogEntry, list_images
 
 
 class Watcher(Protocol):
@@ -33,7 +33,7 @@ class Watcher(Protocol):
     def stop(self) -> None: ...
 
 
-#: the engine's signature: `bty_live.engine.flash`
+#: the engine's signature: `bty_live.flash.engine.flash`
 Flasher = Callable[[FlashPlan, EventSink, threading.Event], Receipt]
 
 
@@ -66,7 +66,7 @@ def plan_flash(entry: CatalogEntry, disk: Disk, options: FlashOptions, images_di
 
 
 def flash(plan: FlashPlan, sink: EventSink, cancel: threading.Event) -> Receipt:
-    from bty_live import engine  # imported when first needed: not on the first-paint path
+    from bty_live.flash import engine  # imported when first needed: not on the first-paint path
 
     return engine.flash(plan, sink, cancel)
 

@@ -6,10 +6,10 @@ from enum import StrEnum
 
 from textual.message import Message
 
+from bty_live.disk.hotplug import DiskEvent
 from bty_live.events import Event
-from bty_live.hotplug import DiskEvent
-from bty_live.plan import FlashPlan
-from bty_live.receipt import Receipt
+from bty_live.flash.plan import FlashPlan
+from bty_live.flash.receipt import Receipt
 
 
 class NextStep(StrEnum):

@@ -15,11 +15,11 @@ from typing import NamedTuple
 from rich.text import Text
 
 from bty_live import errors
-from bty_live.catalog import CatalogEntry, DigestStatus
-from bty_live.eligibility import Assessed
+from bty_live.disk.eligibility import Assessed
 from bty_live.events import Event, Kind, Phase
-from bty_live.plan import FlashPlan
-from bty_live.run import ToolError
+from bty_live.flash.plan import FlashPlan
+from bty_live.image.catalog import CatalogEntry, DigestStatus
+from bty_live.system.run import ToolError
 from bty_live.tui.progress import FlashProgress
 from bty_live.units import format_rate, format_size
 

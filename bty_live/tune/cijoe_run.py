@@ -26,7 +26,7 @@ import yaml
 
 from bty_live.errors import TuneError
 from bty_live.events import Event, EventSink, Kind, Phase
-from bty_live.run import ToolError, run
+from bty_live.system.run import ToolError, run
 from bty_live.tune.model import StepResult, StepStatus
 
 RUNNER_MODULE = "bty_live.tune._cijoe_main"
@@ -116,7 +116,7 @@ class CijoeOutcome:
 
 
 def run_cijoe(argv: list[str], output: Path, sink: EventSink, timeout: float, cwd: Path | None = None) -> CijoeOutcome:
-    """Run the child (through bty_live.run, in `cwd`) in a thread; poll its task.state meanwhile."""
+    """Run the child (through bty_live.system.run, in `cwd`) in a thread; poll its task.state meanwhile."""
     box: dict[str, Any] = {}
 
     def work() -> None:

@@ -27,7 +27,7 @@ import tomli_w
 
 from bty_live import __version__
 from bty_live.errors import TuneError
-from bty_live.machine import MachineIdentity
+from bty_live.system.machine import MachineIdentity
 from bty_live.tune.model import TuneRequest
 from bty_live.tune.rootfs import DiskLayout, RootChoice, describe_partitions
 

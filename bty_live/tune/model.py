@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bty_live.machine import MachineIdentity
+from bty_live.system.machine import MachineIdentity
 
 
 @dataclass(frozen=True)

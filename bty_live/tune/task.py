@@ -22,7 +22,7 @@ import blake3
 import yaml
 
 from bty_live.errors import ImageError, TuneError, UsageError
-from bty_live.manifest import Manifest
+from bty_live.image.manifest import Manifest
 
 OFF = "off"
 #: steps whose `mode:` must be a quoted string: YAML reads an unquoted 0644 as the number 420

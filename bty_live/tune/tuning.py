@@ -25,8 +25,8 @@ from typing import Any
 
 from bty_live.errors import TuneError
 from bty_live.events import Event, EventSink, Kind, Phase, discard
-from bty_live.machine import read_machine_identity
-from bty_live.receipt import default_receipts_dir
+from bty_live.flash.receipt import default_receipts_dir
+from bty_live.system.machine import read_machine_identity
 from bty_live.tune.cijoe_run import LOG_FILE, cijoe_argv, failure_reason, not_run_reason, run_cijoe, step_dir
 from bty_live.tune.config import build_config, load_image_config, write_config
 from bty_live.tune.model import TuneRequest, TuneResult

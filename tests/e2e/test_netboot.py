@@ -70,7 +70,7 @@ def test_netbooted_agent_flashes_the_disk_reports_and_the_disk_boots_alone(
     assert body["stream_check"] == "match" and body["readback_check"] == "match", body
     assert body["download"]["url"].startswith("http://10.0.2.2:"), body["download"]
 
-    from bty_live.ledger import read_ledger
+    from bty_live.flash.ledger import read_ledger
 
     records = read_ledger(run.images / "ledger.jsonl").records
     assert [r.result for r in records] == ["passed"], records

@@ -7,19 +7,19 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bty_live.catalog import CatalogEntry
-from bty_live.disk_model import Disk, Partition
-from bty_live.eligibility import Assessed
+from bty_live.disk.eligibility import Assessed
+from bty_live.disk.model import Disk, Partition
 from bty_live.errors import DigestMismatchError
 from bty_live.events import Event, EventSink, Kind, Phase
-from bty_live.formats import Compression
-from bty_live.image import ImageSource
-from bty_live.manifest import Manifest
-from bty_live.partition_table import Partition as ImagePartition
-from bty_live.partition_table import PartitionTable
-from bty_live.plan import FlashOptions, FlashPlan, make_plan
-from bty_live.receipt import Receipt
-from bty_live.sources import RawStream
+from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
+from bty_live.flash.receipt import Receipt
+from bty_live.image.catalog import CatalogEntry
+from bty_live.image.formats import Compression
+from bty_live.image.manifest import Manifest
+from bty_live.image.partition_table import Partition as ImagePartition
+from bty_live.image.partition_table import PartitionTable
+from bty_live.image.source import ImageSource
+from bty_live.image.sources import RawStream
 from bty_live.tui.backend import Backend, Watcher
 
 GiB = 1 << 30

@@ -14,10 +14,10 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from bty_live import engine
 from bty_live.events import EventSink
-from bty_live.plan import FlashPlan
-from bty_live.receipt import Receipt
+from bty_live.flash import engine
+from bty_live.flash.plan import FlashPlan
+from bty_live.flash.receipt import Receipt
 from bty_live.tui.app import BtyApp, make_app
 from bty_live.tui.backend import Backend, real_backend
 from bty_live.tui.screens import (

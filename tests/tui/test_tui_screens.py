@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bty_live.hotplug import DiskEvent
+from bty_live.disk.hotplug import DiskEvent
 from bty_live.tui.messages import DiskHotplug
 from bty_live.tui.screens import ConfirmScreen, DisksScreen, ImagesScreen
 from tests.tui.snapshot_app import confirm, snapshot_app

@@ -6,7 +6,7 @@ import pytest
 
 from bty_live import errors
 from bty_live.events import Event, Kind, Phase
-from bty_live.run import ToolError
+from bty_live.system.run import ToolError
 from bty_live.tui.progress import EventThrottle, FlashProgress
 from bty_live.tui.text import bar, clip, error_cause, error_heading, format_clock, log_line, next_steps
 
@@ -137,7 +137,7 @@ def test_the_first_screen_does_not_import_the_engine_the_unattended_runner_or_th
     import sys
 
     probe = ("import sys, bty_live.tui.app; "
-             "print(' '.join(m for m in ('bty_live.engine', 'bty_live.unattended', 'bty_live.tune.task', "
+             "print(' '.join(m for m in ('bty_live.flash.engine', 'bty_live.stick.unattended', 'bty_live.tune.task', "
              "'bty_live.tune.tuning', 'yaml', 'cijoe') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
     assert loaded == []

@@ -13,8 +13,8 @@ from rich.console import Console
 from textual.app import App
 from textual.pilot import Pilot
 
-from bty_live.sources import ByteSource, RawStream
-from bty_live.system_actions import SystemActions
+from bty_live.image.sources import ByteSource, RawStream
+from bty_live.system.actions import SystemActions
 from bty_live.tui.widgets import Choices
 
 #: generous: loaded CI machines are slow, and nothing here sleeps this long when all is well

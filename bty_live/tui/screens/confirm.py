@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
-from bty_live.plan import FlashPlan
+from bty_live.flash.plan import FlashPlan
 from bty_live.tui.text import confirm_prompt, destroy_preview
 from bty_live.tui.widgets import KeyHints, TitleBar
 

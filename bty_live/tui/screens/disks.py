@@ -14,10 +14,10 @@ from textual.screen import Screen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from bty_live.catalog import CatalogEntry
-from bty_live.disk_model import Disk
-from bty_live.eligibility import Assessed
+from bty_live.disk.eligibility import Assessed
+from bty_live.disk.model import Disk
 from bty_live.errors import BtyError
+from bty_live.image.catalog import CatalogEntry
 from bty_live.tui.text import DISK_COLUMNS, disk_prompt
 from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 from bty_live.units import format_size

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from bty_live.receipt import Receipt
+from bty_live.flash.receipt import Receipt
 from bty_live.tui.messages import NextStep, StepChosen
 from bty_live.tui.text import indented
 from bty_live.tui.widgets import ActionChoices, KeyHints, TitleBar

@@ -13,8 +13,8 @@ from textual.screen import Screen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from bty_live.catalog import CatalogEntry
 from bty_live.errors import BtyError
+from bty_live.image.catalog import CatalogEntry
 from bty_live.tui.text import IMAGE_COLUMNS, image_prompt
 from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 
 from bty_live.events import Event
-from bty_live.plan import FlashPlan
+from bty_live.flash.plan import FlashPlan
 from bty_live.tui.progress import FlashProgress
 from bty_live.tui.screens.dialogs import CancelDialog
 from bty_live.tui.widgets import KeyHints, ProgressPanel, TitleBar

@@ -1,0 +1,352 @@
+"""The flash engine: executes a FlashPlan and reports through the event stream.
+
+    open target (O_EXCL) -> re-check identity and eligibility -> write pass (stream digest)
+    -> compare with manifest -> read-back pass -> partition-table fix-ups -> tuning (CIJOE)
+    -> receipt (saved) -> known-good ledger record
+
+Front-ends (CLI, TUI, unattended, PXE agent) build the plan, pass a sink for events and an
+optional cancel event, and get a Receipt back or a BtyError. The engine never prints and never
+exits. Once the first byte is written, any failure wipes the partition-table signatures at the
+start and end of the target, so a half-written disk never looks like a good one. Every run,
+passed or failed, appends one record to the plan's ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from bty_live.disk.discovery import find_disk, read_identity
+from bty_live.disk.eligibility import context_for, require_eligible
+from bty_live.errors import (
+    BtyError,
+    DigestMismatchError,
+    FixupError,
+    TargetRefusedError,
+    VerifyError,
+    stopped_by,
+)
+from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
+from bty_live.flash.copy import CopyResult, StreamConsumer, WritePass
+from bty_live.flash.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
+from bty_live.flash.fixups import check_partition_table, fix_partition_table
+from bty_live.flash.ledger import LedgerError, PhaseTracker, append_record, make_record
+from bty_live.flash.plan import FlashPlan, VerifyMode
+from bty_live.flash.preflight import preflight_if_wanted
+from bty_live.flash.readback import readback_digest
+from bty_live.flash.receipt import Receipt, save_receipt
+from bty_live.flash.target import BlockTarget
+from bty_live.image.bmap import BmapRangeVerifier
+from bty_live.image.formats import ImageReader
+from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
+from bty_live.system.machine import read_machine_identity
+from bty_live.tune import TuneResult, run_tuning
+from bty_live.units import format_size
+
+
+class _BmapConsumer(StreamConsumer):
+    def __init__(self, verifier: BmapRangeVerifier) -> None:
+        self.verifier = verifier
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        self.verifier.feed(offset, data)
+
+    def finish(self) -> None:
+        self.verifier.finish()
+
+
+def flash(plan: FlashPlan, sink: EventSink = discard, cancel: threading.Event | None = None) -> Receipt:
+    """Write, verify and fix up per `plan`; raise a BtyError (after wiping, if needed) on failure."""
+    return _Run(plan, sink, cancel).execute()
+
+
+class _Run:
+    def __init__(self, plan: FlashPlan, sink: EventSink, cancel: threading.Event | None) -> None:
+        self.plan = plan
+        self.tracker = PhaseTracker(sink)  # for the ledger: which phase a failure stopped
+        self.sink: EventSink = self.tracker
+        self.cancel = cancel or threading.Event()
+        self.phases: dict[str, float] = {}
+        self.target: BlockTarget | None = None
+        #: the image's first and last MiB, held until everything else is written and verified
+        self.deferred: list[DeferredRegion] = []
+        self.copy: CopyResult | None = None  # the write pass's result, once it is done
+        self.started_at = datetime.now(UTC)
+
+    def info(self, phase: Phase, message: str) -> None:
+        self.sink(Event(phase, Kind.INFO, message=message))
+
+    def execute(self) -> Receipt:
+        plan = self.plan
+        try:
+            self.info(Phase.PLAN, f"flashing {plan.image.name} onto {plan.target.path}")
+            self.target = BlockTarget.open(plan.target.path)
+            self._recheck_target(self.target)
+            copy = self._write(self.target)
+            stream_check = self._check_stream(copy)
+            readback_check = self._readback(copy)
+            self._commit_deferred(self.target)
+            fixups = self._fixups(self.target)
+            tune = self._tune(copy)
+            receipt = self._receipt(copy, stream_check, readback_check, fixups, tune)
+            self._save(receipt)
+            self._record(receipt=receipt, tune=tune)
+            self.sink(Event(Phase.DONE, Kind.END, bytes_out=copy.size, total=copy.size, digest=copy.digest,
+                            message="; ".join(receipt.summary()[:1])))
+            return receipt
+        except BaseException as exc:
+            error = self._as_error(exc)
+            mask = block_stop_signals()  # a second signal must not cut the wipe or the record short
+            try:
+                self._fail(exc, error)
+            finally:
+                restore_signal_mask(mask)
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
+        finally:
+            release(self.deferred)
+            if self.target is not None:
+                self.target.close()
+
+    @staticmethod
+    def _as_error(exc: BaseException) -> BtyError | None:
+        """The BtyError a failure is reported as: a Ctrl-C or stop signal outside the copy stages
+        (fix-ups, tuning) becomes the same Cancelled the stages raise."""
+        if isinstance(exc, BtyError):
+            return exc
+        if isinstance(exc, KeyboardInterrupt):
+            return stopped_by(interrupt_signal(exc))
+        return None
+
+    def _fail(self, exc: BaseException, error: BtyError | None) -> None:
+        """Wipe (when the disk was touched), report, save a failed receipt, record the run."""
+        wiped = self._wipe_if_touched(exc)
+        if error is not None and wiped:
+            error.aftermath = wiped
+        message = error.full_message() if error else f"{type(exc).__name__}: {exc}"
+        self.sink(Event(Phase.FAILED, Kind.ERROR, message=message,
+                        error=error.kind if error else type(exc).__name__))
+        if self.target is not None:  # the disk was opened: the run leaves a receipt, failed or not
+            receipt = self._failed_receipt(message)
+            self._save(receipt)
+            if error is not None:
+                error.receipt = receipt
+        self._record(error=error or exc)
+
+    # -- safety -------------------------------------------------------------------------------
+
+    def _recheck_target(self, target: BlockTarget) -> None:
+        """Right before the first write: same disk as planned, still not in use or protected."""
+        plan = self.plan
+        now = read_identity(plan.target.path)
+        changes = plan.target.differences(now)
+        if changes:
+            raise TargetRefusedError(
+                f"target {plan.target.path} is not the disk that was chosen ({'; '.join(changes)}); "
+                "nothing was written: choose the disk again"
+            )
+        if (os.major(target.info.rdev), os.minor(target.info.rdev)) != now.devnum:
+            raise TargetRefusedError(f"target {plan.target.path} changed while it was opened; nothing was written")
+        require_eligible(find_disk(plan.target.path), context_for(plan.protected_paths, plan.image.size))
+
+    def _wipe_if_touched(self, exc: BaseException) -> str | None:
+        target = self.target
+        if target is None or not target.touched or isinstance(exc, FixupError):
+            return None
+        if target.fd < 0:  # closed for tuning (the kernel must mount its partitions): reopen it
+            try:
+                target = self.target = BlockTarget.open(target.path)
+                target.touched = True
+            except BtyError as reopen:
+                return f"could not reopen {self.plan.target.path} to wipe it ({reopen}): treat it as damaged"
+        image_end = self.plan.image.size or 0
+        wiped = target.wipe_signatures((image_end,) if image_end else ())
+        target.reread_partitions()
+        if not wiped:
+            return f"could not wipe {target.path}: treat it as damaged"
+        return f"{target.path} wiped: partition tables and signatures at its start and end were zeroed"
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def _write(self, target: BlockTarget) -> CopyResult:
+        plan = self.plan
+        image = plan.image
+        extra: StreamConsumer | None = None
+        if image.bmap is not None and image.manifest is None and image.bmap.checksum_type:
+            extra = _BmapConsumer(BmapRangeVerifier(image.bmap, f"image {image.file_name}"))
+            self.info(Phase.WRITE, f"no manifest: checking the image against bmap "
+                                   f"{image.bmap.source or 'sidecar'} range checksums")
+        if (preflight := preflight_if_wanted(target, plan.disk, plan.options.preflight)) is not None:
+            self.info(Phase.WRITE, preflight)
+        meter = ProgressMeter(self.sink, Phase.WRITE, image.size)
+        meter.start(f"writing {image.name} to {target.path}")
+        # the old partition tables go first and the image's come last (bty_live.flash.deferred): from
+        # here until the commit, a power cut leaves a disk that no firmware or tool takes as whole
+        target.wipe_signatures((image.size,) if image.size else ())
+        self.deferred = plan_regions(image.size, target.info.logical_block_size)
+        with ImageReader(image.source, image.compression, expected_size=image.size) as reader:
+            copy = WritePass(
+                reader,
+                DeferringTarget(target, self.deferred),
+                expected_size=image.size,
+                frames=image.frames,
+                use_zeroout=plan.options.zeroout,
+                extra_consumer=extra,
+                cancel=self.cancel,
+            )
+            result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
+        self.phases["write"] = result.seconds
+        self.copy = result
+        meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
+                  message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
+        return result
+
+    def _check_stream(self, copy: CopyResult) -> str:
+        plan = self.plan
+        expected = plan.image.expected_blake3
+        if plan.options.verify == VerifyMode.OFF:
+            return "skipped"
+        if expected is None:
+            self.info(Phase.VERIFY, "no manifest: the stream digest is recorded but compared with nothing")
+            return "no manifest"
+        if copy.digest != expected:
+            raise DigestMismatchError(
+                f"image {plan.image.file_name} does not match its manifest: blake3 {copy.digest[:16]}... "
+                f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
+                "or rerun `bty images add` if you changed it on purpose"
+            )
+        self.info(Phase.VERIFY, f"stream blake3 matches the manifest ({expected[:16]}...)")
+        return "match"
+
+    def _readback(self, copy: CopyResult) -> str:
+        if self.plan.options.verify != VerifyMode.READBACK:
+            return "skipped"
+        assert self.target is not None
+        self.target.drop_cache()
+        meter = ProgressMeter(self.sink, Phase.VERIFY, copy.size)
+        meter.start(f"reading back {format_size(copy.size)} from {self.target.path}")
+        result = readback_digest(
+            self.target.path,
+            copy.size,
+            tick=lambda c: meter.update(0, c.bytes_hashed),
+            cancel=self.cancel,
+            overlay=overlay(self.deferred),
+        )
+        self.phases["verify"] = result.seconds
+        meter.end(0, result.size, digest=result.digest)
+        if result.digest != copy.digest:
+            raise VerifyError(
+                f"read-back of {self.target.path} does not match what was written (blake3 {result.digest[:16]}... "
+                f"!= {copy.digest[:16]}...): the disk returned different bytes; it may be failing or "
+                "counterfeit: try another disk"
+            )
+        return "match"
+
+    def _commit_deferred(self, target: BlockTarget) -> None:
+        """Everything else has landed (and is verified, as the plan asks): now the first and last
+        MiB, the partition tables and boot code, are written and read back."""
+        check = self.plan.options.verify != VerifyMode.OFF
+        written = commit(target, self.deferred, check=check)
+        self.info(Phase.VERIFY, f"wrote the partition-table regions last ({format_size(written)})"
+                                + (" and read them back: they match" if check else ""))
+
+    def _fixups(self, target: BlockTarget) -> list[str]:
+        plan = self.plan
+        started = time.monotonic()
+        self.sink(Event(Phase.FIXUP, Kind.START, message="partition table"))
+        target.reread_partitions()
+        done = fix_partition_table(
+            target.path,
+            relocate_backup_gpt=plan.relocate_backup_gpt,
+            grow_last_partition=plan.grow_last_partition,
+        )
+        for line in done:
+            self.info(Phase.FIXUP, line)
+        if plan.image.has_gpt:
+            verdict = check_partition_table(target.path)
+            self.info(Phase.FIXUP, verdict)
+            done.append(verdict)
+        target.reread_partitions()
+        self.phases["fixup"] = time.monotonic() - started
+        self.sink(Event(Phase.FIXUP, Kind.END, elapsed=self.phases["fixup"]))
+        return done
+
+    def _tune(self, copy: CopyResult) -> TuneResult | None:
+        """Run the CIJOE task on the written system. The target is closed first: holding it
+        with O_EXCL would stop the kernel from mounting its partitions."""
+        request = self.plan.tune
+        if request is None:
+            return None
+        assert self.target is not None
+        self.target.close()
+        result = run_tuning(replace(request, disk=self.plan.target.path, image_blake3=copy.digest), self.sink)
+        self.phases["tune"] = result.seconds
+        return result
+
+    def _save(self, receipt: Receipt) -> None:
+        plan = self.plan
+        if plan.receipt_path is None and plan.receipts_dir is None:
+            return
+        try:
+            save_receipt(receipt, directory=plan.receipts_dir, path=plan.receipt_path)
+        except OSError as exc:
+            self.info(Phase.DONE, f"warning: the receipt could not be saved ({exc})")
+
+    def _record(self, *, receipt: Receipt | None = None, tune: TuneResult | None = None,
+                error: BaseException | None = None) -> None:
+        """One ledger record per run; a ledger that cannot be written is a warning, not a failure."""
+        plan = self.plan
+        if plan.ledger is None:
+            return
+        request = plan.tune
+        record = make_record(
+            image_name=plan.image.name, image_blake3=plan.image.expected_blake3,
+            machine=request.machine if request and request.machine else read_machine_identity(),
+            disk_path=plan.target.path, disk_model=plan.disk.model, disk_serial=plan.disk.serial,
+            task=request.task if request else None, task_digest=plan.tune_digest,
+            receipt=receipt, tune=tune, error=error, tracker=self.tracker,
+        )
+        try:
+            append_record(plan.ledger, record)
+        except (LedgerError, OSError) as exc:
+            self.info(Phase.DONE, f"warning: the ledger {plan.ledger} could not be written ({exc})")
+
+    def _failed_receipt(self, message: str) -> Receipt:
+        """The receipt of a run that failed after the disk was opened: what was done, and why it stopped."""
+        return self._receipt(self.copy, "not reached", "not reached", [], error=message)
+
+    def _receipt(self, copy: CopyResult | None, stream_check: str, readback_check: str, fixups: list[str],
+                 tune: TuneResult | None = None, *, error: str | None = None) -> Receipt:
+        plan = self.plan
+        disk = plan.disk
+        return Receipt(
+            result="ok" if error is None else "failed",
+            image_name=plan.image.name,
+            image_path=plan.image.location,
+            image_size=copy.size if copy else plan.image.size or 0,
+            image_blake3=copy.digest if copy else "",
+            manifest_blake3=plan.image.expected_blake3,
+            target_path=disk.path,
+            target_model=disk.model,
+            target_serial=disk.serial,
+            target_wwn=disk.wwn,
+            target_size=disk.size,
+            target_transport=disk.transport,
+            target_by_id=list(disk.by_id),
+            bytes_written=copy.written if copy else 0,
+            bytes_zeroed=copy.zeroed if copy else 0,
+            verify_mode=str(plan.options.verify),
+            stream_check=stream_check,
+            readback_check=readback_check,
+            fixups=fixups,
+            phases=dict(self.phases),
+            started_at=self.started_at.isoformat(timespec="seconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            parallel_frames=copy.parallel_frames if copy else False,
+            tune=tune.to_dict() if tune is not None else None,
+            error=error,
+        )

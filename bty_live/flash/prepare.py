@@ -1,0 +1,96 @@
+"""Gather what a plan needs (the image, the disks, what is protected) and make the plan.
+
+The I/O half of planning, shared by every front-end: the CLI, the TUI and unattended mode all
+call `prepare_plan` and get the same checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from bty_live.disk.discovery import discover_disks, find_disk
+from bty_live.disk.eligibility import EligibilityContext, assess_all, context_for, protected_paths, reasons
+from bty_live.disk.model import Disk
+from bty_live.disk.selector import parse_selector, select_disk
+from bty_live.flash.ledger import default_ledger_path
+from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
+from bty_live.flash.receipt import default_receipts_dir
+from bty_live.image.catalog import find_image, resolve_images_dir
+from bty_live.image.source import ImageSource, load_image_source
+from bty_live.system.machine import read_machine_identity
+from bty_live.tune.model import TuneRequest
+
+
+def looks_like_selector(text: str) -> bool:
+    """Selector terms have an operator or are comma-combined (no disk name holds either), or are
+    the bare words largest / smallest; anything else names a disk."""
+    return any(c in text for c in "=<>,") or text.strip() in ("largest", "smallest")
+
+
+def choose_disk(spec: str, ctx: EligibilityContext) -> Disk:
+    """A device node, link or name picks that disk; a selector must match exactly one eligible disk."""
+    if looks_like_selector(spec):
+        return select_disk(parse_selector(spec), assess_all(discover_disks(), ctx))
+    return find_disk(spec)
+
+
+def prepare_plan(
+    image_spec: str,
+    disk_spec: str,
+    options: FlashOptions,
+    images_dir: str | Path | None = None,
+) -> FlashPlan:
+    """Plan flashing an image of the catalog (or a path) onto a disk (or a selector)."""
+    directory = resolve_images_dir(images_dir)
+    entry = find_image(image_spec, directory)
+    image = load_image_source(entry.path)
+    return prepare_plan_for(image, disk_spec, options, directory if directory.is_dir() else None)
+
+
+def prepare_plan_for(
+    image: ImageSource,
+    disk_spec: str,
+    options: FlashOptions,
+    images_dir: Path | None = None,
+) -> FlashPlan:
+    """Plan flashing an image already loaded (a file, or a stream from a server) onto a disk."""
+    protected = protected_paths(image.path, images_dir)
+    ctx = context_for(protected, image.size)
+    disk = choose_disk(disk_spec, ctx)
+    plan = make_plan(image, disk, reasons(disk, ctx), options, protected)
+    tune, digest = tune_request_for(image, disk, options, images_dir)
+    ledger = options.ledger or (default_ledger_path(images_dir) if images_dir is not None else None)
+    receipts_dir = options.receipts_dir or (None if options.receipt else default_receipts_dir())
+    return replace(plan, tune=tune, tune_digest=digest, ledger=ledger, receipt_path=options.receipt,
+                   receipts_dir=receipts_dir)
+
+
+def tune_request_for(image: ImageSource, disk: Disk, options: FlashOptions,
+                     images_dir: Path | None) -> tuple[TuneRequest | None, str | None]:
+    """The tuning task for this flash (--tune / bty.tune= over the manifest's), read now so a
+    broken task fails before anything is written."""
+    # Here, not at the top: the task reader pulls in YAML, which the TUI's first screen (which
+    # imports this module) does not need; on the stick every import delays that screen.
+    from bty_live.tune.task import choose_task, load_task, task_digest
+
+    choice = choose_task(options.tune, image.manifest, images_dir)
+    if choice is None:
+        return None, None
+    load_task(choice.task)
+    manifest = image.manifest
+    request = TuneRequest(
+        task=choice.task,
+        config=choice.config,
+        disk=disk.path,
+        image_name=image.name,
+        image_blake3=image.expected_blake3,
+        image_file=image.file_name,
+        image_os=manifest.os if manifest else "",
+        images_dir=images_dir,
+        root_hint=manifest.tune.root if manifest else None,
+        disk_model=disk.model,
+        disk_serial=disk.serial,
+        machine=read_machine_identity(),
+    )
+    return request, task_digest(choice.task)

@@ -1,0 +1,110 @@
+"""The receipt of a flash: what was written where, how it was checked, how long each phase took."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bty_live import __version__
+from bty_live.units import format_duration, format_rate, format_size
+
+RECEIPTS_ENV = "BTY_RECEIPTS"
+
+
+@dataclass
+class Receipt:
+    result: str  # "ok" or "failed"
+    image_name: str
+    image_path: str
+    image_size: int
+    image_blake3: str  # of the stream as written
+    manifest_blake3: str | None
+    target_path: str
+    target_model: str | None
+    target_serial: str | None
+    target_wwn: str | None
+    target_size: int
+    target_transport: str
+    target_by_id: list[str]
+    bytes_written: int
+    bytes_zeroed: int
+    verify_mode: str
+    #: "match", "no manifest", "skipped"
+    stream_check: str
+    #: "match", "skipped"
+    readback_check: str
+    fixups: list[str]
+    phases: dict[str, float]  # seconds per phase
+    started_at: str
+    finished_at: str
+    parallel_frames: bool = False
+    host: str = field(default_factory=socket.gethostname)
+    bty_version: str = __version__
+    error: str | None = None
+    saved_to: str | None = None
+    #: the tuning run (bty_live.tune.TuneResult.to_dict()), when there was one
+    tune: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> list[str]:
+        write = self.phases.get("write", 0.0)
+        rate = format_rate(self.image_size / write) if write else "-"
+        lines = [
+            f"flashed {self.image_name} ({format_size(self.image_size)}) onto {self.target_path} "
+            f"({self.target_model or 'unknown model'}, serial {self.target_serial or '-'})",
+            f"  written {format_size(self.bytes_written)} of data, zero-filled {format_size(self.bytes_zeroed)}; "
+            f"write {format_duration(write)} ({rate})",
+            f"  blake3 {self.image_blake3}",
+            f"  stream digest: {self.stream_check}; read-back: {self.readback_check}"
+            + (f" ({format_duration(self.phases['verify'])})" if "verify" in self.phases else ""),
+        ]
+        if self.fixups:
+            lines.append("  fix-ups: " + "; ".join(self.fixups))
+        if self.tune:
+            steps = len(self.tune.get("steps") or ())
+            lines.append(f"  tuning: {self.tune.get('status')} ({self.tune.get('task')}, {steps} steps"
+                         + (f"; {self.tune['note']}" if self.tune.get("note") else "")
+                         + (f"; report {self.tune['report_dir']}" if self.tune.get("report_dir") else "") + ")")
+        if self.saved_to:
+            lines.append(f"  receipt: {self.saved_to}")
+        return lines
+
+
+def default_receipts_dir() -> Path:
+    """$BTY_RECEIPTS, else receipts/ on the live stick's images partition, else ~/.local/state."""
+    env = os.environ.get(RECEIPTS_ENV)
+    if env:
+        return Path(env)
+    from bty_live.image.catalog import LIVE_IMAGES_DIR
+
+    if LIVE_IMAGES_DIR.is_dir():
+        return LIVE_IMAGES_DIR / "receipts"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "bty-live" / "receipts"
+
+
+def save_receipt(receipt: Receipt, directory: Path | None = None, path: Path | None = None) -> Path:
+    """Write the receipt as JSON (atomically) and remember where it went."""
+    if path is None:
+        directory = directory or default_receipts_dir()
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(receipt.target_path))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", receipt.image_name)
+        path = directory / f"{stamp}-{name}-{target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    receipt.saved_to = str(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(receipt.to_json() + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,309 @@
+"""Image file formats: detect the compression from magic bytes, stream the decompressed bytes.
+
+Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz). Container
+formats that are not a disk byte stream (qcow2, vmdk, zip, ...) are recognised so the error can
+say how to convert them instead of writing their headers onto a disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import stat
+import zlib
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO, Protocol, cast
+
+import zstandard
+
+from bty_live.errors import ImageError, SourceCorruptError
+from bty_live.image import zstd_frames
+from bty_live.image.sources import ByteSource, FileSource, RawStream
+from bty_live.system.run import ToolError, run
+from bty_live.units import format_size
+
+
+class Compression(StrEnum):
+    RAW = "raw"
+    ZSTD = "zstd"
+    XZ = "xz"
+    GZIP = "gzip"
+
+
+#: file name suffix -> what the name claims; magic bytes have the last word
+SUFFIXES: dict[str, Compression] = {
+    ".img": Compression.RAW,
+    ".raw": Compression.RAW,
+    ".iso": Compression.RAW,
+    ".zst": Compression.ZSTD,
+    ".zstd": Compression.ZSTD,
+    ".xz": Compression.XZ,
+    ".gz": Compression.GZIP,
+}
+
+_MAGIC: list[tuple[bytes, Compression]] = [
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"\x1f\x8b", Compression.GZIP),
+]
+
+# (offset, magic, what it is, how to fix)
+_UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
+    (0, b"BZh", "a bzip2 stream", "recompress it with zstd (bunzip2 -c IN | zstd -o OUT.img.zst)"),
+    (0, b"\x04\x22\x4d\x18", "an lz4 stream", "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
+    (0, b"PK\x03\x04", "a zip archive", "unzip it and add the disk image inside"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-zip archive", "extract it and add the disk image inside"),
+    (0, b"QFI\xfb", "a qcow2 virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
+    (0, b"KDMV", "a VMDK virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
+    (0, b"vhdxfile", "a VHDX virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
+    (64, b"\x7f\x10\xda\xbe", "a VirtualBox VDI disk", "convert it: qemu-img convert -O raw IN OUT.img"),
+    (257, b"ustar", "a tar archive", "extract it and add the disk image inside"),
+]
+
+_ZSTD_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def claimed_compression(path: Path) -> Compression | None:
+    """What the file name says, from its last suffix; None if the suffix means nothing to us."""
+    return SUFFIXES.get(path.suffix.lower())
+
+
+#: what a path is when it is not a file bty can read an image from (test, name), in test order
+_NOT_IMAGE_FILES: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_an_image_file(path: Path) -> str | None:
+    """What `path` is when it exists but is neither a regular file nor a block device (reading
+    a FIFO or /dev/zero would block or never end); None for files, block devices, missing paths."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in _NOT_IMAGE_FILES:
+        if test(mode):
+            return what
+    return None
+
+
+def check_image_file(path: Path) -> None:
+    """Raise ImageError when `path` exists but is no file to read an image from (see not_an_image_file)."""
+    what = not_an_image_file(path)
+    if what is not None:
+        raise ImageError(f"image {path} is {what}, not a disk image file; give the path of an image file "
+                         "(.img, .raw, .iso, .zst, .xz, .gz)")
+
+
+def detect_compression(path: Path) -> Compression:
+    """The compression of `path` from its first bytes, cross-checked with its name."""
+    check_image_file(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError as exc:
+        raise ImageError(f"image {path} does not exist; check the name with `bty images`") from exc
+    except OSError as exc:
+        raise ImageError(f"image {path} cannot be read: {exc.strerror}") from exc
+    return compression_of(head, path.name)
+
+
+def compression_of(head: bytes, name: str) -> Compression:
+    """The compression an image's first bytes (at least 512 when the file has them) show,
+    cross-checked with what its file name claims."""
+    if not head:
+        raise ImageError(f"image {name} is empty (0 bytes); re-copy it")
+    for offset, magic, what, fix in _UNSUPPORTED:
+        if head[offset : offset + len(magic)] == magic:
+            raise ImageError(f"image {name} is {what}, not a disk image; {fix}")
+    found = Compression.RAW
+    for magic, compression in _MAGIC:
+        if head.startswith(magic):
+            found = compression
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") in _ZSTD_SKIPPABLE:
+        found = Compression.ZSTD
+    claimed = claimed_compression(Path(name))
+    if claimed not in (None, Compression.RAW) and found != claimed:
+        raise ImageError(
+            f"image {name} is named like {claimed} but does not start like one "
+            f"(first bytes {head[:6].hex()}); it is damaged or misnamed: re-copy or rename it"
+        )
+    return found
+
+
+def probe_decompressed_size(path: Path, compression: Compression) -> int | None:
+    """The decompressed size when the file says it without being decompressed; else None."""
+    if compression == Compression.RAW:
+        return path.stat().st_size
+    if compression == Compression.ZSTD:
+        with open(path, "rb") as f:
+            try:
+                summary = zstd_frames.scan_content_size(f)
+            except zstd_frames.FrameError:
+                return None
+        return summary.content_size if summary.complete else None
+    if compression == Compression.XZ:
+        try:
+            out = run(["xz", "--robot", "--list", str(path)]).stdout
+        except ToolError:
+            return None
+        for line in out.splitlines():
+            fields = line.split("\t")
+            if fields[0] == "totals" and len(fields) > 4:
+                return int(fields[4])
+        return None
+    return None  # gzip keeps only the size modulo 4 GiB, per member: not trustworthy
+
+
+class _Stream(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class _CountingFile:
+    """A raw file wrapper that counts the compressed bytes read and walks zstd frames."""
+
+    def __init__(self, raw: RawStream, tracker: zstd_frames.FrameTracker | None,
+                 observer: Callable[[bytes | memoryview], None] | None = None) -> None:
+        self.raw = raw
+        self.count = 0
+        self.tracker = tracker
+        self.observer = observer
+        self._closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self._saw(data)
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self.raw.readinto(buffer) or 0
+        if n:
+            self._saw(buffer[:n])
+        return n
+
+    def _saw(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        self.count += len(data)
+        if self.tracker is not None:
+            self.tracker.feed(data)
+        if self.observer is not None:
+            self.observer(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ImageReader:
+    """The decompressed byte stream of an image file, read into buffers the caller owns.
+
+    `readinto(view)` fills the whole view unless the stream ends; at the end it checks the
+    stream was complete (zstd: ended on a frame boundary; xz/gzip: their own end markers) and
+    raises SourceCorruptError otherwise. `bytes_in` counts compressed bytes consumed.
+    """
+
+    READ_SIZE = 4 << 20
+
+    def __init__(self, source: ByteSource | Path, compression: Compression | None = None,
+                 expected_size: int | None = None,
+                 observer: Callable[[bytes | memoryview], None] | None = None) -> None:
+        """`source` is a ByteSource or a file path; `observer` sees every byte of the file as
+        read (e.g. to hash the file as shipped)."""
+        if isinstance(source, Path):
+            source = FileSource(source)
+        self.source = source
+        self.name = source.name
+        self.compression = compression or (detect_compression(source.path) if source.path else None)
+        if self.compression is None:
+            raise ValueError("the compression of a streamed image must be given")
+        self.expected_size = expected_size
+        self.file_size = source.size
+        self.position = 0  # decompressed bytes returned so far
+        raw = source.open()
+        self._tracker = zstd_frames.FrameTracker() if self.compression == Compression.ZSTD else None
+        self._source = _CountingFile(raw, self._tracker, observer)
+        wrapped = cast(BinaryIO, self._source)  # duck-typed: read, readinto, close
+        self._stream: _Stream
+        if self.compression == Compression.ZSTD:
+            decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+            self._stream = decompressor.stream_reader(
+                wrapped, read_size=self.READ_SIZE, read_across_frames=True, closefd=False
+            )
+        elif self.compression == Compression.XZ:
+            self._stream = lzma.LZMAFile(wrapped)  # noqa: SIM115 - closed in close()
+        elif self.compression == Compression.GZIP:
+            self._stream = gzip.GzipFile(fileobj=wrapped)
+        else:
+            self._stream = self._source
+
+    @property
+    def bytes_in(self) -> int:
+        return self._source.count
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill `view`; return the byte count, short only at the end of the image."""
+        filled = 0
+        total = len(view)
+        while filled < total:
+            try:
+                n = self._stream.readinto(view[filled:])
+            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as exc:
+                raise self._corrupt(str(exc)) from exc
+            except zstd_frames.FrameError as exc:
+                raise self._corrupt(str(exc)) from exc
+            except EOFError as exc:
+                raise self._truncated() from exc
+            if not n:
+                self._check_complete()
+                break
+            filled += n
+            self.position += n
+        return filled
+
+    def _check_complete(self) -> None:
+        if self._tracker is not None and not self._tracker.summary().complete:
+            raise self._truncated()
+
+    def _where(self) -> str:
+        if self.expected_size:
+            return f"at {format_size(self.position)} of {format_size(self.expected_size)}"
+        return f"after {format_size(self.position)} ({format_size(self.bytes_in)} of the file read)"
+
+    def _truncated(self) -> SourceCorruptError:
+        return SourceCorruptError(
+            f"image {self.name} is truncated: its {self.compression} stream ends {self._where()}; "
+            "re-copy it"
+        )
+
+    def _corrupt(self, detail: str) -> SourceCorruptError:
+        return SourceCorruptError(
+            f"image {self.name} is corrupt {self._where()} ({self.compression}: {detail}); re-copy it"
+        )
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._source.close()
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,327 @@
+"""An image streamed over HTTP(S) from `bty serve`: a ByteSource that survives dropped connections.
+
+The engine reads a source front to back once. `HttpStream` hands out the response body as it
+arrives (no temp file); when the connection drops or stalls it reconnects with
+`Range: bytes=N-` (N = bytes already handed out) and `If-Range`, and accepts the answer only if
+it is `206` with `Content-Range: bytes N-.../TOTAL` for the same file (same size, ETag and
+Last-Modified). Failures without progress are retried with backoff a bounded number of times,
+and the whole download has a deadline (a server that drops after every byte makes progress
+forever); then an `ImageFetchError` names the URL and what to do. Everything above this layer
+sees one uninterrupted stream.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from bty_live import __version__
+from bty_live.errors import ImageError
+from bty_live.protocol.httpconn import (
+    Backoff,
+    TokenRefusedError,
+    certificate_error,
+    connect,
+    describe_os_error,
+    parse_url,
+    request_target,
+)
+from bty_live.protocol.wire import bearer
+from bty_live.units import format_size, format_sizes
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+class ImageFetchError(ImageError):
+    """The image could not be downloaded completely from the server."""
+
+    kind = "fetch"
+
+
+@dataclass(frozen=True)
+class ResumeNotice:
+    """Told to `on_resume` each time a dropped download continues where it stopped."""
+
+    url: str
+    #: bytes delivered before the drop: where the Range request started
+    offset: int
+    #: failed attempts before this resume succeeded
+    attempts: int
+    #: why the connection dropped ("connection reset", "timed out", ...)
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Validator:
+    """What identifies the file of the first response; every resume must match it."""
+
+    total: int | None
+    etag: str | None
+    last_modified: str | None
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (connection refused or reset, timeout, 5xx)."""
+
+
+class HttpSource:
+    """A ByteSource for `url`. `size` is the file's size as the server announced it (checked)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        size: int | None,
+        *,
+        name: str | None = None,
+        cafile: Path | None = None,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        on_resume: Callable[[ResumeNotice], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        parts = parse_url(url)
+        self.url = url
+        self.name = name or unquote(os.path.basename(parts.path)) or parts.hostname or url
+        self.size = size
+        self.path: Path | None = None
+        self.token = token
+        self.cafile = cafile
+        self.timeout = timeout
+        self.backoff = backoff or Backoff()
+        self.on_resume = on_resume
+        self.sleep = sleep
+        #: seconds a stream may take from its first request to its last byte; None: no limit
+        self.deadline = deadline
+        self.clock = clock
+        #: successful Range resumes over every stream opened from this source
+        self.resumes = 0
+
+    def open(self) -> HttpStream:
+        return HttpStream(self)
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.url})"
+
+
+class HttpStream:
+    """The body of one GET, read sequentially; resumes by itself after a dropped connection."""
+
+    def __init__(self, source: HttpSource) -> None:
+        self.source = source
+        self._parts = parse_url(source.url)
+        self._delivered = 0
+        self._validator: _Validator | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._response: http.client.HTTPResponse | None = None
+        self._strikes = 0  # failures since the last byte arrived
+        self._drop_reason = ""
+        self._closed = False
+        self._give_up_at = None if source.deadline is None else source.clock() + source.deadline
+        self._connect()
+
+    @property
+    def delivered(self) -> int:
+        return self._delivered
+
+    # -- RawStream -----------------------------------------------------------------------------
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._closed:
+            raise ValueError("read from a closed HttpStream")
+        if len(buffer) == 0:
+            return 0
+        while True:
+            total = self._validator.total if self._validator else None
+            if total is not None and self._delivered >= total:
+                return 0
+            if self._response is None:
+                self._connect()
+                continue
+            try:
+                n = self._response.readinto(buffer)
+            except ssl.SSLError as exc:
+                self._failed(f"TLS error: {exc}")
+                continue
+            except (OSError, http.client.HTTPException) as exc:
+                self._failed(describe_os_error(exc))
+                continue
+            if n == 0:
+                if total is None:
+                    return 0  # no length announced: the end of the body is the end of the file
+                self._failed("connection closed early")
+                continue
+            self._delivered += n
+            self._strikes = 0
+            self._check_deadline()
+            return n
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            n = self.readinto(view[filled:])
+            if n == 0:
+                break
+            filled += n
+        del view
+        del buffer[filled:]
+        return bytes(buffer)
+
+    def close(self) -> None:
+        self._closed = True
+        self._disconnect()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _failed(self, reason: str) -> None:
+        """Drop the connection, count the failure, wait, or give up when retries are spent."""
+        self._disconnect()
+        self._drop_reason = reason
+        self._strikes += 1
+        if self._strikes >= self.source.backoff.attempts:
+            raise self._give_up(reason)
+        self._check_deadline(reason)
+        delay = self.source.backoff.delay(self._strikes)
+        if self._give_up_at is not None:
+            delay = min(delay, max(0.0, self._give_up_at - self.source.clock()))
+        self.source.sleep(delay)
+
+    def _check_deadline(self, reason: str = "") -> None:
+        if self._give_up_at is None or self.source.clock() < self._give_up_at:
+            return
+        self._disconnect()
+        total = self._validator.total if self._validator else self.source.size
+        where = f"at {format_size(self._delivered)}" + (f" of {format_size(total)}" if total else "")
+        last = f"; last failure: {reason or self._drop_reason}" if (reason or self._drop_reason) else ""
+        raise ImageFetchError(f"download of {self.source.url} did not finish within {self.source.deadline:.0f} s "
+                              f"(stopped {where}{last}); check the network and the server, then assign the "
+                              "machine again")
+
+    def _give_up(self, reason: str) -> ImageFetchError:
+        total = self._validator.total if self._validator else self.source.size
+        where = f"at {format_size(self._delivered)}" + (f" of {format_size(total)}" if total else "")
+        return ImageFetchError(
+            f"download of {self.source.url} failed {where} after {self._strikes} attempts ({reason}); "
+            "check the network and that the server is running, then flash again"
+        )
+
+    def _connect(self) -> None:
+        """(Re)open the body at the current offset, retrying failures worth retrying."""
+        while self._response is None:
+            try:
+                self._response = self._request()
+            except _Retry as exc:
+                self._failed(str(exc))
+
+    def _disconnect(self) -> None:
+        response, conn = self._response, self._conn
+        self._response = self._conn = None
+        if response is not None:
+            response.close()
+        if conn is not None:
+            conn.close()
+
+    def _request(self) -> http.client.HTTPResponse:
+        source, offset = self.source, self._delivered
+        headers = {"User-Agent": f"bty-agent/{__version__}", "Accept-Encoding": "identity",
+                   **bearer(source.token)}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            assert self._validator is not None
+            if_range = self._validator.etag or self._validator.last_modified
+            if if_range:
+                headers["If-Range"] = if_range
+        conn = connect(self._parts, source.timeout, source.cafile)
+        try:
+            conn.request("GET", request_target(self._parts), headers=headers)
+            response = conn.getresponse()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise certificate_error(source.url, exc) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _Retry(describe_os_error(exc)) from exc
+        try:
+            self._check(response, offset)
+        except BaseException:
+            response.close()
+            conn.close()
+            raise
+        self._conn = conn
+        if offset:
+            source.resumes += 1
+            if source.on_resume is not None:
+                source.on_resume(ResumeNotice(source.url, offset, self._strikes, self._drop_reason))
+        return response
+
+    def _check(self, response: http.client.HTTPResponse, offset: int) -> None:
+        """Accept the response only if it continues the same file at `offset`."""
+        url, status = self.source.url, response.status
+        if status in (401, 403):
+            raise TokenRefusedError(f"the server refused the token for {url} ({status}); "
+                                    "check bty.token= (or --token) against the server's --token-file")
+        if status == 404:
+            raise ImageFetchError(f"image {url} is not on the server (404): it was removed or renamed; "
+                                  "assign the machine again")
+        if status >= 500:
+            raise _Retry(f"server error {status} {response.reason}")
+        etag, modified = response.getheader("ETag"), response.getheader("Last-Modified")
+        if offset == 0:
+            if status != 200:
+                raise ImageFetchError(f"GET {url} answered {status} {response.reason}; expected 200: "
+                                      "is the URL a bty server's image?")
+            length = response.getheader("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if self.source.size is not None and total is not None and total != self.source.size:
+                served, announced = format_sizes(total, self.source.size)
+                raise ImageFetchError(
+                    f"image {url} is {served} on the server but the plan announced "
+                    f"{announced}: the image changed after the plan was made; ask again"
+                )
+            if self._validator is None:
+                self._validator = _Validator(total, etag, modified)
+            elif self._validator != _Validator(total, etag, modified):
+                raise self._changed()
+            return
+        validator = self._validator
+        assert validator is not None
+        if status == 200:
+            if (etag, modified) != (validator.etag, validator.last_modified):
+                raise self._changed()
+            raise ImageFetchError(f"server of {url} ignored the Range request (answered 200, not 206), so the "
+                                  "download cannot resume; serve images with `bty serve` or another server "
+                                  "with Range support")
+        if status != 206:
+            raise ImageFetchError(f"resuming {url} at byte {offset} got {status} {response.reason}; expected 206: "
+                                  "the image changed or shrank on the server; flash again")
+        match = _CONTENT_RANGE.match(response.getheader("Content-Range") or "")
+        if not match or int(match.group(1)) != offset:
+            raise ImageFetchError(f"resuming {url} at byte {offset} got Content-Range "
+                                  f"{response.getheader('Content-Range')!r}; the server did not honour the Range "
+                                  "request: serve images with `bty serve`")
+        total = int(match.group(3))
+        if (validator.total is not None and total != validator.total) or \
+                (validator.etag and etag != validator.etag) or \
+                (validator.last_modified and modified != validator.last_modified):
+            raise self._changed()
+
+    def _changed(self) -> ImageFetchError:
+        return ImageFetchError(f"image {self.source.url} changed on the server during the download "
+                               f"(at {format_size(self._delivered)}): the bytes so far belong to another file; "
+                               "flash again once the image is stable")

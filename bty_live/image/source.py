@@ -1,0 +1,187 @@
+"""What to copy: everything known about an image before a single byte is written.
+
+`load_image_source()` reads the manifest and bmap sidecars, detects the compression, walks a
+zstd file's frames (which also proves the file is complete, before the disk is touched) and
+parses the partition table from the first MiB of the decompressed stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
+from bty_live.image import zstd_frames
+from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
+from bty_live.image.catalog import describe_image
+from bty_live.image.formats import Compression, ImageReader, compression_of, detect_compression, probe_decompressed_size
+from bty_live.image.manifest import Manifest
+from bty_live.image.partition_table import PartitionTable, parse_partition_table
+from bty_live.image.sources import ByteSource, FileSource
+from bty_live.units import format_size, format_sizes
+
+HEAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    source: ByteSource
+    name: str
+    compression: Compression
+    file_size: int | None
+    #: decompressed size, when known before decompressing, and where it came from
+    size: int | None
+    size_source: str
+    manifest: Manifest | None
+    bmap: Bmap | None
+    #: zstd frame index (None for other formats)
+    frames: tuple[zstd_frames.Frame, ...] | None
+    table: PartitionTable | None
+
+    @property
+    def path(self) -> Path | None:
+        """The local file, if the image is one (not for images streamed from a server)."""
+        return self.source.path
+
+    @property
+    def file_name(self) -> str:
+        return self.source.name
+
+    @property
+    def location(self) -> str:
+        """Where the image comes from, for plans and receipts: a path or a URL."""
+        return str(self.source.path) if self.source.path else str(getattr(self.source, "url", self.source.name))
+
+    @property
+    def expected_blake3(self) -> str | None:
+        return self.manifest.blake3 if self.manifest else None
+
+    @property
+    def has_gpt(self) -> bool:
+        return self.table is not None and self.table.scheme == "gpt"
+
+
+def load_image_source(path: Path) -> ImageSource:
+    entry = describe_image(path)
+    if entry.format_error:
+        raise ImageError(entry.format_error)
+    if entry.manifest_error:
+        raise ImageError(entry.manifest_error)
+    compression = entry.compression or detect_compression(path)
+    size, size_source = None, "unknown until decompressed"
+    if entry.manifest:
+        size, size_source = entry.manifest.size, "manifest"
+
+    frames = None
+    if compression == Compression.ZSTD:
+        frames = _scan_zstd(path)
+        declared = sum(f.content_size or 0 for f in frames)
+        if all(f.content_size is not None for f in frames):
+            _check_manifest_size(path, declared, size, "zstd frame headers")
+            if size is None:
+                size, size_source = declared, "zstd frame headers"
+    elif compression == Compression.XZ:
+        indexed = probe_decompressed_size(path, compression)  # the xz index of every stream, read up front
+        if indexed is not None:
+            _check_manifest_size(path, indexed, size, "xz index")
+            if size is None:
+                size, size_source = indexed, "xz index"
+    elif size is None and entry.size is not None:
+        size, size_source = entry.size, "file size"
+
+    bmap = None
+    bmap_path = entry.bmap_path or find_bmap_sidecar(path)
+    if bmap_path is not None:
+        bmap = load_bmap(bmap_path)
+        if size is not None and bmap.image_size != size:
+            described, real = format_sizes(bmap.image_size, size)
+            raise ImageError(
+                f"bmap {bmap_path.name} describes a {described} image but {path.name} is "
+                f"{real}; regenerate it with bmaptool create or remove it"
+            )
+        if size is None:
+            size, size_source = bmap.image_size, "bmap"
+
+    head = read_head(path, compression, size)
+    table = parse_partition_table(head, size) if head else None
+    return ImageSource(
+        source=FileSource(path),
+        name=entry.name,
+        compression=compression,
+        file_size=entry.file_size,
+        size=size,
+        size_source=size_source,
+        manifest=entry.manifest,
+        bmap=bmap,
+        frames=tuple(frames) if frames is not None else None,
+        table=table,
+    )
+
+
+def _check_manifest_size(path: Path, actual: int, manifest_size: int | None, told_by: str) -> None:
+    """Refuse, before anything is written, an image whose own metadata (`told_by`) gives another
+    decompressed size than its manifest."""
+    if manifest_size is None or actual == manifest_size:
+        return
+    real, claimed = format_sizes(actual, manifest_size)
+    raise DigestMismatchError(
+        f"image {path.name} decompresses to {real} (its {told_by}) but its manifest says {claimed}; "
+        "the manifest belongs to another image: rerun `bty images add`"
+    )
+
+
+def _scan_zstd(path: Path) -> list[zstd_frames.Frame]:
+    with open(path, "rb") as f:
+        try:
+            summary = zstd_frames.scan_content_size(f, record=True)
+        except zstd_frames.FrameError as exc:
+            raise SourceCorruptError(f"image {path.name} is not a well-formed zstd stream ({exc}); "
+                                     "re-copy it") from exc
+    if not summary.complete or not summary.index:
+        raise SourceCorruptError(
+            f"image {path.name} is truncated: its last zstd frame is cut short after "
+            f"{format_size(path.stat().st_size)}; re-copy it"
+        )
+    return summary.index
+
+
+def read_head(source: ByteSource | Path, compression: Compression, size: int | None) -> bytes:
+    """The first MiB of the decompressed image (less if the image is smaller)."""
+    want = HEAD_BYTES if size is None else min(HEAD_BYTES, size)
+    buffer = bytearray(want)
+    with ImageReader(source, compression) as reader:
+        n = reader.readinto(memoryview(buffer))
+    return bytes(buffer[:n])
+
+
+def load_streamed_image_source(
+    source: ByteSource,
+    *,
+    name: str,
+    size: int | None,
+    blake3: str | None,
+) -> ImageSource:
+    """An image that arrives as a stream (the PXE agent's HTTP download): what its server says
+    it is (name, decompressed size, blake3), checked against its first bytes. A stream cannot
+    be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped)
+    and frames are decompressed one after another."""
+    stream = source.open()
+    try:
+        first = stream.read(512)
+    finally:
+        stream.close()
+    compression = compression_of(first, source.name)
+    manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
+    head = read_head(source, compression, size)
+    return ImageSource(
+        source=source,
+        name=name,
+        compression=compression,
+        file_size=source.size,
+        size=size,
+        size_source="server" if size else "unknown until decompressed",
+        manifest=manifest,
+        bmap=None,
+        frames=None,
+        table=parse_partition_table(head, size) if head else None,
+    )
