@@ -21,6 +21,8 @@ BOOT_STICK = ROOT / "qemu" / "boot-stick.sh"
 BOOT_DISK = ROOT / "qemu" / "boot-disk.sh"
 ANSI = re.compile(r"\x1b(\[[0-9;?<=>$]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|[=>78])")
 SHELL_PROMPT = "root@bty-live:~# "
+#: SGR sequences (colours, bold): all Textual puts between the styled spans of one line of text
+SGR = r"(?:\x1b\[[0-9;:]*m)*"
 
 #: seconds from the rig's start (QEMU's power-on, within a second or two) to the TUI's image
 #: list, per console: the tests that see it fill this in, the e2e summary prints it
@@ -33,6 +35,13 @@ BOOT_TIMEOUT = int(os.environ.get("BTY_E2E_BOOT_TIMEOUT", "420"))
 def plain(text: str) -> str:
     """Console output without terminal escapes and carriage returns."""
     return ANSI.sub("", text).replace("\r", "")
+
+
+def on_screen(text: str) -> str:
+    """A regex for `text` as one line of the TUI paints it on the serial console: its characters
+    may be split by SGR sequences (a key hint's key is bold, its description is not), never by a
+    cursor move, so the text is on one line of the screen."""
+    return SGR.join(re.escape(char) for char in text)
 
 
 def console_args(serial_log: Path | None, fail_on: str | None, extra: Sequence[str]) -> list[str]:
@@ -162,6 +171,17 @@ class Console:
     def expect_re(self, pattern: str, timeout: int = BOOT_TIMEOUT) -> re.Match[str]:
         self.child.expect(pattern, timeout=timeout)
         return self.child.match  # type: ignore[no-any-return]
+
+    def expect_screen(self, text: str, timeout: int = 120) -> None:
+        """Wait until the TUI paints `text` (see `on_screen`): what it shows once a screen is
+        ready for the next key, e.g. a key hint in the footer, which lists the bindings of the
+        focused widget. On a timeout, the assertion says what the screen showed instead."""
+        try:
+            self.child.expect(on_screen(text), timeout=timeout)
+        except pexpect.TIMEOUT:
+            shown = " ".join(ANSI.sub(" ", self.child.before or "").split())
+            raise AssertionError(f"the screen never showed {text!r} in {timeout} s; its last output: "
+                                 f"{shown[-1500:]}") from None
 
     def send(self, text: str) -> None:
         self.child.send(text)

@@ -157,23 +157,28 @@ def test_interactive_flash_through_the_tui_on_the_serial_console(stick: Path, wo
     console = run.spawn(workdir / "stick-console.log")
     try:
         console.expect("bty-live: session on ttyS0")
+        # Each key goes once the screen shows it is ready for it, never after a fixed pause: a
+        # list once its rows are in (the status line under them is set with them, after the
+        # list took the focus), a field once the footer shows its key hint (the hints list the
+        # focused widget's bindings; the Confirm screen's first frame shows no Enter hint yet),
+        # a screen's own key once the footer offers it.
         console.expect("demo", timeout=180)  # the Images screen lists the demo image
         to_tui = console.elapsed()  # from QEMU's start: firmware, boot menu, kernel, systemd, first paint
-        time.sleep(3)
+        console.expect_screen("images can be flashed")
         console.send("\r")  # choose it
         console.expect("TARGET1", timeout=120)  # the Disks screen
-        time.sleep(3)
+        console.expect_screen("disks can take this image")
         console.send("\r")  # the first eligible disk: nvme0n1 (TARGET1)
         console.expect("Confirm", timeout=120)
-        time.sleep(3)
+        console.expect_screen("Enter Erase and write")  # the name field has the focus
         console.send("nvme0n1")
-        time.sleep(1)
+        console.expect_screen("\u2502  nvme0n1", timeout=60)  # the field (its left border, padding) holds it
         console.send("\r")
         console.expect("Flashed and verified", timeout=600)
-        time.sleep(2)
+        console.expect_screen("o Power off", timeout=60)
         console.send("o")  # power off: asks first
         console.expect("Power off now", timeout=60)
-        time.sleep(1)
+        console.expect_screen("y Yes", timeout=60)
         console.send("y")
         console.wait_exit(timeout=180)
     finally:
