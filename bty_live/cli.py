@@ -14,49 +14,9 @@ import traceback
 from collections.abc import Sequence
 
 from bty_live import __version__, errors
-from bty_live.output import dropping_std_streams
+from bty_live.errors import INTERNAL_ERROR, exit_code_for, exit_codes_help
+from bty_live.render.streams import dropping_std_streams
 from bty_live.signals import exit_code_for_signal, interrupt_signal, stop_signals_raise
-from bty_live.system.run import ToolError
-
-#: exit code per error class; the first matching class (most specific first) wins
-EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
-    (errors.UsageError, 2, "bad arguments"),
-    (errors.SourceCorruptError, 4, "image corrupt or truncated"),
-    (errors.DigestMismatchError, 5, "image digest does not match its manifest"),
-    (errors.ImageError, 3, "image missing, unreadable or of an unknown format"),
-    (errors.SelectorError, 6, "disk selector matched no eligible disk, or several"),
-    (errors.TargetRefusedError, 7, "target refused: boot medium, holds the images, mounted, in use, read-only, "
-     "too small, or fake capacity"),
-    (errors.TargetVanishedError, 9, "target disk vanished during the run"),
-    (errors.TargetIOError, 8, "I/O error or no space on the target"),
-    (errors.VerifyError, 10, "read-back verification failed"),
-    (errors.FixupError, 11, "partition-table fix-up failed"),
-    (errors.TuneError, 13, "post-flash tuning failed (the step is named; the disk is wiped)"),
-    (errors.NetworkError, 14, "the bty server is unreachable, or refused the token"),
-    (ToolError, 12, "a required tool is missing or failed"),
-    (errors.Cancelled, 130, "cancelled (Ctrl-C, or the confirmation was not given); 128+N when signal N "
-     "stopped it: 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT (a touched disk is wiped first)"),
-    (errors.BtyError, 1, "other error"),
-]
-INTERNAL_ERROR = 70
-
-
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, errors.Cancelled) and exc.signum is not None:
-        return exit_code_for_signal(exc.signum)
-    for cls, code, _ in EXIT_CODES:
-        if isinstance(exc, cls):
-            return code
-    return INTERNAL_ERROR
-
-
-def exit_codes_help() -> str:
-    lines = ["exit codes:", "  0    success"]
-    for _, code, text in sorted(EXIT_CODES, key=lambda item: item[1]):
-        lines.append(f"  {code:<4} {text}")
-    lines.append(f"  {INTERNAL_ERROR:<4} internal error (a bug: rerun with BTY_DEBUG=1 and report it)")
-    return "\n".join(lines)
-
 
 #: the subcommands, in `bty --help` order; each is a module of bty_live.commands
 COMMANDS = ("images", "inspect", "disks", "flash", "tui", "unattended", "ledger", "agent", "serve")

@@ -23,6 +23,11 @@ class Phase(StrEnum):
     DONE = "done"
     FAILED = "failed"
 
+    @property
+    def label(self) -> str:
+        """The phase's short name in every front-end's lines ("write", "fix-ups", ...)."""
+        return "fix-ups" if self is Phase.FIXUP else self.value
+
 
 class Kind(StrEnum):
     START = "start"  # a phase begins

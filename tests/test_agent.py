@@ -25,11 +25,16 @@ from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, Effects
 from bty_live.agent.uplink import EventUplink
-from bty_live.errors import TargetRefusedError
+from bty_live.errors import (
+    ImageFetchError,
+    ServerUnavailableError,
+    TargetRefusedError,
+    TokenRefusedError,
+    exit_code_for,
+)
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.ledger import read_ledger
-from bty_live.image.http_source import ImageFetchError
-from bty_live.protocol.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
+from bty_live.protocol.httpconn import Backoff
 from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.server.images import ServedImage
 from bty_live.server.runner import ServerThread
@@ -304,7 +309,7 @@ def test_a_refused_disk_is_reported_nothing_is_written_and_the_agent_waits(
     outcome = run_agent(server.url, recorder, wait_limit=0.0)
 
     assert outcome.state == AgentState.WAIT and isinstance(outcome.failure, TargetRefusedError)
-    assert cli.exit_code_for(outcome.failure) == 7 and recorder.reboots == 0
+    assert exit_code_for(outcome.failure) == 7 and recorder.reboots == 0
     assert device_digest(loop, IMAGE_SIZE // 2) == before
     plan = server.store.plan(MAC)
     assert plan is not None and plan.state == "failed" and "too small" in plan.detail
@@ -326,7 +331,7 @@ def test_a_digest_mismatch_wipes_the_disk_and_the_server_ledger_records_the_fail
 
     outcome = run_agent(server.url, Recorder(), wait_limit=0.0)
 
-    assert outcome.failure is not None and cli.exit_code_for(outcome.failure) == 5
+    assert outcome.failure is not None and exit_code_for(outcome.failure) == 5
     assert looks_blank(loop.path, IMAGE_SIZE)  # written, found wrong, wiped by the engine
     plan = server.store.plan(MAC)
     assert plan is not None and plan.run_id == run and plan.state == "failed"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from bty_live.errors import Cancelled, VerifyError
+from bty_live.errors import Cancelled, VerifyError, exit_code_for
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, VerifyMode
@@ -309,7 +309,7 @@ def test_stream_verify_alone_does_not_read_back(images: Path, make_loop: Callabl
     loop = make_loop(IMAGE_SIZE)
     plan = prepare_plan(str(images / "disk.img"), loop.path, FlashOptions(verify=VerifyMode.STREAM))
     events: list[Event] = []
-    receipt = engine.flash(plan, events.append)
+    receipt = engine.flash(plan, events.append).receipt
     assert receipt.readback_check == "skipped"
     assert not any(e.phase == Phase.VERIFY and e.kind == Kind.START for e in events)
 
@@ -466,4 +466,4 @@ def test_a_target_detached_after_planning_is_reported_vanished_and_nothing_is_wr
     with pytest.raises(TargetVanishedError, match="unplugged or detached"):
         engine.flash(plan)
     assert backing.read_bytes()[: 1 << 20] == b"\x42" * (1 << 20)
-    assert cli.exit_code_for(TargetVanishedError("x")) == 9
+    assert exit_code_for(TargetVanishedError("x")) == 9

@@ -171,9 +171,10 @@ def xz_images(tmp_path: Path) -> Path:
 
 
 def test_an_xz_image_without_a_manifest_gets_its_size_from_the_index_of_every_stream(xz_images: Path) -> None:
+    from bty_live.image.catalog import describe_image
     from bty_live.image.source import load_image_source
 
-    image = load_image_source(xz_images / "gpt.img.xz")
+    image = load_image_source(describe_image(xz_images / "gpt.img.xz"))
     assert (image.size, image.size_source) == (XZ_SIZE, "xz index")
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from bty_live.errors import NetworkError
-from bty_live.image.http_source import HttpSource, ImageFetchError, ResumeNotice
-from bty_live.protocol.httpconn import Backoff, TokenRefusedError
+from bty_live.errors import ImageFetchError, NetworkError, TokenRefusedError
+from bty_live.image.http_source import HttpSource, ResumeNotice
+from bty_live.protocol.httpconn import Backoff
 from bty_live.server.runner import ServerThread
 from tests.netkit import TOKEN, CutProxy, make_config, running_server
 

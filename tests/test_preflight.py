@@ -16,13 +16,14 @@ import pytest
 
 from bty_live import cli
 from bty_live.disk.discovery import find_disk
-from bty_live.errors import TargetRefusedError
+from bty_live.errors import TargetRefusedError, exit_code_for
 from bty_live.events import Event
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions
 from bty_live.flash.preflight import MARKER_SIZE, marker_offsets, preflight_capacity, preflight_if_wanted, wanted
 from bty_live.flash.prepare import prepare_plan_for
 from bty_live.flash.target import BlockTarget
+from bty_live.image.catalog import describe_image
 from bty_live.image.source import load_image_source
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, device_equals_file, read_device
@@ -146,7 +147,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_engine_runs_the_preflight_on_a_usb_stick_before_writing_and_the_image_still_lands(
         raw_image: Path, make_loop: MakeLoop) -> None:
     loop = make_loop(16 * MiB)  # the image's size: no GPT fix-up changes its bytes
-    plan = prepare_plan_for(load_image_source(raw_image), loop.path, FlashOptions())
+    plan = prepare_plan_for(load_image_source(describe_image(raw_image)), loop.path, FlashOptions())
     plan = replace(plan, disk=replace(plan.disk, removable=True))  # as a USB stick reports itself
     messages: list[str] = []
     engine.flash(plan, lambda event: messages.append(event.message or "") if isinstance(event, Event) else None)
@@ -173,14 +174,14 @@ def test_bty_flash_no_preflight_turns_it_off(raw_image: Path, make_loop: MakeLoo
 def test_the_engine_refuses_a_fake_capacity_stick_with_exit_code_7_and_leaves_it_wiped(
         raw_image: Path, make_loop: MakeLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     loop = make_loop(64 * MiB, fill=b"old data")
-    plan = prepare_plan_for(load_image_source(raw_image), loop.path, FlashOptions())
+    plan = prepare_plan_for(load_image_source(describe_image(raw_image)), loop.path, FlashOptions())
     plan = replace(plan, disk=replace(plan.disk, transport="usb"))
     real_open = BlockTarget.open
     monkeypatch.setattr(BlockTarget, "open",
                         classmethod(lambda cls, path, direct=True: _wrapped(real_open(path, direct=direct))))
     with pytest.raises(TargetRefusedError, match="fake-capacity media; use another disk") as refused:
         engine.flash(plan)
-    assert cli.exit_code_for(refused.value) == 7
+    assert exit_code_for(refused.value) == 7
     assert read_device(loop.path, 0, MiB) == bytes(MiB)  # touched by the markers: wiped, never half-marked
 
 

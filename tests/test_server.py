@@ -15,11 +15,12 @@ import pytest
 
 from bty_live import cli
 from bty_live.commands import serve
+from bty_live.errors import StateError
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.ledger import LedgerRecord, read_ledger
 from bty_live.protocol.wire import Action, AgentPlan, machine_path
 from bty_live.server.runner import ServerThread
-from bty_live.server.state import DB_NAME, SCHEMA_VERSION, StateError, Store
+from bty_live.server.state import DB_NAME, SCHEMA_VERSION, Store
 from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
 
 IMAGE_BYTES = 3 << 20

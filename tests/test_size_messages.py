@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from bty_live.image.http_source import HttpSource, ImageFetchError
+from bty_live.errors import ImageFetchError
+from bty_live.image.http_source import HttpSource
 from bty_live.server.runner import ServerThread
 from tests.netkit import TOKEN, make_config, running_server
 

@@ -20,10 +20,11 @@ from bty_live import cli
 from bty_live.commands import disks as disks_command
 from bty_live.disk.discovery import find_disk
 from bty_live.disk.eligibility import context_for, reasons
-from bty_live.errors import TargetRefusedError
+from bty_live.errors import ImageError, TargetRefusedError
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions
-from bty_live.flash.prepare import prepare_plan, prepare_plan_for
+from bty_live.flash.prepare import prepare_plan, prepare_plan_for, prepare_plan_for_entry
+from bty_live.image.catalog import describe_image
 from bty_live.image.source import load_image_source
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, read_device
@@ -152,7 +153,7 @@ def test_the_engine_refuses_right_before_the_first_write_when_the_target_backs_a
         images: Path, make_loop: MakeLoop) -> None:
     """Planned without the images directory; the engine's re-check sees the plan's protected paths."""
     loop = make_loop(16 * MiB, backing_dir=images, name="other.img", fill=b"keep")
-    plan = prepare_plan_for(load_image_source(images / "disk.img"), loop.path, FlashOptions())
+    plan = prepare_plan_for(load_image_source(describe_image(images / "disk.img")), loop.path, FlashOptions())
     plan = replace(plan, protected_paths=(*plan.protected_paths, images))
     with pytest.raises(TargetRefusedError, match="holds the images directory"):
         engine.flash(plan)
@@ -253,3 +254,20 @@ def test_the_device_node_below_a_loop_holding_the_images_directory_is_boot_mediu
         subprocess.run(["umount", "-l", str(point)], check=False)
         subprocess.run(["losetup", "-d", upper], check=False)
     assert listed[below.name][0] == f"boot medium: holds the images directory {images}"
+
+
+def test_a_plan_for_an_image_the_catalog_listed_reads_the_entry_once_and_refuses_a_vanished_file(
+        images: Path, make_loop: MakeLoop) -> None:
+    """The TUI plans from the entry it listed: the manifest is not read again (one description of
+    the image, not three), but a file removed since the listing is refused by name."""
+    size = (images / "disk.img").stat().st_size
+    manifest = 'name = "{}"\nsize = ' + str(size) + '\nblake3 = "' + "0" * 64 + '"\n'
+    (images / "disk.img.toml").write_text(manifest.format("listed"))
+    entry = describe_image(images / "disk.img")
+    (images / "disk.img.toml").write_text(manifest.format("renamed since"))
+    loop = make_loop(32 * MiB)
+    plan = prepare_plan_for_entry(entry, loop.path, FlashOptions(), images)
+    assert plan.image.name == "listed"
+    (images / "disk.img").unlink()
+    with pytest.raises(ImageError, match="disk.img"):
+        prepare_plan_for_entry(entry, loop.path, FlashOptions(), images)

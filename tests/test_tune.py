@@ -138,7 +138,7 @@ def test_tuning_a_flashed_disk_sets_hostname_adds_the_key_renews_machine_id_and_
     shutil.copy(debian_image, images / "debian.img")
     loop = make_loop(IMAGE_SIZE)
     receipt = engine.flash(prepare_plan(str(images / "debian.img"), loop.path, FlashOptions(verify=VerifyMode.STREAM),
-                                        images))
+                                        images)).receipt
     task = write_task(images, TASK)
     events: list[Event] = []
 

@@ -19,16 +19,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 from bty_live import __version__
-from bty_live.protocol.httpconn import (
-    ServerRejectedError,
-    ServerUnavailableError,
-    TokenRefusedError,
-    certificate_error,
-    connect,
-    describe_os_error,
-    parse_url,
-    request_target,
-)
+from bty_live.errors import ServerRejectedError, ServerUnavailableError, TokenRefusedError
+from bty_live.protocol.httpconn import certificate_error, connect, describe_os_error, parse_url, request_target
 from bty_live.protocol.wire import AgentPlan, bearer, credential_header, machine_path
 
 

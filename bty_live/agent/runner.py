@@ -35,16 +35,23 @@ from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.tuning import tuning_option
 from bty_live.agent.uplink import EventUplink, UplinkStats
-from bty_live.errors import BtyError, Cancelled, NetworkError, UsageError, stopped_by
+from bty_live.errors import (
+    BtyError,
+    Cancelled,
+    NetworkError,
+    ServerUnavailableError,
+    TokenRefusedError,
+    UsageError,
+    stopped_by,
+)
 from bty_live.events import Event, EventSink, Kind, Phase
 from bty_live.flash import engine
-from bty_live.flash.ledger import LedgerError, read_ledger
 from bty_live.flash.plan import FlashOptions, VerifyMode
 from bty_live.flash.prepare import prepare_plan_for
 from bty_live.flash.receipt import Receipt
 from bty_live.image.http_source import HttpSource, ResumeNotice
 from bty_live.image.source import load_streamed_image_source
-from bty_live.protocol.httpconn import Backoff, ServerUnavailableError, TokenRefusedError
+from bty_live.protocol.httpconn import Backoff
 from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.signals import interrupt_signal
 from bty_live.units import format_size
@@ -133,12 +140,9 @@ class _FlashFailed(Exception):
         self.record = record
 
 
-def _last_record(ledger: Path) -> dict[str, Any] | None:
-    try:
-        records = read_ledger(ledger).records
-    except LedgerError:
-        return None
-    return records[-1].to_dict() if records else None
+def _record_of(error: BtyError) -> dict[str, Any] | None:
+    """The ledger record the engine attached to a failed run (none when it failed before the engine ran)."""
+    return error.record.to_dict() if error.record is not None else None
 
 
 class _Tee:
@@ -263,32 +267,32 @@ class Agent:
                             clock=self.effects.clock)
         with tempfile.TemporaryDirectory(prefix="bty-agent-") as tmp:
             workdir = Path(tmp)
-            ledger = workdir / "ledger.jsonl"  # the engine's record of the run, forwarded to the server
             try:
                 try:
                     verify = VerifyMode(plan.verify)
                 except ValueError as exc:
                     raise UsageError(f"the plan asks for verify mode {plan.verify!r}, which this agent does not "
                                      "know; assign the machine again") from exc
-                options = FlashOptions(verify=verify, ledger=ledger, receipts_dir=workdir / "receipts",
+                options = FlashOptions(verify=verify, receipts_dir=workdir / "receipts",
                                        tune=tuning_option(plan.tune, workdir, sink))  # SEAM(tuning)
                 streamed = load_streamed_image_source(source, name=image.name, size=image.size, blake3=image.blake3)
                 flash_plan = prepare_plan_for(streamed, plan.disk, options)
                 for line in flash_plan.describe():
                     sink(Event(Phase.PLAN, Kind.INFO, message=line))
-                receipt = engine.flash(flash_plan, sink, self.cancel)
+                result = engine.flash(flash_plan, sink, self.cancel)
             except BtyError as exc:
                 if not sink.saw_error:  # failed before the engine ran (image, selector): say so once
                     sink(Event(Phase.FAILED, Kind.ERROR, message=exc.full_message(), error=exc.kind))
-                raise _FlashFailed(exc, _last_record(ledger)) from exc
+                raise _FlashFailed(exc, _record_of(exc)) from exc
             except KeyboardInterrupt as stop:  # a stop signal outside the engine (download, planning)
                 error = stopped_by(interrupt_signal(stop))
                 if not sink.saw_error:
                     sink(Event(Phase.FAILED, Kind.ERROR, message=error.full_message(), error=error.kind))
-                raise _FlashFailed(error, _last_record(ledger)) from stop
+                raise _FlashFailed(error, None) from stop
             finally:
                 stats = uplink.close()
-            return FlashOutcome(receipt=receipt, resumes=source.resumes, uplink=stats, record=_last_record(ledger))
+            return FlashOutcome(receipt=result.receipt, resumes=source.resumes, uplink=stats,
+                                record=result.record.to_dict())
 
     def _reboot(self, state: AgentState, why: str, receipt: Receipt | None = None) -> AgentOutcome:
         self._enter(state)

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bty_live.errors import NetworkError
+from bty_live.errors import NetworkError, ServerUnavailableError
 from bty_live.events import Event, Kind, Phase
-from bty_live.protocol.httpconn import Backoff, ServerUnavailableError
+from bty_live.protocol.httpconn import Backoff
 
 Post = Callable[[list[dict[str, Any]]], None]
 

@@ -75,10 +75,9 @@ def _cmdline_values(cmdline: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from bty_live.agent.api import ServerApi
     from bty_live.agent.runner import Agent, AgentConfig, AgentState, Effects
-    from bty_live.cli import exit_code_for
-    from bty_live.commands.render import MilestoneLines
-    from bty_live.errors import UsageError
+    from bty_live.errors import UsageError, exit_code_for
     from bty_live.protocol.wire import normalise_mac
+    from bty_live.render.events import MilestoneLines
     from bty_live.signals import raise_on_stop_signals
     from bty_live.stick.unattended import read_cmdline
     from bty_live.system.actions import systemd_actions

@@ -11,9 +11,9 @@ from typing import Any
 
 from rich.text import Text
 
-from bty_live.commands.table import print_table
 from bty_live.disk.discovery import discover_disks
 from bty_live.disk.eligibility import Assessed, assess_all, eligibility_context
+from bty_live.render.tables import print_table
 from bty_live.units import format_size, parse_size
 
 COLUMNS = ("NAME", "SIZE", "TRAN", "MODEL", "SERIAL", "ELIGIBLE")

@@ -13,8 +13,7 @@ from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, FlashPlan, VerifyMode
 from bty_live.flash.prepare import prepare_plan
 from bty_live.image.source import ImageSource
-
-from .render import JsonLines, make_renderer
+from bty_live.render.events import JsonLines, make_renderer
 
 DESCRIPTION = """\
 Write IMAGE onto DISK and prove it landed.
@@ -55,7 +54,7 @@ With --json the last line is the receipt (failed runs too), or {"error": ...} be
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bty_live.cli import exit_codes_help
+    from bty_live.errors import exit_codes_help
 
     parser = subparsers.add_parser(
         "flash",
@@ -143,7 +142,7 @@ def confirm(plan: FlashPlan, contents: list[str]) -> None:
 
 def error_json(exc: BtyError) -> dict[str, object]:
     """`--json`'s last line for a run that failed before the disk was opened."""
-    from bty_live.cli import exit_code_for
+    from bty_live.errors import exit_code_for
 
     return {"error": {"kind": exc.kind, "message": exc.full_message(), "exit_code": exit_code_for(exc)}}
 
@@ -177,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         confirm(plan, contents)
     renderer = make_renderer(args.json)
     try:
-        receipt = engine.flash(plan, renderer)
+        receipt = engine.flash(plan, renderer).receipt
     finally:
         renderer.close()
     if isinstance(renderer, JsonLines):

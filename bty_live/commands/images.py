@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.text import Text
 
-from bty_live.commands.table import print_table
 from bty_live.errors import ImageError
 from bty_live.flash.ledger import (
     BADGE_UNVERIFIED,
@@ -27,6 +26,7 @@ from bty_live.image.manifest import Manifest, load_manifest, write_manifest
 from bty_live.image.pack import DEFAULT_LEVEL, pack_image
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.source import read_head
+from bty_live.render.tables import print_table
 from bty_live.units import format_size
 
 DESCRIPTION = """\

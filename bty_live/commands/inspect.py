@@ -18,14 +18,12 @@ from rich.text import Text
 
 from bty_live.errors import ImageError
 from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
-from bty_live.image.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
-from bty_live.image.fsprobe import ForwardReader, FsInfo, Region, probe_filesystems, probe_regions
+from bty_live.image.formats import Compression, detect_compression, probe_decompressed_size
+from bty_live.image.fsprobe import FsInfo, Region, probe_filesystems, probe_regions
 from bty_live.image.manifest import load_manifest
-from bty_live.image.partition_table import Partition, PartitionTable, is_iso9660, parse_partition_table
+from bty_live.image.partition_table import Partition, PartitionTable, is_iso9660
+from bty_live.image.source import HEAD_BYTES, read_head, read_partition_table
 from bty_live.units import format_size
-
-#: bytes of the decompressed image read for the partition table (GPT, 4096-byte sectors included)
-HEAD_SIZE = 1 << 20
 
 DESCRIPTION = """\
 Show what an image file holds without writing it anywhere: its compression, its compressed
@@ -112,9 +110,9 @@ def inspect_image(path: Path) -> Inspection:
     SourceCorruptError (the start of the stream is damaged)."""
     compression = detect_compression(path)
     manifest = read_manifest_summary(path)
-    head = _read_head(path, compression)
+    head = read_head(path, compression, None)
     size, source = _decompressed_size(path, compression, manifest, head)
-    table = _read_table(path, compression, head, size)
+    table = read_partition_table(path, compression, head, size)
     if table is not None:
         filesystems = probe_filesystems(path, table, compression)
     else:
@@ -133,26 +131,6 @@ def inspect_image(path: Path) -> Inspection:
     )
 
 
-def _read_head(path: Path, compression: Compression) -> bytes:
-    buffer = bytearray(HEAD_SIZE)
-    with ImageReader(path, compression) as reader:
-        n = reader.readinto(memoryview(buffer))
-    return bytes(buffer[:n])
-
-
-def _read_table(path: Path, compression: Compression, head: bytes, size: int | None) -> PartitionTable | None:
-    """Parse the table from `head`, then fetch the MBR EBRs that lie beyond it one by one."""
-    table = parse_partition_table(head, size)
-    if table is None or table.missing_ebr is None:
-        return table
-    sectors: dict[int, bytes] = {}
-    with ForwardReader(path, compression) as reader:
-        while table is not None and table.missing_ebr is not None and table.missing_ebr not in sectors:
-            sectors[table.missing_ebr] = reader.read_at(table.missing_ebr, 512)
-            table = parse_partition_table(head, size, sectors=sectors)
-    return table
-
-
 def _decompressed_size(
     path: Path, compression: Compression, manifest: ManifestSummary | None, head: bytes
 ) -> tuple[int | None, str | None]:
@@ -161,7 +139,7 @@ def _decompressed_size(
     probed = probe_decompressed_size(path, compression)
     if probed is not None:
         return probed, "header"
-    if len(head) < HEAD_SIZE:
+    if len(head) < HEAD_BYTES:
         return len(head), "stream"  # the whole image fit in the head
     return None, None
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from bty_live.commands.table import print_table
 from bty_live.flash.ledger import Ledger, LedgerRecord, default_ledger_path, filter_records, read_ledger, summarize
 from bty_live.image.catalog import resolve_images_dir
+from bty_live.render.tables import print_table
 
 DESCRIPTION = """\
 List the ledger: one record per flash run, appended by `bty flash` (and the TUI, unattended

@@ -38,7 +38,7 @@ screen's size, so the text stays readable (--console-font keep leaves it): Termi
 1600x900 up (1920x1080: 120x33 cells), doubled to 32x64 from 3200x1800 up (4K: 120x33), the
 kernel's 8x16 below (1280x800: 160x50). Serial consoles and terminal emulators are left as they are.
 
-exit status: 0 when the user quits (or reboots/powers off), 3 when the user asks for a shell (the
+exit status: 0 when the user quits (or reboots/powers off), 20 when the user asks for a shell (the
 live stick's session wrapper then starts a login shell), 130 when the user quit during a flash
 (it was cancelled and the disk wiped), 128+N when stopped by signal N (143 SIGTERM, 129 SIGHUP,
 131 SIGQUIT: a running flash is cancelled and the disk wiped first), 70 on an internal error.
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TEXTUAL_FPS", DEFAULT_FPS)
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     os.environ.setdefault("TEXTUAL_THEME", "ansi-dark")
-    from bty_live.cli import INTERNAL_ERROR
+    from bty_live.errors import INTERNAL_ERROR
     from bty_live.stick.console_font import set_console_font
     from bty_live.tui.app import make_app
 
@@ -111,8 +111,12 @@ def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bty_live.tui`: the same command without the `bty` front door."""
+    """`python -m bty_live.tui`: the same command without the `bty` front door, under the same
+    error handling, stop signals and exit codes (`bty_live.cli.run_guarded`)."""
+    from bty_live.cli import run_guarded
+
     parser = argparse.ArgumentParser(prog="bty tui", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    parser.set_defaults(func=run)
+    return run_guarded(parser, list(sys.argv[1:] if argv is None else argv))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from bty_live.disk.discovery import find_disk, read_identity
@@ -25,6 +25,7 @@ from bty_live.errors import (
     BtyError,
     DigestMismatchError,
     FixupError,
+    LedgerError,
     TargetRefusedError,
     VerifyError,
     stopped_by,
@@ -33,7 +34,7 @@ from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discar
 from bty_live.flash.copy import CopyResult, StreamConsumer, WritePass
 from bty_live.flash.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
 from bty_live.flash.fixups import check_partition_table, fix_partition_table
-from bty_live.flash.ledger import LedgerError, PhaseTracker, append_record, make_record
+from bty_live.flash.ledger import LedgerRecord, PhaseTracker, append_record, make_record
 from bty_live.flash.plan import FlashPlan, VerifyMode
 from bty_live.flash.preflight import preflight_if_wanted
 from bty_live.flash.readback import readback_digest
@@ -58,8 +59,18 @@ class _BmapConsumer(StreamConsumer):
         self.verifier.finish()
 
 
-def flash(plan: FlashPlan, sink: EventSink = discard, cancel: threading.Event | None = None) -> Receipt:
-    """Write, verify and fix up per `plan`; raise a BtyError (after wiping, if needed) on failure."""
+@dataclass(frozen=True)
+class FlashResult:
+    """What a run that succeeded leaves: its receipt (saved) and its known-good ledger record
+    (appended to the plan's ledger when it names one; the PXE agent forwards it to the server)."""
+
+    receipt: Receipt
+    record: LedgerRecord
+
+
+def flash(plan: FlashPlan, sink: EventSink = discard, cancel: threading.Event | None = None) -> FlashResult:
+    """Write, verify and fix up per `plan`; raise a BtyError (after wiping, if needed) on failure,
+    carrying the failed run's receipt and ledger record when it got that far."""
     return _Run(plan, sink, cancel).execute()
 
 
@@ -79,7 +90,7 @@ class _Run:
     def info(self, phase: Phase, message: str) -> None:
         self.sink(Event(phase, Kind.INFO, message=message))
 
-    def execute(self) -> Receipt:
+    def execute(self) -> FlashResult:
         plan = self.plan
         try:
             self.info(Phase.PLAN, f"flashing {plan.image.name} onto {plan.target.path}")
@@ -93,10 +104,10 @@ class _Run:
             tune = self._tune(copy)
             receipt = self._receipt(copy, stream_check, readback_check, fixups, tune)
             self._save(receipt)
-            self._record(receipt=receipt, tune=tune)
+            record = self._record(receipt=receipt, tune=tune)
             self.sink(Event(Phase.DONE, Kind.END, bytes_out=copy.size, total=copy.size, digest=copy.digest,
                             message="; ".join(receipt.summary()[:1])))
-            return receipt
+            return FlashResult(receipt, record)
         except BaseException as exc:
             error = self._as_error(exc)
             mask = block_stop_signals()  # a second signal must not cut the wipe or the record short
@@ -135,7 +146,9 @@ class _Run:
             self._save(receipt)
             if error is not None:
                 error.receipt = receipt
-        self._record(error=error or exc)
+        record = self._record(error=error or exc)
+        if error is not None:
+            error.record = record
 
     # -- safety -------------------------------------------------------------------------------
 
@@ -297,11 +310,10 @@ class _Run:
             self.info(Phase.DONE, f"warning: the receipt could not be saved ({exc})")
 
     def _record(self, *, receipt: Receipt | None = None, tune: TuneResult | None = None,
-                error: BaseException | None = None) -> None:
-        """One ledger record per run; a ledger that cannot be written is a warning, not a failure."""
+                error: BaseException | None = None) -> LedgerRecord:
+        """One ledger record per run, appended to the plan's ledger when it names one; a ledger
+        that cannot be written is a warning, not a failure."""
         plan = self.plan
-        if plan.ledger is None:
-            return
         request = plan.tune
         record = make_record(
             image_name=plan.image.name, image_blake3=plan.image.expected_blake3,
@@ -310,10 +322,13 @@ class _Run:
             task=request.task if request else None, task_digest=plan.tune_digest,
             receipt=receipt, tune=tune, error=error, tracker=self.tracker,
         )
+        if plan.ledger is None:
+            return record
         try:
             append_record(plan.ledger, record)
         except (LedgerError, OSError) as exc:
             self.info(Phase.DONE, f"warning: the ledger {plan.ledger} could not be written ({exc})")
+        return record
 
     def _failed_receipt(self, message: str) -> Receipt:
         """The receipt of a run that failed after the disk was opened: what was done, and why it stopped."""

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import _ped
 import parted
 
-from bty_live.errors import FixupError
-from bty_live.system.run import ToolError, run
+from bty_live.errors import FixupError, ToolError
+from bty_live.system.run import run
 
 _FIX = 1  # PED_EXCEPTION_FIX: the option bit libparted offers when it can repair
 _parted_lock = threading.Lock()  # libparted's exception handler is process-global

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bty_live import __version__
-from bty_live.errors import BtyError
+from bty_live.errors import BtyError, LedgerError
 from bty_live.events import Event, EventSink, Kind, discard
 from bty_live.flash.receipt import Receipt
 from bty_live.image.catalog import CatalogEntry
@@ -50,12 +50,6 @@ PhaseOutcome = Literal["passed", "failed", "skipped"]
 _PHASE_OF_ERROR = {"io": "write", "vanished": "write", "corrupt": "write", "digest": "verify",
                    "verify": "verify", "fixup": "fixup", "tune": "tune"}
 _HEX_PREFIX = re.compile(r"^[0-9a-fA-F]{8,64}$")
-
-
-class LedgerError(BtyError):
-    """The ledger cannot be written (read problems are reported, not raised)."""
-
-    kind = "ledger"
 
 
 @dataclass(frozen=True)
@@ -498,7 +492,6 @@ def entry_badge(records: Sequence[LedgerRecord], entry: CatalogEntry, images_dir
 __all__ = [
     "LEDGER_FILE",
     "Ledger",
-    "LedgerError",
     "LedgerRecord",
     "PhaseResult",
     "PhaseTracker",

@@ -13,10 +13,12 @@ from bty_live.disk.discovery import discover_disks, find_disk
 from bty_live.disk.eligibility import EligibilityContext, assess_all, context_for, protected_paths, reasons
 from bty_live.disk.model import Disk
 from bty_live.disk.selector import parse_selector, select_disk
+from bty_live.errors import ImageError
 from bty_live.flash.ledger import default_ledger_path
 from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
 from bty_live.flash.receipt import default_receipts_dir
-from bty_live.image.catalog import find_image, resolve_images_dir
+from bty_live.image.catalog import CatalogEntry, find_image, resolve_images_dir
+from bty_live.image.formats import check_image_file
 from bty_live.image.source import ImageSource, load_image_source
 from bty_live.system.machine import read_machine_identity
 from bty_live.tune.model import TuneRequest
@@ -43,9 +45,23 @@ def prepare_plan(
 ) -> FlashPlan:
     """Plan flashing an image of the catalog (or a path) onto a disk (or a selector)."""
     directory = resolve_images_dir(images_dir)
-    entry = find_image(image_spec, directory)
-    image = load_image_source(entry.path)
-    return prepare_plan_for(image, disk_spec, options, directory if directory.is_dir() else None)
+    return prepare_plan_for_entry(find_image(image_spec, directory), disk_spec, options, directory)
+
+
+def prepare_plan_for_entry(
+    entry: CatalogEntry,
+    disk_spec: str,
+    options: FlashOptions,
+    images_dir: Path,
+) -> FlashPlan:
+    """Plan flashing an image the catalog has already described (the TUI's chosen row): the entry
+    is not read again, only what it does not hold (zstd frames, the partition table)."""
+    if not entry.path.exists():  # the TUI listed it a while ago
+        raise ImageError(f"image {entry.path} does not exist any more; it was removed after it was listed: "
+                         "pick it again from the refreshed list")
+    check_image_file(entry.path)
+    image = load_image_source(entry)
+    return prepare_plan_for(image, disk_spec, options, images_dir if images_dir.is_dir() else None)
 
 
 def prepare_plan_for(

@@ -15,9 +15,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError
+from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError, ToolError
 from bty_live.system import sysfs
-from bty_live.system.run import ToolError, run
+from bty_live.system.run import run
 from bty_live.units import format_size
 
 # <linux/fs.h>

@@ -19,10 +19,10 @@ from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
-from bty_live.errors import ImageError, SourceCorruptError
+from bty_live.errors import ImageError, SourceCorruptError, ToolError
 from bty_live.image import zstd_frames
 from bty_live.image.sources import ByteSource, FileSource, RawStream
-from bty_live.system.run import ToolError, run
+from bty_live.system.run import run
 from bty_live.units import format_size
 
 

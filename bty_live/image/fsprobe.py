@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bty_live.errors import ToolError
 from bty_live.image.formats import Compression, ImageReader, detect_compression
 from bty_live.image.partition_table import PartitionTable
 from bty_live.system import blkid
-from bty_live.system.run import ToolError
 
 #: bytes captured from the start of each partition
 PROBE_WINDOW = 1 << 20

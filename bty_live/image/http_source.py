@@ -23,26 +23,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from bty_live import __version__
-from bty_live.errors import ImageError
-from bty_live.protocol.httpconn import (
-    Backoff,
-    TokenRefusedError,
-    certificate_error,
-    connect,
-    describe_os_error,
-    parse_url,
-    request_target,
-)
+from bty_live.errors import ImageFetchError, TokenRefusedError
+from bty_live.protocol.httpconn import Backoff, certificate_error, connect, describe_os_error, parse_url, request_target
 from bty_live.protocol.wire import bearer
 from bty_live.units import format_size, format_sizes
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-
-
-class ImageFetchError(ImageError):
-    """The image could not be downloaded completely from the server."""
-
-    kind = "fetch"
 
 
 @dataclass(frozen=True)

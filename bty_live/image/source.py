@@ -1,8 +1,10 @@
 """What to copy: everything known about an image before a single byte is written.
 
-`load_image_source()` reads the manifest and bmap sidecars, detects the compression, walks a
-zstd file's frames (which also proves the file is complete, before the disk is touched) and
-parses the partition table from the first MiB of the decompressed stream.
+`load_image_source()` takes the catalog's entry (manifest, bmap sidecar, compression: read once,
+by `catalog.describe_image`), walks a zstd file's frames (which also proves the file is complete,
+before the disk is touched) and parses the partition table from the start of the decompressed
+stream. `bty inspect` reads the head and the partition table through the same functions
+(`read_head`, `read_partition_table`), so it and `bty flash --dry-run` describe an image alike.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 
 from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
-from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
-from bty_live.image.catalog import describe_image
-from bty_live.image.formats import Compression, ImageReader, compression_of, detect_compression, probe_decompressed_size
+from bty_live.image.bmap import Bmap, load_bmap
+from bty_live.image.catalog import CatalogEntry
+from bty_live.image.formats import Compression, ImageReader, compression_of, probe_decompressed_size
+from bty_live.image.fsprobe import ForwardReader
 from bty_live.image.manifest import Manifest
 from bty_live.image.partition_table import PartitionTable, parse_partition_table
 from bty_live.image.sources import ByteSource, FileSource
@@ -61,13 +64,11 @@ class ImageSource:
         return self.table is not None and self.table.scheme == "gpt"
 
 
-def load_image_source(path: Path) -> ImageSource:
-    entry = describe_image(path)
-    if entry.format_error:
-        raise ImageError(entry.format_error)
-    if entry.manifest_error:
-        raise ImageError(entry.manifest_error)
-    compression = entry.compression or detect_compression(path)
+def load_image_source(entry: CatalogEntry) -> ImageSource:
+    """The image a catalog entry names, ready to plan; refuses (ImageError) an entry with a problem."""
+    if entry.problem or entry.compression is None:
+        raise ImageError(entry.problem or f"image {entry.path.name} has an unknown format")
+    path, compression = entry.path, entry.compression
     size, size_source = None, "unknown until decompressed"
     if entry.manifest:
         size, size_source = entry.manifest.size, "manifest"
@@ -90,7 +91,7 @@ def load_image_source(path: Path) -> ImageSource:
         size, size_source = entry.size, "file size"
 
     bmap = None
-    bmap_path = entry.bmap_path or find_bmap_sidecar(path)
+    bmap_path = entry.bmap_path
     if bmap_path is not None:
         bmap = load_bmap(bmap_path)
         if size is not None and bmap.image_size != size:
@@ -103,7 +104,6 @@ def load_image_source(path: Path) -> ImageSource:
             size, size_source = bmap.image_size, "bmap"
 
     head = read_head(path, compression, size)
-    table = parse_partition_table(head, size) if head else None
     return ImageSource(
         source=FileSource(path),
         name=entry.name,
@@ -114,7 +114,7 @@ def load_image_source(path: Path) -> ImageSource:
         manifest=entry.manifest,
         bmap=bmap,
         frames=tuple(frames) if frames is not None else None,
-        table=table,
+        table=read_partition_table(path, compression, head, size),
     )
 
 
@@ -152,6 +152,23 @@ def read_head(source: ByteSource | Path, compression: Compression, size: int | N
     with ImageReader(source, compression) as reader:
         n = reader.readinto(memoryview(buffer))
     return bytes(buffer[:n])
+
+
+def read_partition_table(path: Path, compression: Compression, head: bytes,
+                         size: int | None) -> PartitionTable | None:
+    """The table parsed from `head`; on MBR disks the extended partition's EBRs that lie beyond
+    the head are then fetched one by one (decompressing forward, never the whole image)."""
+    if not head:
+        return None
+    table = parse_partition_table(head, size)
+    if table is None or table.missing_ebr is None:
+        return table
+    sectors: dict[int, bytes] = {}
+    with ForwardReader(path, compression) as reader:
+        while table is not None and table.missing_ebr is not None and table.missing_ebr not in sectors:
+            sectors[table.missing_ebr] = reader.read_at(table.missing_ebr, 512)
+            table = parse_partition_table(head, size, sectors=sectors)
+    return table
 
 
 def load_streamed_image_source(

@@ -15,25 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from bty_live.errors import NetworkError
-
-
-class ServerUnavailableError(NetworkError):
-    """The server could not be reached or answered 5xx: worth trying again later."""
-
-    kind = "unreachable"
-
-
-class TokenRefusedError(NetworkError):
-    """The server refused our token (401/403): trying again will not help."""
-
-    kind = "token"
-
-
-class ServerRejectedError(NetworkError):
-    """The server answered 4xx (other than 401/403) or something we cannot use."""
-
-    kind = "rejected"
+from bty_live.errors import NetworkError, ServerRejectedError
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bty_live.errors import BtyError
-from bty_live.flash.ledger import LedgerError, filter_records, read_ledger, summarize
+from bty_live.errors import BtyError, LedgerError
+from bty_live.flash.ledger import filter_records, read_ledger, summarize
 from bty_live.protocol.wire import API, CREDENTIAL_HEADER, TOKEN_QUERY, Action, normalise_mac
 from bty_live.server import ipxe
 from bty_live.server.config import ServerConfig

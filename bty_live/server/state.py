@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bty_live.errors import BtyError
+from bty_live.errors import StateError
 from bty_live.protocol.wire import Action
 
 DB_NAME = "bty-serve.sqlite3"
@@ -93,12 +93,6 @@ MAX_EVENTS_PER_RUN = 5000
 #: runs per machine whose events are kept (the newest); older runs' events go at `assign`
 KEPT_RUNS = 3
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StateError(BtyError):
-    """The state directory cannot be used."""
-
-    kind = "state"
 
 
 class PlanState(StrEnum):

@@ -100,7 +100,8 @@ def set_console_font(fd: int = 0, fb: Path = FRAMEBUFFER, font_dir: Path = FONT_
     path = font_dir / choice.font
     if not path.is_file():
         return f"console font: {path} is missing; keeping the kernel's font"
-    from bty_live.system.run import ToolError, run
+    from bty_live.errors import ToolError
+    from bty_live.system.run import run
 
     argv = ["setfont", *(["-d"] if choice.double else []), str(path), "-C", os.ttyname(fd)]
     try:

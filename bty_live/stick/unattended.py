@@ -26,14 +26,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from bty_live.commands.render import MilestoneLines
 from bty_live.disk.contents import describe_contents
-from bty_live.errors import BtyError, UsageError
+from bty_live.errors import SHELL_EXIT_CODE, BtyError, UsageError
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, VerifyMode
 from bty_live.flash.prepare import prepare_plan
 from bty_live.flash.receipt import Receipt
-from bty_live.system.actions import SHELL_EXIT_CODE, SystemActions
+from bty_live.render.events import MilestoneLines
+from bty_live.system.actions import SystemActions
 from bty_live.system.machine import MachineIdentity, read_machine_identity
 
 ACTIVE_CONSOLES = Path("/sys/class/tty/console/active")
@@ -196,7 +196,7 @@ def run_unattended(
         say("bty unattended: dry run (bty.dry_run=1): nothing was written")
         return 0
     renderer = MilestoneLines(out=consoles)
-    receipt = engine.flash(plan, renderer)
+    receipt = engine.flash(plan, renderer).receipt
     saved = Path(receipt.saved_to) if receipt.saved_to else None
     for line in receipt.summary():
         say(line)

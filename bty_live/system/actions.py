@@ -6,9 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: exit code that asks the session wrapper (/usr/lib/bty-live/session) for a root shell
-SHELL_EXIT_CODE = 3
-
 
 @dataclass(frozen=True)
 class SystemActions:

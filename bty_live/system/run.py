@@ -7,13 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from bty_live.errors import BtyError
-
-
-class ToolError(BtyError):
-    """An external tool is missing or failed."""
-
-    kind = "tool"
+from bty_live.errors import ToolError
 
 
 def run(

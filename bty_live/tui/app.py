@@ -251,7 +251,7 @@ class BtyApp(App[int]):
         self.push_screen(CancelDialog(self._progress.plan.disk.path if self._progress else "the disk"), answered)
 
     def action_shell(self) -> None:
-        from bty_live.system.actions import SHELL_EXIT_CODE  # one definition, shared with `bty unattended`
+        from bty_live.errors import SHELL_EXIT_CODE
 
         if not self.flashing:
             self.exit(SHELL_EXIT_CODE, return_code=SHELL_EXIT_CODE)

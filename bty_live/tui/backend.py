@@ -20,7 +20,7 @@ from bty_live.disk.hotplug import DiskEvent, DiskWatcher
 from bty_live.disk.model import Disk
 from bty_live.events import EventSink
 from bty_live.flash.plan import FlashOptions, FlashPlan
-from bty_live.flash.prepare import prepare_plan
+from bty_live.flash.prepare import prepare_plan_for_entry
 from bty_live.flash.receipt import Receipt, save_receipt
 from bty_live.image.catalog import CatalogEntry, list_images
 
@@ -61,14 +61,14 @@ def assess_disks(entry: CatalogEntry, images_dir: Path) -> list[Assessed]:
 
 
 def plan_flash(entry: CatalogEntry, disk: Disk, options: FlashOptions, images_dir: Path) -> FlashPlan:
-    """`bty flash PATH DISK`: the image by its path, the disk by its node."""
-    return prepare_plan(str(entry.path), disk.path, options, images_dir)
+    """`bty flash PATH DISK` for the image the catalog listed (not described again) and the disk by its node."""
+    return prepare_plan_for_entry(entry, disk.path, options, images_dir)
 
 
 def flash(plan: FlashPlan, sink: EventSink, cancel: threading.Event) -> Receipt:
     from bty_live.flash import engine  # imported when first needed: not on the first-paint path
 
-    return engine.flash(plan, sink, cancel)
+    return engine.flash(plan, sink, cancel).receipt
 
 
 def _save_receipt(receipt: Receipt) -> Path:

@@ -16,10 +16,10 @@ from rich.text import Text
 
 from bty_live import errors
 from bty_live.disk.eligibility import Assessed
+from bty_live.errors import ToolError
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.plan import FlashPlan
 from bty_live.image.catalog import CatalogEntry, DigestStatus
-from bty_live.system.run import ToolError
 from bty_live.tui.progress import FlashProgress
 from bty_live.units import format_rate, format_size
 
@@ -166,7 +166,6 @@ _HEADINGS = {
     Phase.DONE: "Done",
     Phase.FAILED: "Failed",
 }
-_STEP_LABELS = {Phase.WRITE: "write", Phase.VERIFY: "verify", Phase.FIXUP: "fix-ups", Phase.TUNE: "tune"}
 
 
 def bar(fraction: float | None, width: int) -> str:
@@ -200,11 +199,11 @@ def progress_parts(state: FlashProgress, *, now: float, width: int = ROW_WIDTH) 
     marks = []
     for step in state.steps:
         if step in state.finished:
-            marks.append(f"[x] {_STEP_LABELS[step]} {format_clock(state.finished[step])}")
+            marks.append(f"[x] {step.label} {format_clock(state.finished[step])}")
         elif step == state.phase:
-            marks.append(f"[>] {_STEP_LABELS[step]}")
+            marks.append(f"[>] {step.label}")
         else:
-            marks.append(f"[ ] {_STEP_LABELS[step]}")
+            marks.append(f"[ ] {step.label}")
     return ProgressParts(heading=heading, bar=bar_line, numbers=numbers,
                          steps=("   " if state.tuning else "    ").join(marks),
                          message=clip(state.last_message, width).rstrip())
@@ -281,7 +280,7 @@ def error_cause(exc: BaseException) -> str:
 
 
 def error_details(exc: BaseException, log_tail: Sequence[str]) -> str:
-    from bty_live.cli import exit_code_for
+    from bty_live.errors import exit_code_for
 
     lines = [f"`bty flash` exit code: {exit_code_for(exc)} ({type(exc).__name__}, kind {getattr(exc, 'kind', '-')})"]
     if isinstance(exc, errors.BtyError) and exc.aftermath:

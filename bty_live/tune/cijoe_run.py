@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from bty_live.errors import TuneError
+from bty_live.errors import ToolError, TuneError
 from bty_live.events import Event, EventSink, Kind, Phase
-from bty_live.system.run import ToolError, run
+from bty_live.system.run import run
 from bty_live.tune.model import StepResult, StepStatus
 
 RUNNER_MODULE = "bty_live.tune._cijoe_main"

@@ -28,11 +28,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bty_live.errors import TuneError
+from bty_live.errors import ToolError, TuneError
 from bty_live.image.fsprobe import FsInfo, blkid_probe
 from bty_live.image.partition_table import ROOT_TYPES, USR_TYPES, PartitionTable, parse_partition_table
 from bty_live.system import sysfs
-from bty_live.system.run import ToolError, run
+from bty_live.system.run import run
 
 HEAD_BYTES = 1 << 20
 #: filesystems a Linux root may have that bty mounts and tunes

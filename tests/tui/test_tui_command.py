@@ -65,4 +65,4 @@ def test_the_shell_key_exits_with_the_code_that_makes_the_wrapper_start_a_shell(
     child.send("s")
     child.expect(pexpect.EOF)
     child.close()
-    assert child.exitstatus == 3
+    assert child.exitstatus == 20  # SHELL_EXIT_CODE, which no error shares

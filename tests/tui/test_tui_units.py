@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bty_live import errors
+from bty_live.errors import ToolError
 from bty_live.events import Event, Kind, Phase
-from bty_live.system.run import ToolError
 from bty_live.tui.progress import EventThrottle, FlashProgress
 from bty_live.tui.text import bar, clip, error_cause, error_heading, format_clock, log_line, next_steps
 

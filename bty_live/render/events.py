@@ -21,12 +21,6 @@ from rich.progress import (
 from bty_live.events import Event, Kind, Phase
 from bty_live.units import format_duration, format_rate, format_size
 
-_PHASE_LABEL = {
-    Phase.WRITE: "write",
-    Phase.VERIFY: "verify",
-    Phase.FIXUP: "fix-ups",
-}
-
 
 class JsonLines:
     """`--json`: one event per line on stdout, flushed, for programs to follow."""
@@ -57,7 +51,7 @@ class MilestoneLines:
         self._next = step
 
     def __call__(self, event: Event) -> None:
-        label = _PHASE_LABEL.get(event.phase, str(event.phase))
+        label = event.phase.label
         if event.kind == Kind.START:
             self._next = self.step
             self._line(f"{label}: {event.message or 'started'}")
@@ -105,7 +99,7 @@ class ProgressBars:
         self.progress.start()
 
     def __call__(self, event: Event) -> None:
-        label = _PHASE_LABEL.get(event.phase, str(event.phase))
+        label = event.phase.label
         if event.kind == Kind.START and event.phase in (Phase.WRITE, Phase.VERIFY):
             self.tasks[event.phase] = self.progress.add_task(label, total=event.total)
         elif event.kind in (Kind.PROGRESS, Kind.END) and event.phase in self.tasks:
