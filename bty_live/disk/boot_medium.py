@@ -9,7 +9,9 @@ lower/upper directories) and btrfs's anonymous devnums (the mount source).
 Two earlier steps of the stick apply the same rule before Python runs, each documented where
 it lives: the initrd's `/init` (busybox sh) picks the root partition on the disk whose ESP the
 boot loader names, never a copy of the stick on a target; `bty_live.stick.images_partition`
-mounts the BTY_IMAGES partition of the disk that holds the running root (through this module).
+mounts the BTY_IMAGES partition of the disk that holds the running root (its `root_disk`: the
+disk of the root's own partition only, narrower than this walk on purpose, since that disk's
+partition table may be rewritten).
 """
 
 from __future__ import annotations
