@@ -98,3 +98,10 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
 def drop_caches() -> None:
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+@pytest.fixture
+def file_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regular files are accepted as target disks (bty_live.disk.file_target's test-only switch):
+    round trips through the whole engine without loop devices or root."""
+    monkeypatch.setenv("BTY_TEST_FILE_TARGETS", "1")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyudev
 
 from bty_live.disk.boot_medium import backing_chain
+from bty_live.disk.file_target import file_disk, file_identity, is_file_target
 from bty_live.disk.model import Devnum, Disk, DiskIdentity, Opener, Partition
 from bty_live.disk.users import MountEntry, block_devnum, block_writers, mounts_by_devnum, read_mountinfo, swap_devnums
 from bty_live.errors import SelectorError, TargetVanishedError
@@ -339,6 +340,8 @@ def discover_disks(include_virtual: bool = False) -> list[Disk]:
 def find_disk(path_or_name: str) -> Disk:
     """One disk by name ("sda"), node ("/dev/sda") or link ("/dev/disk/by-id/..."), virtual or not."""
     text = path_or_name.strip()
+    if is_file_target(text):
+        return file_disk(text)
     node = text if "/" in text else f"/dev/{text}"
     devnum = block_devnum(node)
     if devnum is None:
@@ -359,6 +362,8 @@ def read_identity(path: str | os.PathLike[str]) -> DiskIdentity:
     Raises TargetVanishedError when the node is gone, is no longer a block device, or has no
     medium (size 0: an emptied card reader or a detached loop device).
     """
+    if is_file_target(path):
+        return file_identity(path)
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:

@@ -15,6 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from bty_live.disk.file_target import FILE_SECTOR, file_targets_allowed
 from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError, ToolError
 from bty_live.system import sysfs
 from bty_live.system.run import run
@@ -50,6 +51,8 @@ class TargetInfo:
     #: True when the device zeroes ranges itself (WRITE ZEROES, UNMAP with guaranteed zeroes,
     #: a loop device's fallocate), so BLKZEROOUT beats writing zero buffers
     zeroout_offloaded: bool
+    #: a regular file standing in for a disk (tests only: bty_live.disk.file_target)
+    regular_file: bool = False
 
 
 class BlockTarget:
@@ -85,9 +88,13 @@ class BlockTarget:
             raise TargetIOError(f"target {path} cannot be opened: {exc.strerror}") from exc
         try:
             st = os.fstat(fd)
-            if not stat.S_ISBLK(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and file_targets_allowed():
+                info = TargetInfo(size=st.st_size, logical_block_size=FILE_SECTOR, physical_block_size=FILE_SECTOR,
+                                  rdev=0, zeroout_offloaded=False, regular_file=True)
+            elif not stat.S_ISBLK(st.st_mode):
                 raise TargetRefusedError(f"target {path} is not a block device; name a disk such as /dev/sdb")
-            info = cls._probe(fd, st.st_rdev)
+            else:
+                info = cls._probe(fd, st.st_rdev)
         except BaseException:
             os.close(fd)
             raise
@@ -121,11 +128,26 @@ class BlockTarget:
     def zeroout(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read back as zeroes, by the device if it can."""
         self.touched = True
+        if self.info.regular_file:
+            self._write_zeroes(offset, length)
+            return
         arg = struct.pack("QQ", offset, length)
         try:
             fcntl.ioctl(self.fd, BLKZEROOUT, arg)
         except OSError as exc:
             raise self.io_error("zeroing", offset, exc) from exc
+
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        """What BLKZEROOUT does, for a file target: write zero buffers."""
+        zeroes = aligned_buffer(min(length, ZEROOUT_PIECE))
+        try:
+            end = offset + length
+            while offset < end:
+                piece = min(len(zeroes), end - offset)
+                self.pwrite(memoryview(zeroes)[:piece], offset)
+                offset += piece
+        finally:
+            zeroes.close()
 
     def preadinto(self, view: memoryview, offset: int) -> int:
         try:
@@ -142,7 +164,10 @@ class BlockTarget:
     def drop_cache(self) -> None:
         """Drop the kernel's cached pages of this device (the read-back must not see them)."""
         with contextlib.suppress(OSError):  # O_DIRECT reads bypass the cache anyway
-            fcntl.ioctl(self.fd, BLKFLSBUF)
+            if self.info.regular_file:
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                fcntl.ioctl(self.fd, BLKFLSBUF)
 
     def reread_partitions(self) -> bool:
         """Make the kernel's partitions (and their /dev nodes) match the table on the disk.
@@ -152,6 +177,8 @@ class BlockTarget:
         one (BLKPG), which works on every block device. With no table left (after a wipe) partx
         cannot read one, and the stale partitions are removed (`partx -d`). False when neither
         way got the kernel's view in line (e.g. a partition is mounted)."""
+        if self.info.regular_file:
+            return True  # a file has no kernel partitions
         try:
             fcntl.ioctl(self.fd, BLKRRPART)
             rescanned = True
@@ -199,6 +226,8 @@ class BlockTarget:
     # -- errors ------------------------------------------------------------------------------
 
     def still_present(self) -> bool:
+        if self.info.regular_file:
+            return os.path.exists(self.path)
         return sysfs.size_bytes(sysfs.block_dir(sysfs.devnum_of(self.info.rdev))) > 0
 
     def io_error(self, doing: str, offset: int, exc: OSError) -> TargetIOError:

@@ -3,7 +3,7 @@ QEMU's iPXE ROM and user-mode network (TFTP boot.ipxe), chains to `bty serve` on
 loopback (10.0.2.2 in the guest), boots the netboot live system (scripts/build-netboot.sh), whose
 real `bty agent` flashes the disk, reports, and reboots; then the disk boots alone.
 
-The agent's resumed downloads and refused tokens are covered on loopback by tests/test_agent.py.
+The agent's resumed downloads and refused tokens are covered on loopback by tests/integration/test_agent.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from bty_live import cli
 from tests.imagekit import MiB, build_gpt_image
-from tests.tui.tui_helpers import RecordedActions
+from tests.integration.tui.tui_helpers import RecordedActions
 
 IMAGE_SIZE = 64 * MiB
 

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STICK = ROOT / "scripts" / "stick.py"
 ESP_UUID = "0F1E2D3C-4B5A-4968-8776-A5B4C3D2E1F0"
 MKOSI_ENTRY = """title bty-live 6.1.0-57-amd64

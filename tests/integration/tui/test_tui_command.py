@@ -13,7 +13,7 @@ import pexpect
 import pytest
 
 from bty_live.commands import tui
-from tests.tui.snapshot_app import CP437
+from tests.integration.tui.snapshot_app import CP437
 
 #: CSI and OSC sequences, to leave only what the terminal draws
 _ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=$]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[=>]")

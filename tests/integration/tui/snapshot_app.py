@@ -20,8 +20,8 @@ from bty_live.tui.screens import (
     ProgressScreen,
 )
 from bty_live.tui.text import log_line
-from tests.tui import recorded
-from tests.tui.tui_helpers import RecordedActions, wait_for, wait_for_screen
+from tests.integration.tui import recorded
+from tests.integration.tui.tui_helpers import RecordedActions, wait_for, wait_for_screen
 
 Setup = Callable[[Pilot[int]], Awaitable[None]]
 

@@ -3,7 +3,7 @@
 These run CIJOE exactly as a user of the package would: `python -m cijoe.cli TASK -c CONFIG -o OUT`
 with the repository on PYTHONPATH (so CIJOE's collector finds `cijoe/bty/` as a portion of the
 `cijoe` namespace package) and a hand-written config naming the tree as `[bty.target] root`.
-The tree is a directory here; tests/test_tune.py runs the same scripts on a flashed loop device.
+The tree is a directory here; tests/integration/test_tune.py runs the same scripts on a flashed loop device.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cijoe.bty.systemd_units import parse_install_section
 from cijoe.bty.target_root import TargetError, TargetRoot
 from tests.tunedata.targetkit import IMAGE_MACHINE_ID, USER_UID, build_target_tree
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: the `cijoe` console script of this environment (`python -m cijoe.cli` always exits 0)
 CIJOE = Path(sys.executable).parent / "cijoe"
 RUN_ID = "5f0c6b1d2e3a4b5c6d7e8f9a0b1c2d3e"

@@ -34,8 +34,8 @@ from bty_live.tui.screens import (
 from bty_live.tui.widgets import Choices
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, compress, device_equals_file, looks_blank, read_device
-from tests.tui.conftest import IMAGE_SIZE
-from tests.tui.tui_helpers import (
+from tests.integration.tui.conftest import IMAGE_SIZE
+from tests.integration.tui.tui_helpers import (
     HeldSource,
     RecordedActions,
     choose,

@@ -1,7 +1,7 @@
 """Every screen at 80x24, from recorded data: SVG snapshots (pytest-textual-snapshot), and a check
 that no screen draws a glyph the Linux console's font lacks.
 
-Update the snapshots after an intended change with `pytest tests/tui --snapshot-update`, and
+Update the snapshots after an intended change with `pytest tests/integration/tui --snapshot-update`, and
 look at the report it writes before committing them.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from bty_live.tui.app import make_app
-from tests.tui import recorded
-from tests.tui.snapshot_app import CP437, SCREENS, done, snapshot_app
-from tests.tui.tui_helpers import RecordedActions, screen_text, wait_for
+from tests.integration.tui import recorded
+from tests.integration.tui.snapshot_app import CP437, SCREENS, done, snapshot_app
+from tests.integration.tui.tui_helpers import RecordedActions, screen_text, wait_for
 
 
 @pytest.fixture(autouse=True)

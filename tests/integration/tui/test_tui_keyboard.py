@@ -24,9 +24,9 @@ from bty_live.tui.screens import (
     ProgressScreen,
 )
 from bty_live.tui.widgets import Choices
-from tests.tui import recorded
-from tests.tui.snapshot_app import disks, done
-from tests.tui.tui_helpers import RecordedActions, move_to, screen_text, wait_for, wait_for_screen
+from tests.integration.tui import recorded
+from tests.integration.tui.snapshot_app import disks, done
+from tests.integration.tui.tui_helpers import RecordedActions, move_to, screen_text, wait_for, wait_for_screen
 
 Scenario = Callable[[BtyApp, Pilot[int]], Awaitable[None]]
 DISK = "nvme0n1"  # the recorded machine's first eligible disk

@@ -44,7 +44,7 @@ from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, l
 from tests.netkit import MAC, TOKEN, CutProxy, make_config, running_server
 
 IMAGE_SIZE = 64 * MiB
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import asyncio
 from bty_live.disk.hotplug import DiskEvent
 from bty_live.tui.messages import DiskHotplug
 from bty_live.tui.screens import ConfirmScreen, DisksScreen, ImagesScreen
-from tests.tui.snapshot_app import confirm, snapshot_app
-from tests.tui.tui_helpers import screen_text, wait_for_screen
+from tests.integration.tui.snapshot_app import confirm, snapshot_app
+from tests.integration.tui.tui_helpers import screen_text, wait_for_screen
 
 
 def test_a_disk_unplugged_while_its_confirmation_is_open_can_no_longer_be_confirmed() -> None:

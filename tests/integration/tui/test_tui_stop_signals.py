@@ -20,10 +20,15 @@ from bty_live import cli
 from bty_live.tui.app import BtyApp, make_app
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, looks_blank
-from tests.tui.conftest import IMAGE_SIZE as TUI_IMAGE_SIZE
-from tests.tui.test_tui_command import spawn_tui
-from tests.tui.test_tui_flows import drive, fill_with_old_data, flash_until_the_stick_stalls, stalling_backend
-from tests.tui.tui_helpers import HeldSource, RecordedActions, wait_for
+from tests.integration.tui.conftest import IMAGE_SIZE as TUI_IMAGE_SIZE
+from tests.integration.tui.test_tui_command import spawn_tui
+from tests.integration.tui.test_tui_flows import (
+    drive,
+    fill_with_old_data,
+    flash_until_the_stick_stalls,
+    stalling_backend,
+)
+from tests.integration.tui.tui_helpers import HeldSource, RecordedActions, wait_for
 
 #: random data (nothing the engine can zero-fill instead of writing): long enough a write to stop
 IMAGE_SIZE = 1024 * MiB

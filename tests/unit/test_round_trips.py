@@ -1,0 +1,121 @@
+"""Round trips through the whole engine onto regular files (the test-only file-target switch):
+every format lands byte for byte, a bad image leaves a wiped target, and without the switch a
+file is no disk at all. The same checks on real loop devices are in tests/integration/test_flash.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bty_live import cli
+from tests.imagekit import MiB, build_gpt_image, compress
+
+IMAGE_SIZE = 24 * MiB
+FORMATS = ["raw", "zst", "zst-frames", "xz", "gz"]
+
+
+def bty(*args: str) -> int:
+    return cli.main(list(args))
+
+
+@pytest.fixture(scope="module")
+def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gpt_image(tmp_path_factory.mktemp("img") / "disk.img", IMAGE_SIZE, files_bytes=2 * MiB)
+
+
+def image_in(directory: Path, raw: Path, kind: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    if kind == "raw":
+        target = directory / "disk.img"
+        target.write_bytes(raw.read_bytes())
+        return target
+    return compress(raw, kind, directory / f"disk.img.{'zst' if kind.startswith('zst') else kind}")
+
+
+def blank_file(path: Path, size: int, fill: bytes = b"\0") -> Path:
+    path.write_bytes(fill * size if fill != b"\0" else b"")
+    os.truncate(path, size)
+    return path
+
+
+def sha256(path: Path, length: int | None = None) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(length) if length is not None else f.read()).hexdigest()
+
+
+@pytest.mark.usefixtures("file_targets")
+@pytest.mark.parametrize("kind", FORMATS)
+def test_every_format_lands_byte_for_byte_and_reads_back(tmp_path: Path, raw_image: Path, kind: str) -> None:
+    image = image_in(tmp_path / "images", raw_image, kind)
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes", "--receipt", str(tmp_path / "receipt.json")) == 0
+    assert sha256(target) == sha256(raw_image)
+    receipt = json.loads((tmp_path / "receipt.json").read_text())
+    assert receipt["result"] == "ok" and receipt["readback_check"].startswith("match")
+    assert receipt["target_transport"] == "file"
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_larger_file_gets_the_backup_gpt_at_its_end(tmp_path: Path, raw_image: Path) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zst")
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE + 8 * MiB)
+    assert bty("flash", str(image), str(target), "--yes", "--receipt", str(tmp_path / "receipt.json")) == 0
+    receipt = json.loads((tmp_path / "receipt.json").read_text())
+    assert "moved the backup GPT to the end of the disk" in receipt["fixups"]
+    with open(target, "rb") as f:
+        f.seek(IMAGE_SIZE + 8 * MiB - 512)
+        assert f.read(8) == b"EFI PART", "no backup GPT header in the last sector"
+    with open(target, "rb") as f, open(raw_image, "rb") as raw:
+        f.seek(MiB)
+        raw.seek(MiB)
+        assert f.read(IMAGE_SIZE - 2 * MiB) == raw.read(IMAGE_SIZE - 2 * MiB), "the data between the tables differs"
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_an_image_that_is_not_what_its_manifest_says_leaves_a_wiped_target(tmp_path: Path, raw_image: Path) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zst")
+    assert bty("images", "add", str(image)) == 0
+    manifest = image.with_name(image.name + ".toml")
+    text = manifest.read_text()
+    digest = text.split('blake3 = "')[1][:64]
+    manifest.write_text(text.replace(digest, "0" * 64))
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes") == 5
+    with open(target, "rb") as f:
+        assert not any(f.read(MiB)), "the first MiB of the failed target is not zeroed"
+        f.seek(IMAGE_SIZE - MiB)
+        assert not any(f.read(MiB)), "the last MiB (backup GPT) of the failed target is not zeroed"
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_too_small_file_is_refused_before_anything_is_written(tmp_path: Path, raw_image: Path) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zst")
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE - MiB, fill=b"\xa5")
+    before = sha256(target)
+    assert bty("flash", str(image), str(target), "--yes") == 7
+    assert sha256(target) == before
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_the_image_itself_is_never_its_own_target(tmp_path: Path, raw_image: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, "raw")
+    before = sha256(image)
+    assert bty("flash", str(image), str(image), "--yes") == 7
+    assert "holds the image" in capsys.readouterr().err
+    assert sha256(image) == before
+
+
+def test_without_the_switch_a_regular_file_is_no_disk(tmp_path: Path, raw_image: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert "BTY_TEST_FILE_TARGETS" not in os.environ
+    image = image_in(tmp_path / "images", raw_image, "zst")
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    before = sha256(target)
+    assert bty("flash", str(image), str(target), "--yes") == 6
+    assert "not a block device" in capsys.readouterr().err
+    assert sha256(target) == before
