@@ -10,6 +10,7 @@ import gzip
 import lzma
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -109,3 +110,17 @@ def slow_gzip_image(path: Path, raw_image: Path, zeros: int = 2048 * MiB) -> Pat
         for _ in range(zeros // (64 * MiB)):
             f.write(member)
     return path
+
+
+def images_dir_with(tmp_path: Path, image: Path, name: str | None = None, *, manifest: bool = False) -> Path:
+    """tmp_path/images holding a copy of `image` (as `name`), with its manifest when asked
+    (made by `bty images add`, as a user would)."""
+    from bty_live import cli
+
+    directory = tmp_path / "images"
+    directory.mkdir(exist_ok=True)
+    copy = directory / (name or image.name)
+    shutil.copy(image, copy)
+    if manifest:
+        assert cli.main(["images", "add", str(copy)]) == 0
+    return directory

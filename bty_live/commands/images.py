@@ -13,13 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.text import Text
 
 from bty_live.errors import ImageError
-from bty_live.flash.ledger import (
-    BADGE_UNVERIFIED,
-    default_ledger_path,
-    known_good_for_entry,
-    read_ledger,
-    unverified_models,
-)
+from bty_live.flash.known_good import BADGE_UNVERIFIED, known_good_for_entry, unverified_models
+from bty_live.flash.ledger import default_ledger_path, read_ledger
 from bty_live.image.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
 from bty_live.image.formats import detect_compression
 from bty_live.image.manifest import Manifest, load_manifest, write_manifest

@@ -21,7 +21,8 @@ from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
 from bty_live.image.formats import Compression, detect_compression, probe_decompressed_size
 from bty_live.image.fsprobe import FsInfo, Region, probe_filesystems, probe_regions
 from bty_live.image.manifest import load_manifest
-from bty_live.image.partition_table import Partition, PartitionTable, is_iso9660
+from bty_live.image.partition_table import is_iso9660
+from bty_live.image.partitions import Partition, PartitionTable
 from bty_live.image.source import HEAD_BYTES, read_head, read_partition_table
 from bty_live.units import format_size
 

@@ -164,16 +164,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_assign(args: argparse.Namespace) -> int:
+def _mac_argument(text: str) -> str:
+    """MAC of the command line, normalised; a malformed one is a usage error (exit 2)."""
     from bty_live.errors import UsageError
-    from bty_live.protocol.wire import Action, normalise_mac
+    from bty_live.protocol.wire import normalise_mac
+
+    try:
+        return normalise_mac(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def run_assign(args: argparse.Namespace) -> int:
+    from bty_live.protocol.wire import Action
     from bty_live.server.service import IMAGES_DIR_SETTING, Deployments
     from bty_live.server.state import Store
 
-    try:
-        mac = normalise_mac(args.mac)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    mac = _mac_argument(args.mac)
     with Store(args.state) as store:
         images = args.images or (Path(found) if (found := store.setting(IMAGES_DIR_SETTING)) else None)
         if images is None:
@@ -187,15 +194,10 @@ def run_assign(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
-    from bty_live.errors import UsageError
-    from bty_live.protocol.wire import normalise_mac
     from bty_live.server.service import Deployments
     from bty_live.server.state import Store
 
-    try:
-        mac = normalise_mac(args.mac)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    mac = _mac_argument(args.mac)
     with Store(args.state) as store:
         Deployments(store, None).reset(mac)
     print(f"{mac}: may enrol again; its old credential is refused from now on")

@@ -93,7 +93,8 @@ def _known_good_badge(images: str | None) -> Callable[[CatalogEntry], str]:
     """The ledger's verdict for this machine's model, read once per call (the list reloads):
     "known-good" for a file a passing run verified, "unverified" when only the manifest's digest
     is known-good here (the file's bytes were never hashed), else ""."""
-    from bty_live.flash.ledger import default_ledger_path, entry_badge, read_ledger
+    from bty_live.flash.known_good import entry_badge
+    from bty_live.flash.ledger import default_ledger_path, read_ledger
     from bty_live.image.catalog import resolve_images_dir
     from bty_live.system.machine import read_machine_identity
 

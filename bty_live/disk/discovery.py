@@ -44,6 +44,18 @@ from bty_live.system.sysfs import (
 DEV_DISK = Path("/dev/disk")
 _VIRTUAL_NAME = re.compile(r"^(?:zram\d+|ram\d+|dm-\d+|md\d+|md_\w+)$")
 _EXT_FAMILY = frozenset({"ext2", "ext3", "ext4"})
+#: transport, kernel-name prefix, sysfs path component: the first match wins (USB disks sit below
+#: a SCSI host, so usb comes before sata and scsi)
+_TRANSPORTS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("nvme", "nvme", re.compile(r"nvme")),
+    ("usb", "", re.compile(r"usb\d+")),
+    ("sata", "", re.compile(r"ata\d+")),
+    ("mmc", "mmcblk", re.compile(r"mmc_host")),
+    ("scsi", "", re.compile(r"host\d+")),
+    ("virtio", "", re.compile(r"virtio\d+")),
+)
+#: udev's ID_BUS, when the sysfs path says nothing
+_BUS_TRANSPORTS = {"ata": "sata", "usb": "usb", "scsi": "scsi", "nvme": "nvme", "mmc": "mmc"}
 
 
 def _natural_key(name: str) -> list[str | int]:
@@ -90,25 +102,15 @@ def transport_of(name: str, sysdir: Path, props: Mapping[str, str]) -> str:
     The sysfs device path is authoritative (it exists without udev); ID_BUS is the fallback.
     USB is checked before SCSI/ATA because USB disks sit below a SCSI host.
     """
-    parts = os.path.realpath(sysdir).split("/")
     if name.startswith("loop"):
         return "loop"
     if _VIRTUAL_NAME.match(name):
         return "virtual"
-    if name.startswith("nvme") or "nvme" in parts:
-        return "nvme"
-    if any(re.fullmatch(r"usb\d+", p) for p in parts):
-        return "usb"
-    if any(re.fullmatch(r"ata\d+", p) for p in parts):
-        return "sata"
-    if name.startswith("mmcblk") or "mmc_host" in parts:
-        return "mmc"
-    if any(re.fullmatch(r"host\d+", p) for p in parts):
-        return "scsi"
-    if any(re.fullmatch(r"virtio\d+", p) for p in parts):
-        return "virtio"
-    by_bus = {"ata": "sata", "usb": "usb", "scsi": "scsi", "nvme": "nvme", "mmc": "mmc"}
-    return by_bus.get(props.get("ID_BUS", ""), "unknown")
+    parts = os.path.realpath(sysdir).split("/")
+    for transport, name_prefix, path_part in _TRANSPORTS:
+        if (name_prefix and name.startswith(name_prefix)) or any(path_part.fullmatch(p) for p in parts):
+            return transport
+    return _BUS_TRANSPORTS.get(props.get("ID_BUS", ""), "unknown")
 
 
 def _vpd_serial(path: Path) -> str | None:

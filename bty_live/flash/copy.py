@@ -35,10 +35,10 @@ from bty_live.flash.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, 
 from bty_live.flash.target import ZEROOUT_PIECE, TargetInfo
 from bty_live.image.formats import ImageReader
 from bty_live.image.sources import RawStream
-from bty_live.image.zstd_frames import Frame
+from bty_live.image.zstd_frames import PACKED_FRAME_SIZE, Frame
 from bty_live.units import format_size, format_sizes
 
-CHUNK = 8 << 20
+CHUNK = PACKED_FRAME_SIZE
 ZERO_GRANULE = 1 << 20
 #: frames a parallel source may decompress at once (bounded by cores)
 MAX_WORKERS = 4

@@ -16,11 +16,11 @@ from bty_live.disk.selector import parse_selector, select_disk
 from bty_live.errors import ImageError
 from bty_live.flash.ledger import default_ledger_path
 from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
-from bty_live.flash.receipt import default_receipts_dir
 from bty_live.image.catalog import CatalogEntry, find_image, resolve_images_dir
 from bty_live.image.formats import check_image_file
 from bty_live.image.source import ImageSource, load_image_source
 from bty_live.system.machine import read_machine_identity
+from bty_live.system.state_dirs import default_receipts_dir
 from bty_live.tune.model import TuneRequest
 
 

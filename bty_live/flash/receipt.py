@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bty_live import __version__
+from bty_live.system.state_dirs import default_receipts_dir
 from bty_live.units import format_duration, format_rate, format_size
-
-RECEIPTS_ENV = "BTY_RECEIPTS"
 
 
 @dataclass
@@ -79,19 +78,6 @@ class Receipt:
         if self.saved_to:
             lines.append(f"  receipt: {self.saved_to}")
         return lines
-
-
-def default_receipts_dir() -> Path:
-    """$BTY_RECEIPTS, else receipts/ on the live stick's images partition, else ~/.local/state."""
-    env = os.environ.get(RECEIPTS_ENV)
-    if env:
-        return Path(env)
-    from bty_live.image.catalog import LIVE_IMAGES_DIR
-
-    if LIVE_IMAGES_DIR.is_dir():
-        return LIVE_IMAGES_DIR / "receipts"
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(state) / "bty-live" / "receipts"
 
 
 def save_receipt(receipt: Receipt, directory: Path | None = None, path: Path | None = None) -> Path:

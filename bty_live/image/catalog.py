@@ -28,9 +28,8 @@ from bty_live.image.formats import (
     probe_decompressed_size,
 )
 from bty_live.image.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
+from bty_live.system.state_dirs import LIVE_IMAGES_DIR
 
-#: where the live stick mounts its BTY_IMAGES partition
-LIVE_IMAGES_DIR = Path("/run/bty/images")
 IMAGES_ENV = "BTY_IMAGES"
 
 _SIDECAR_SUFFIXES = (MANIFEST_SUFFIX, ".bmap", ".yaml", ".yml", ".json", ".partial", ".tmp", ".md", ".txt")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bty_live.errors import ToolError
 from bty_live.image.formats import Compression, ImageReader, detect_compression
-from bty_live.image.partition_table import PartitionTable
+from bty_live.image.partitions import PartitionTable
 from bty_live.system import blkid
 
 #: bytes captured from the start of each partition

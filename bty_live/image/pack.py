@@ -20,10 +20,10 @@ from pathlib import Path
 import blake3
 import zstandard
 
-from bty_live.flash.copy import CHUNK
 from bty_live.image.formats import ImageReader
+from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
 
-FRAME_SIZE = CHUNK
+FRAME_SIZE = PACKED_FRAME_SIZE
 DEFAULT_LEVEL = 3
 
 

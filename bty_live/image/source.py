@@ -19,7 +19,8 @@ from bty_live.image.catalog import CatalogEntry
 from bty_live.image.formats import Compression, ImageReader, compression_of, probe_decompressed_size
 from bty_live.image.fsprobe import ForwardReader
 from bty_live.image.manifest import Manifest
-from bty_live.image.partition_table import PartitionTable, parse_partition_table
+from bty_live.image.partition_table import parse_partition_table
+from bty_live.image.partitions import PartitionTable
 from bty_live.image.sources import ByteSource, FileSource
 from bty_live.units import format_size, format_sizes
 

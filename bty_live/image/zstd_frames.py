@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 ZSTD_MAGIC = 0xFD2FB528
+#: the decompressed size of each frame of a packed image (`bty images pack`); the copy's buffers
+#: are this size, so one frame fills one buffer
+PACKED_FRAME_SIZE = 8 << 20
 _SKIPPABLE_MASK = 0xFFFFFFF0
 _SKIPPABLE_MAGIC = 0x184D2A50
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from bty_live.errors import ToolError, TuneError
 from bty_live.image.fsprobe import FsInfo, blkid_probe
-from bty_live.image.partition_table import ROOT_TYPES, USR_TYPES, PartitionTable, parse_partition_table
+from bty_live.image.partition_table import parse_partition_table
+from bty_live.image.partitions import ROOT_TYPES, USR_TYPES, PartitionTable
 from bty_live.system import sysfs
 from bty_live.system.run import run
 

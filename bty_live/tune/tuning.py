@@ -25,24 +25,17 @@ from typing import Any
 
 from bty_live.errors import TuneError
 from bty_live.events import Event, EventSink, Kind, Phase, discard
-from bty_live.flash.receipt import default_receipts_dir
 from bty_live.system.machine import read_machine_identity
+from bty_live.system.state_dirs import REPORTS_DIR, default_reports_dir
 from bty_live.tune.cijoe_run import LOG_FILE, cijoe_argv, failure_reason, not_run_reason, run_cijoe, step_dir
 from bty_live.tune.config import build_config, load_image_config, write_config
 from bty_live.tune.model import TuneRequest, TuneResult
 from bty_live.tune.rootfs import DiskLayout, MountedTarget, NoRoot, RootChoice, choose_root, mounted_target, read_layout
 from bty_live.tune.task import TuneTask, load_task
 
-REPORTS_DIR = "reports"
-
 
 def _slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("_") or "unnamed"
-
-
-def default_reports_dir() -> Path:
-    """Where reports go when there is no writable images directory: beside the receipts."""
-    return default_receipts_dir().parent / REPORTS_DIR
 
 
 def new_report_dir(request: TuneRequest, now: datetime) -> tuple[Path, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from tests.imagekit import (
     build_gpt_image,
     compress,
     device_equals_file,
+    images_dir_with,
     looks_blank,
     read_device,
     slow_gzip_image,
@@ -42,10 +42,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def images(tmp_path: Path, raw_image: Path) -> Path:
     """A fresh images directory holding a copy of the raw image."""
-    directory = tmp_path / "images"
-    directory.mkdir()
-    shutil.copy(raw_image, directory / "disk.img")
-    return directory
+    return images_dir_with(tmp_path, raw_image)
 
 
 def bty(*args: str) -> int:

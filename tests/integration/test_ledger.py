@@ -15,16 +15,15 @@ from bty_live.commands import ledger as ledger_command
 from bty_live.commands import tui as tui_command
 from bty_live.errors import DigestMismatchError
 from bty_live.events import Event, Kind, Phase
+from bty_live.flash.known_good import entry_badge, known_good_for_entry
 from bty_live.flash.ledger import (
     LedgerRecord,
     PhaseResult,
     PhaseTracker,
     append_record,
     default_ledger_path,
-    entry_badge,
     filter_records,
     known_good,
-    known_good_for_entry,
     known_good_models,
     make_record,
     read_ledger,

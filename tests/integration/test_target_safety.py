@@ -27,7 +27,7 @@ from bty_live.flash.prepare import prepare_plan, prepare_plan_for, prepare_plan_
 from bty_live.image.catalog import describe_image
 from bty_live.image.source import load_image_source
 from tests.conftest import LoopDevice
-from tests.imagekit import MiB, build_gpt_image, read_device
+from tests.imagekit import MiB, build_gpt_image, images_dir_with, read_device
 
 MakeLoop = Callable[..., LoopDevice]
 
@@ -39,10 +39,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def images(tmp_path: Path, raw_image: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    shutil.copy(raw_image, directory / "disk.img")
-    return directory
+    return images_dir_with(tmp_path, raw_image)
 
 
 @pytest.fixture

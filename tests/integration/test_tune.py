@@ -461,7 +461,7 @@ ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 
 def layout(*parts: tuple[int, str, str, str | None, str | None]) -> DiskLayout:
     """Partitions as (number, type GUID, GPT name, fstype, label)."""
-    from bty_live.image.partition_table import PartitionTable, gpt_type_name
+    from bty_live.image.partitions import PartitionTable, gpt_type_name
 
     infos = tuple(PartitionInfo(n, n * MiB, MiB, t, gpt_type_name(t), name, f"/dev/sdx{n}",
                                 FsInfo(fs, label, usage="crypto" if fs == "crypto_LUKS" else "filesystem"))

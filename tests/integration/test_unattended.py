@@ -3,7 +3,6 @@ refuses without writing, and a flashed machine is not flashed again."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from bty_live.stick.unattended import After, Consoles, parse_cmdline, run_unatte
 from bty_live.system.actions import SystemActions
 from bty_live.system.machine import MachineIdentity
 from tests.conftest import LoopDevice
-from tests.imagekit import MiB, build_gpt_image, device_equals_file, read_device
+from tests.imagekit import MiB, build_gpt_image, device_equals_file, images_dir_with, read_device
 
 IMAGE_SIZE = 32 * MiB
 
@@ -28,11 +27,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def images(tmp_path: Path, raw_image: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    shutil.copy(raw_image, directory / "demo.img")
-    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
-    return directory
+    return images_dir_with(tmp_path, raw_image, "demo.img", manifest=True)
 
 
 def test_a_command_line_without_bty_image_asks_for_nothing() -> None:

@@ -23,7 +23,8 @@ from bty_live.image.fsprobe import (
     probe_filesystems,
     probe_regions,
 )
-from bty_live.image.partition_table import PartitionTable, parse_partition_table
+from bty_live.image.partition_table import parse_partition_table
+from bty_live.image.partitions import PartitionTable
 from bty_live.system.blkid import parse_export
 
 MiB = 1 << 20

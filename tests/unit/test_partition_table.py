@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bty_live.image.partition_table import Partition, PartitionTable, parse_partition_table
+from bty_live.image.partition_table import parse_partition_table
+from bty_live.image.partitions import Partition, PartitionTable
 
 MiB = 1 << 20
 ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"

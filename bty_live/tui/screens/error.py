@@ -5,23 +5,21 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.screen import Screen
-from textual.widgets import OptionList, Static
+from textual.widgets import Static
 from textual.widgets.option_list import Option
 
-from bty_live.tui.messages import NextStep, StepChosen
+from bty_live.tui.messages import NextStep
+from bty_live.tui.screens.next_steps import NextStepsScreen
 from bty_live.tui.text import error_cause, error_details, error_heading, next_steps
 from bty_live.tui.widgets import ActionChoices, KeyHints, TitleBar
 
 
-class ErrorScreen(Screen[None]):
+class ErrorScreen(NextStepsScreen):
+    TEXT_ID = "cause"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("pageup", "scroll_text(-1)", "Scroll", show=False, priority=True),
-        Binding("pagedown", "scroll_text(1)", "Scroll", show=False, priority=True),
         Binding("escape", "app.pop_screen", "Back", key_display="Esc"),
         Binding("d", "details", "Details"),
         Binding("s", "step('shell')", "Shell"),
@@ -64,19 +62,8 @@ class ErrorScreen(Screen[None]):
             cause = self.query_one("#cause", VerticalScroll)
             self.call_after_refresh(cause.scroll_to_widget, details, animate=False, top=True)
 
-    def action_scroll_text(self, direction: int) -> None:
-        """PgUp/PgDn scroll the text while the arrows stay on the list of next steps."""
-        text = self.query_one("#cause", VerticalScroll)
-        (text.scroll_page_down if direction > 0 else text.scroll_page_up)(animate=False)
-
-    def action_step(self, step: str) -> None:
-        self.post_message(StepChosen(NextStep(step)))
-
-    @on(OptionList.OptionSelected, "#steps")
-    def _chosen(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        step = NextStep(event.option.id or NextStep.ANOTHER_IMAGE)
+    def choose(self, step: NextStep) -> None:
         if step == NextStep.DETAILS:
             self.action_details()
         else:
-            self.post_message(StepChosen(step))
+            super().choose(step)

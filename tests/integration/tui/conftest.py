@@ -3,13 +3,11 @@ directory, and reboot/power-off recorders instead of systemctl."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from bty_live import cli
-from tests.imagekit import MiB, build_gpt_image
+from tests.imagekit import MiB, build_gpt_image, images_dir_with
 from tests.integration.tui.tui_helpers import RecordedActions
 
 IMAGE_SIZE = 64 * MiB
@@ -23,11 +21,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def images_dir(tmp_path: Path, raw_image: Path) -> Path:
     """An images directory holding demo.img (a GPT + ext4 image) with its manifest."""
-    directory = tmp_path / "images"
-    directory.mkdir()
-    shutil.copy(raw_image, directory / "demo.img")
-    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
-    return directory
+    return images_dir_with(tmp_path, raw_image, "demo.img", manifest=True)
 
 
 @pytest.fixture

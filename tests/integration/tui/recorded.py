@@ -16,8 +16,8 @@ from bty_live.flash.receipt import Receipt
 from bty_live.image.catalog import CatalogEntry
 from bty_live.image.formats import Compression
 from bty_live.image.manifest import Manifest
-from bty_live.image.partition_table import Partition as ImagePartition
-from bty_live.image.partition_table import PartitionTable
+from bty_live.image.partitions import Partition as ImagePartition
+from bty_live.image.partitions import PartitionTable
 from bty_live.image.source import ImageSource
 from bty_live.image.sources import RawStream
 from bty_live.tui.backend import Backend, Watcher
