@@ -14,6 +14,7 @@ DESCRIPTION = """\
 Serve images, iPXE scripts and plans to netbooting machines, and keep what they report.
 
   bty serve --images DIR --state DIR --listen HOST:PORT --token-file F [--netboot DIR]
+            [--admin-token-file A]                          with the operator's web UI at /ui/
   bty serve assign --state DIR MAC IMAGE --disk SELECTOR    what a machine shall do
   bty serve machines --state DIR [--json]                   each machine, its status and receipt
   bty serve reset --state DIR MAC                           let a machine enrol again
@@ -35,7 +36,13 @@ netboot system enrols again once per `assign`, or after `bty serve reset MAC`. T
 plans, events, receipts) is SQLite in --state DIR and survives restarts; every agent's run, passed
 or failed, is appended to the known-good ledger (--ledger, default DIR/ledger.jsonl of --images),
 which `bty ledger` and `bty images` read as on a stick. Plans are assigned here, from the
-server's shell, not over HTTP.
+server's shell, or in the web UI.
+
+The operator's web UI (/ui/: machines with live progress, a machine's inventory and events,
+images, assigning to several machines at once) is on with --admin-token-file A, a token of its
+own: browsers log in with it on a form (a signed, HttpOnly, SameSite=Strict session cookie;
+every form is CSRF-checked), scripts send it as Authorization: Bearer. The agents' token and
+their credentials never open the UI.
 """
 
 ASSIGN = """\
@@ -84,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="how long a machine with nothing to do waits before asking again (default 10)")
     parser.add_argument("--ledger", metavar="FILE", type=Path, help="the known-good ledger the agents' runs are "
                         "appended to (default: ledger.jsonl in --images DIR, as on a stick; read it with `bty ledger`)")
+    parser.add_argument("--admin-token-file", metavar="FILE", type=Path,
+                        help="file holding the operator's token: turns on the web UI at /ui/ (a token of its own, "
+                             "never the agents'; make one with `openssl rand -hex 16 > FILE; chmod 600 FILE`)")
     parser.add_argument("--tls-cert", metavar="FILE", type=Path, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", type=Path, help="the certificate's private key (PEM)")
     parser.set_defaults(func=run)
@@ -157,11 +167,30 @@ def run(args: argparse.Namespace) -> int:
                 print(f"bty serve: warning: {args.netboot / name} does not exist; netbooting machines will fail "
                       "until it does (`make netboot`)", file=sys.stderr)
     config = ServerConfig(images_dir=args.images, state_dir=args.state, token=token, netboot=netboot,
-                          public_url=args.public_url, poll=args.poll, ledger=args.ledger)
+                          public_url=args.public_url, poll=args.poll, ledger=args.ledger,
+                          admin_token=_admin_token(args.admin_token_file, token), https=args.tls_cert is not None)
     host, port = parse_listen(args.listen)
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     serve_forever(config, host, port, tls)
     return 0
+
+
+def _admin_token(path: Path | None, agent_token: str) -> str | None:
+    """The operator's token, or None (the UI stays off, and the server says how to turn it on)."""
+    from bty_live.errors import UsageError
+    from bty_live.server.config import read_token_file, token_file_is_private
+
+    if path is None:
+        print("bty serve: the web UI is off; turn it on with --admin-token-file FILE (a token of its own)",
+              file=sys.stderr)
+        return None
+    admin = read_token_file(path)
+    if admin == agent_token:
+        raise UsageError(f"{path} holds the agents' token: the operator's token must be another one, or every "
+                         "netbooted machine could open the UI; make one with `openssl rand -hex 16`")
+    if not token_file_is_private(path):
+        print(f"bty serve: warning: {path} is readable by other users; chmod 600 it", file=sys.stderr)
+    return admin
 
 
 def _mac_argument(text: str) -> str:

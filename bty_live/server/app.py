@@ -42,8 +42,8 @@ from urllib.parse import parse_qs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bty_live.errors import BtyError, LedgerError
@@ -59,6 +59,8 @@ log = logging.getLogger("bty.serve")
 
 PUBLIC_PATHS = ("/healthz",)
 PUBLIC_PREFIXES = (ipxe.NETBOOT_ROUTE + "/",)
+#: the operator's UI: its own gate (the admin credential), never the agents' token
+UI_PREFIX = "/ui"
 MAX_BODY = 4 << 20
 MAX_DEPTH = 32
 #: ?after= and other integer parameters: SQLite integers are 64-bit
@@ -132,7 +134,10 @@ class AccessLog:
 
 
 def _is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    """Paths the agents' token gate leaves alone: public ones, and the UI (which its own gate
+    keeps for the operator: the agents' token opens nothing there)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path == UI_PREFIX \
+        or path.startswith(UI_PREFIX + "/")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -208,6 +213,21 @@ def parse_json(body: bytes) -> Any:
 
 async def _json_body(request: Request) -> Any:
     return parse_json(await _read_body(request))
+
+
+def _ui_routes(config: ServerConfig, store: Store, service: Deployments) -> list[BaseRoute]:
+    """The operator's UI at /ui/ when --admin-token-file was given; else a page saying how to turn it on."""
+    from bty_live.server.ui.views import ui_off
+
+    if config.admin_token is None:
+        return [Route(UI_PREFIX, ui_off), Route(UI_PREFIX + "/{rest:path}", ui_off)]
+    from bty_live.server.ui.auth import AdminAuth
+    from bty_live.server.ui.views import create_ui
+
+    ui = create_ui(store, service, AdminAuth(config.admin_token, config.token), images_dir=config.images_dir,
+                   secure_cookie=config.https)
+    return [Route(UI_PREFIX, lambda request: RedirectResponse(UI_PREFIX + "/", status_code=308)),
+            Mount(UI_PREFIX, app=ui)]
 
 
 def create_app(config: ServerConfig, store: Store) -> Starlette:
@@ -338,6 +358,7 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
                                                LedgerError: unavailable}
     app = Starlette(
         routes=[
+            *_ui_routes(config, store, service),
             Route("/healthz", healthz),
             Route(ipxe.NETBOOT_ROUTE + "/{name}", netboot_file),
             Route(ipxe.IPXE_ROUTE + "/{mac}", ipxe_script),

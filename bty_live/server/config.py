@@ -39,6 +39,10 @@ class ServerConfig:
     poll: float = 10.0
     #: the known-good ledger (JSON lines, bty_live.flash.ledger); None: ledger.jsonl in images_dir
     ledger: Path | None = None
+    #: the operator's token (--admin-token-file): opens the web UI at /ui/; None: the UI is off
+    admin_token: str | None = None
+    #: served over HTTPS (the UI's session cookie is then Secure)
+    https: bool = False
 
     @property
     def ledger_path(self) -> Path:

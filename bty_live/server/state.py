@@ -379,6 +379,30 @@ class Store:
             rows = self._db.execute(query, args).fetchall()
         return [StoredEvent(id=r[0], run_id=r[1], received_at=r[2], event=json.loads(r[3])) for r in rows]
 
+    def last_event_id(self) -> int:
+        """The newest stored event's id (0 when there is none): where a live view starts."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def last_progress(self, mac: str, run_id: str, window: int = 64) -> StoredEvent | None:
+        """The newest of a run's last `window` events that carries bytes and a total (what a
+        progress bar shows); None before the first one."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, run_id, received_at, event FROM events WHERE mac = ? AND run_id = ? "
+                                    "ORDER BY id DESC LIMIT ?", (mac, run_id, window)).fetchall()
+        for row in rows:
+            event = json.loads(row[3])
+            if isinstance(event, dict) and event.get("total"):
+                return StoredEvent(id=row[0], run_id=row[1], received_at=row[2], event=event)
+        return None
+
+    def macs_with_events_after(self, after: int) -> list[str]:
+        """Machines that reported an event with an id above `after` (what a live view redraws)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT mac FROM events WHERE id > ?", (after,)).fetchall()
+        return sorted(r[0] for r in rows)
+
     # -- receipts ---------------------------------------------------------------
 
     def add_receipt(self, db: sqlite3.Connection, mac: str, run_id: str, receipt: dict[str, Any],

@@ -1,0 +1,125 @@
+"""What the machines page shows of one machine: a plain dataclass made from the store's records.
+
+Pure: the records in, the row out, so the page, its live updates and the tests agree on every
+cell. The templates only lay the cells out.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bty_live.server.state import MachineRecord, PlanRecord, ReceiptRecord, StoredEvent
+from bty_live.units import format_duration, format_rate, format_size
+
+#: statuses during which the progress bar moves
+ACTIVE = frozenset({"planning", "writing", "verifying", "fixing up", "tuning"})
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    fraction: float
+    done: str
+    total: str
+    rate: str
+    eta: str
+
+    @property
+    def percent(self) -> int:
+        return round(self.fraction * 100)
+
+
+@dataclass(frozen=True)
+class MachineRow:
+    mac: str
+    #: the element id of the row, also the SSE event name that replaces it
+    row_id: str
+    model: str
+    serial: str
+    disks: str
+    plan: str
+    status: str
+    detail: str
+    progress: Progress | None
+    last_result: str
+    last_seen: str
+    last_seen_at: float
+
+
+def row_id(mac: str) -> str:
+    return "m-" + re.sub(r"[^0-9a-f]", "", mac.lower())
+
+
+def _disks(inventory: dict[str, Any]) -> str:
+    disks = inventory.get("disks")
+    if not isinstance(disks, list):
+        return "-"
+    parts = []
+    for disk in disks:
+        if isinstance(disk, dict):
+            size = disk.get("size")
+            parts.append(f"{disk.get('name', '?')} {format_size(size) if isinstance(size, int) else '?'}")
+    return ", ".join(parts) or "none"
+
+
+def _plan(plan: PlanRecord | None) -> str:
+    if plan is None:
+        return "none"
+    if plan.action.value == "flash":
+        return f"flash {plan.image} onto {plan.disk} ({plan.state.value})"
+    return f"{plan.action.value} ({plan.state.value})"
+
+
+def _progress(status: str, event: StoredEvent | None) -> Progress | None:
+    if status not in ACTIVE or event is None:
+        return None
+    data = event.event
+    total = data.get("total") or 0
+    done = data.get("bytes_out") or 0
+    if not isinstance(total, int) or not isinstance(done, int) or total <= 0:
+        return None
+    rate = data.get("rate")
+    eta = data.get("eta")
+    return Progress(
+        phase=str(data.get("phase", "")),
+        fraction=min(1.0, done / total),
+        done=format_size(done),
+        total=format_size(total),
+        rate=format_rate(rate) if isinstance(rate, (int, float)) else "-",
+        eta=format_duration(eta) if isinstance(eta, (int, float)) else "-",
+    )
+
+
+def ago(then: float, now: float) -> str:
+    seconds = max(0.0, now - then)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(then))
+
+
+def machine_row(machine: MachineRecord, plan: PlanRecord | None, receipt: ReceiptRecord | None,
+                progress: StoredEvent | None, now: float) -> MachineRow:
+    found = machine.inventory.get("machine")
+    identity: dict[str, Any] = found if isinstance(found, dict) else {}
+    last = "-" if receipt is None else f"{receipt.result}: {receipt.image_name} ({ago(receipt.received_at, now)})"
+    return MachineRow(
+        mac=machine.mac,
+        row_id=row_id(machine.mac),
+        model=machine.model or "unknown model",
+        serial=str(identity.get("serial") or "-"),
+        disks=_disks(machine.inventory),
+        plan=_plan(plan),
+        status=machine.status,
+        detail=machine.detail,
+        progress=_progress(machine.status, progress),
+        last_result=last,
+        last_seen=ago(machine.last_seen, now),
+        last_seen_at=machine.last_seen,
+    )
