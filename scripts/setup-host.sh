@@ -28,6 +28,8 @@ live=(
     grub-pc-bin grub-common
     # the e2e screen test reads the TUI off QEMU's framebuffer (OCR)
     tesseract-ocr tesseract-ocr-eng
+    # the operator's web UI is tested in a real headless browser (selenium from PyPI)
+    chromium chromium-driver
 )
 
 stamp=/var/lib/bty-live-setup.stamp
