@@ -32,6 +32,7 @@ bench: setup
 
 bench-server: setup
 	$(PY) tools/bench_server.py
+	$(PY) tools/bench_ui.py
 
 # The main job: build the demo OS and the live stick, flash the demo onto a virtual NVMe disk
 # unattended in QEMU, then boot that disk alone (see live-demo below).

@@ -120,8 +120,9 @@ def prepare(out: Path, size: int) -> dict[str, Path]:
 class Server:
     """`bty serve` as a subprocess on 127.0.0.1, a free port."""
 
-    def __init__(self, out: Path, verify: str) -> None:
+    def __init__(self, out: Path, verify: str, extra: Sequence[str] = ()) -> None:
         self.verify = verify
+        self.token = TOKEN
         self.state = out / "state"
         shutil.rmtree(self.state, ignore_errors=True)
         self.token_file = out / "token"
@@ -130,7 +131,7 @@ class Server:
         self.log = open(out / "server.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [PY, "-m", "bty_live.commands.serve", "--images", str(out / "images"), "--state", str(self.state),
-             "--listen", "127.0.0.1:0", "--token-file", str(self.token_file)],
+             "--listen", "127.0.0.1:0", "--token-file", str(self.token_file), *extra],
             cwd=REPO, stderr=subprocess.PIPE, stdout=self.log, text=True)
         self.url = self._wait_for_url()
         self.ps = psutil.Process(self.proc.pid)

@@ -188,6 +188,15 @@ def test_a_form_without_its_csrf_token_or_from_another_site_changes_nothing(serv
     assert status == 403 and get(server.url, "/ui/", cookie=cookie)[0] == 200
 
 
+def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(server: ServerThread) -> None:
+    cookie, csrf = log_in(server.url)
+    status, _, response = post_form(server.url, "/ui/logout", {"csrf": csrf}, cookie=cookie, origin=server.url)
+    assert status == 303 and response.getheader("Location") == "/ui/login"
+    assert (response.getheader("Set-Cookie") or "").startswith("bty_session=\"\"") or \
+        "max-age=0" in (response.getheader("Set-Cookie") or "").lower()
+    assert get(server.url, "/ui/", cookie=cookie)[0] == 303  # a copy kept elsewhere opens nothing either
+
+
 # -- what the operator does ---------------------------------------------------------------------------
 
 
@@ -284,5 +293,32 @@ def test_a_reconnect_with_last_event_id_gets_the_current_rows_again(server: Serv
         response = conn.getresponse()
         assert response.status == 200
         assert MAC in read_events(response, "event: table") + read_events(response, "\n\n")
+    finally:
+        conn.close()
+
+
+def test_a_machines_page_follows_its_event_log_from_where_it_left_off(server: ServerThread, tmp_path: Path) -> None:
+    credential = enrol(server.url)
+    assert serve.main(["assign", "--state", str(tmp_path / "state"), MAC, "demo", "--disk", "serial=S1"]) == 0
+    plan = server.store.plan(MAC)
+    assert plan is not None
+
+    def say(message: str) -> None:
+        event = Event(Phase.WRITE, Kind.INFO, message=message)
+        api(server.url, "POST", machine_path(MAC, "events"), {"run_id": plan.run_id, "events": [event.to_dict()]},
+            credential=credential)
+
+    say("already on the page")
+    shown = server.store.last_event_id()
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", f"/ui/events?mac={MAC}&after={shown}", headers={"Authorization": f"Bearer {ADMIN}"})
+        response = conn.getresponse()
+        read_events(response, "event: table")
+        say("news from the agent")
+        read_events(response, "event: log")
+        log = read_events(response, "\n\n")  # the log event's id and data lines
+        assert "news from the agent" in log and "already on the page" not in log, log
     finally:
         conn.close()

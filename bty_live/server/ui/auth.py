@@ -1,8 +1,10 @@
 """Who may use the operator's UI: the admin token, as a signed session cookie or a Bearer header.
 
 - Browsers log in on a form with the admin token and get a session cookie: a random session id,
-  an expiry and an HMAC over both, keyed by the admin token (a new admin token ends every
-  session), HttpOnly, SameSite=Strict, Path=/ui, Secure behind HTTPS.
+  an expiry and an HMAC over both, HttpOnly, SameSite=Strict, Path=/ui, Secure behind HTTPS.
+  The HMAC key is derived from the admin token and a secret drawn when the server starts, so a
+  new admin token or a restart ends every session, and logging out ends that session for good
+  (its id is remembered as revoked until it would have expired).
 - Every form that changes something carries a CSRF token: an HMAC of the session id, checked on
   POST together with the Origin header when the browser sends one. SameSite=Strict alone would
   already keep the cookie off cross-site requests; the token covers browsers that ignore it.
@@ -42,8 +44,9 @@ class AdminAuth:
     def __init__(self, admin_token: str, agent_token: str, *, now: Callable[[], float] = time.time) -> None:
         self._admin = admin_token.encode()
         self._agent = agent_token.encode()
-        self._key = hashlib.sha256(b"bty-ui-session\0" + self._admin).digest()
+        self._key = hashlib.sha256(b"bty-ui-session\0" + self._admin + secrets.token_bytes(32)).digest()
         self._now = now
+        self._revoked: dict[str, int] = {}
 
     # -- the token itself --------------------------------------------------------------------
 
@@ -67,9 +70,16 @@ class AdminAuth:
         sid, expires, signature = value.split(".")
         if not expires.isdigit() or not hmac.compare_digest(signature, self._sign(f"{sid}.{expires}")):
             return None
-        if int(expires) < self._now():
+        if int(expires) < self._now() or sid in self._revoked:
             return None
         return Session(sid=sid, expires=int(expires))
+
+    def end(self, session: Session) -> None:
+        """Log a session out: its cookie opens nothing any more, wherever a copy of it is."""
+        now = self._now()
+        self._revoked = {sid: expires for sid, expires in self._revoked.items() if expires >= now}
+        if not session.by_bearer:
+            self._revoked[session.sid] = session.expires
 
     # -- CSRF --------------------------------------------------------------------------------
 

@@ -93,14 +93,11 @@ def _progress(status: str, event: StoredEvent | None) -> Progress | None:
     )
 
 
-def ago(then: float, now: float) -> str:
-    seconds = max(0.0, now - then)
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.0f} h ago"
+def seen_at(then: float, now: float) -> str:
+    """The server's clock time of `then` (its date too when not today). A clock time, not "5 s
+    ago": a row then changes only when something happens, so the live view sends only news."""
+    if time.localtime(then)[:3] == time.localtime(now)[:3]:
+        return time.strftime("%H:%M:%S", time.localtime(then))
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(then))
 
 
@@ -108,7 +105,7 @@ def machine_row(machine: MachineRecord, plan: PlanRecord | None, receipt: Receip
                 progress: StoredEvent | None, now: float) -> MachineRow:
     found = machine.inventory.get("machine")
     identity: dict[str, Any] = found if isinstance(found, dict) else {}
-    last = "-" if receipt is None else f"{receipt.result}: {receipt.image_name} ({ago(receipt.received_at, now)})"
+    last = "-" if receipt is None else f"{receipt.result}: {receipt.image_name} ({seen_at(receipt.received_at, now)})"
     return MachineRow(
         mac=machine.mac,
         row_id=row_id(machine.mac),
@@ -120,6 +117,6 @@ def machine_row(machine: MachineRecord, plan: PlanRecord | None, receipt: Receip
         detail=machine.detail,
         progress=_progress(machine.status, progress),
         last_result=last,
-        last_seen=ago(machine.last_seen, now),
+        last_seen=seen_at(machine.last_seen, now),
         last_seen_at=machine.last_seen,
     )

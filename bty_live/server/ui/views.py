@@ -16,6 +16,7 @@ an agent's token or credential is refused with 403, nothing else answered.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -52,6 +53,26 @@ SORTS = {
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
+class SharedRows:
+    """The rows every live view draws, computed at most once per `max_age` seconds whatever the
+    number of views (each view only compares them with what it sent last)."""
+
+    def __init__(self, compute: Callable[[], list[MachineRow]], max_age: float = POLL_SECONDS) -> None:
+        self._compute = compute
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._rows: list[MachineRow] = []
+        self._at = -float("inf")
+
+    def get(self) -> list[MachineRow]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self._max_age:
+                self._rows = self._compute()
+                self._at = now
+            return self._rows
+
+
 def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir: Path | None,
               secure_cookie: bool) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -73,6 +94,8 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
             found = [r for r in found if any(needle in cell.lower() for cell in
                                              (r.mac, r.model, r.serial, r.status, r.plan, r.disks))]
         return sorted(found, key=SORTS.get(sort, SORTS["mac"]))
+
+    live_rows = SharedRows(rows)
 
     # -- the gate ----------------------------------------------------------------------------
 
@@ -131,6 +154,7 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         return response
 
     async def logout(request: Request, session: Session) -> Response:
+        auth.end(session)
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=secure_cookie)
         return response
@@ -159,7 +183,8 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         row = machine_row(record, plan, store.last_receipt(mac),
                           store.last_progress(mac, plan.run_id) if plan else None, time.time())
         return page(request, "machine.html", session, row=row, record=record, plan=plan, events=events[-200:],
-                    receipts=store.receipts(mac, limit=20))
+                    receipts=store.receipts(mac, limit=20),
+                    last_event_id=events[-1].id if events else store.last_event_id())
 
     async def images(request: Request, session: Session) -> Response:
         served = await run_in_threadpool(list_served, images_dir) if images_dir else []
@@ -187,7 +212,12 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
     async def events(request: Request, session: Session) -> Response:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         after = int(start) if start.isdigit() and len(start) < 19 else 0
+        try:  # a machine's page also follows its event log, from where it left off
+            follow = normalise_mac(request.query_params["mac"]) if "mac" in request.query_params else None
+        except ValueError:
+            follow = None
         row_template = templates.get_template("_row.html")
+        log_template = templates.get_template("_log.html")
 
         async def stream() -> AsyncIterator[str]:
             nonlocal after
@@ -197,8 +227,14 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
                 newest = await run_in_threadpool(store.last_event_id)
-                current = await run_in_threadpool(rows)
+                current = await run_in_threadpool(live_rows.get)
                 chunks = []
+                if follow is not None:
+                    fresh = await run_in_threadpool(store.events, follow, None, after, 500)
+                    if fresh:
+                        chunks.append(sse("log", log_template.render(events=fresh), fresh[-1].id))
+                        after = max(after, fresh[-1].id)
+                        newest = max(newest, after)
                 if [r.mac for r in current] != macs:  # a machine appeared: the whole table
                     macs = [r.mac for r in current]
                     html = "".join(row_template.render(row=r) for r in current)
