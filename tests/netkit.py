@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import socket
 import threading
@@ -217,3 +218,15 @@ class CutProxy:
                 upstream.sendall(data)
         except OSError:
             pass
+
+
+def served_images(root: Path) -> Path:
+    """root/images holding demo.img (1 MiB of random bytes) with its manifest: an image the
+    server offers, for tests about the server rather than about flashing."""
+    from bty_live import cli
+
+    directory = root / "images"
+    directory.mkdir(exist_ok=True)
+    (directory / "demo.img").write_bytes(os.urandom(1 << 20))
+    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
+    return directory

@@ -8,31 +8,25 @@ record must name the digest of the image assigned to the run."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bty_live import cli
 from bty_live.commands import serve
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.ledger import LedgerRecord
 from bty_live.protocol.wire import Action, AgentPlan, machine_path
 from bty_live.server.runner import ServerThread
-from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
+from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server, served_images
 
 OTHER = "52:54:00:99:99:99"
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    (directory / "demo.img").write_bytes(os.urandom(1 << 20))
-    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
-    return directory
+    return served_images(tmp_path)
 
 
 @pytest.fixture

@@ -20,15 +20,12 @@ from bty_live.server.app import MAX_BODY, MAX_DEPTH
 from bty_live.server.runner import ServerThread
 from bty_live.server.service import Deployments
 from bty_live.server.state import MAX_EVENTS_PER_RUN
-from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
+from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server, served_images
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    (directory / "demo.img").write_bytes(os.urandom(1 << 20))
-    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
+    directory = served_images(tmp_path)
     (directory / "bare.img").write_bytes(os.urandom(1 << 20))  # no manifest
     return directory
 

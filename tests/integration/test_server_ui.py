@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,14 +16,13 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from bty_live import cli
 from bty_live.commands import serve
 from bty_live.errors import UsageError
 from bty_live.events import Event, Kind, Phase
 from bty_live.protocol.wire import Action, machine_path
 from bty_live.server.runner import ServerThread
 from bty_live.server.ui.rows import row_id
-from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server
+from tests.netkit import MAC, TOKEN, api, enrol, inventory, make_config, request, running_server, served_images
 
 ADMIN = "admin-token-fedcba9876543210"
 OTHER = "52:54:00:99:99:99"
@@ -32,11 +30,7 @@ OTHER = "52:54:00:99:99:99"
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    (directory / "demo.img").write_bytes(os.urandom(1 << 20))
-    assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
-    return directory
+    return served_images(tmp_path)
 
 
 @pytest.fixture

@@ -6,19 +6,17 @@ kept as a screenshot at 1280x800 and 390x844 in build/ui-screenshots/ (test arte
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bty_live import cli
 from bty_live.events import Event, Kind, Phase
 from bty_live.protocol.wire import machine_path
 from bty_live.server.runner import ServerThread
 from bty_live.server.ui.rows import row_id
-from tests.netkit import MAC, api, enrol, inventory, make_config, running_server
+from tests.netkit import MAC, api, enrol, inventory, make_config, running_server, served_images
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -39,11 +37,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerThread]:
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "demo.img").write_bytes(os.urandom(1 << 20))
-    assert cli.main(["images", "add", str(images / "demo.img")]) == 0
-    config = dataclasses.replace(make_config(tmp_path, images), admin_token=ADMIN)
+    config = dataclasses.replace(make_config(tmp_path, served_images(tmp_path)), admin_token=ADMIN)
     with running_server(config) as running:
         yield running
 
