@@ -297,7 +297,7 @@ def _build_disk(name: str, sysdir: Path, props: Mapping[str, str], snap: _Snapsh
         diskseq=read_int(sysdir / "diskseq"),
         backing_chain=backing_chain(devnum, snap.entries),
         writers=_writers(snap, [(name, devnum), *((p.name, p.devnum) for p in partitions)]),
-        probe_error="; ".join(f"cannot read {node}: {why}" for node, why in probe.errors.items()) or None,
+        probe_error=probe.error_text(),
     )
 
 

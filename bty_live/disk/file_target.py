@@ -41,15 +41,19 @@ def is_file_target(path: str | os.PathLike[str]) -> bool:
 def file_identity(path: str | os.PathLike[str]) -> DiskIdentity:
     """A file's identity: its inode stands for the kernel's diskseq (a replaced file differs)."""
     real = os.path.realpath(path)
-    st = os.stat(real)
+    return _identity(real, os.stat(real))
+
+
+def _identity(real: str, st: os.stat_result) -> DiskIdentity:
     return DiskIdentity(path=real, devnum=(0, 0), size=st.st_size, serial=None, wwn=None, model=None,
                         loop_backing_file=real, diskseq=st.st_ino)
 
 
 def file_disk(path: str | os.PathLike[str]) -> Disk:
     """A regular file described as a disk (contents probed with blkid, as for a real one)."""
-    identity = file_identity(path)
-    st = os.stat(identity.path)
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    identity = _identity(real, st)
     probe = probe_nodes([identity.path])
     own = probe.values.get(identity.path, {})
     return Disk(
@@ -68,5 +72,5 @@ def file_disk(path: str | os.PathLike[str]) -> Disk:
         diskseq=identity.diskseq,
         backing_chain=(BackingFile(loop=os.path.basename(identity.path), path=identity.path,
                                    inode=(st.st_dev, st.st_ino)),),
-        probe_error="; ".join(f"cannot read {node}: {why}" for node, why in probe.errors.items()) or None,
+        probe_error=probe.error_text(),
     )

@@ -54,6 +54,13 @@ def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer T` header value (scheme case-insensitive), else None."""
+    if authorization is None or authorization[:7].lower() != "bearer ":
+        return None
+    return authorization[7:].strip()
+
+
 def credential_header(credential: str | None) -> dict[str, str]:
     return {CREDENTIAL_HEADER: credential} if credential else {}
 

@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bty_live.errors import BtyError, LedgerError
 from bty_live.flash.ledger import filter_records, read_ledger, summarize
-from bty_live.protocol.wire import API, CREDENTIAL_HEADER, TOKEN_QUERY, Action, normalise_mac
+from bty_live.protocol.wire import API, CREDENTIAL_HEADER, TOKEN_QUERY, Action, bearer_token, normalise_mac
 from bty_live.server import ipxe
 from bty_live.server.config import ServerConfig
 from bty_live.server.images import image_file, list_served
@@ -98,8 +98,8 @@ class TokenGate:
     def _authorised(self, scope: Scope) -> bool:
         offered = b""
         for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                offered = value[7:].strip()
+            if name == b"authorization" and (token := bearer_token(value.decode("latin-1"))) is not None:
+                offered = token.encode("latin-1")
         if not offered:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             offered = (query.get(TOKEN_QUERY) or [""])[0].encode("latin-1")

@@ -72,14 +72,18 @@ class StatusLine:
     detail: str
 
 
+#: a machine's status while a phase of its run is going on (the web UI draws a bar for these)
+BUSY_STATUS = {Phase.PLAN: "planning", Phase.WRITE: "writing", Phase.VERIFY: "verifying",
+               Phase.FIXUP: "fixing up", Phase.TUNE: "tuning"}
+
+
 def status_of(event: Event) -> StatusLine | None:
     """The machine's status line after `event`, or None if the event does not change it."""
     if event.kind == Kind.ERROR:
         return StatusLine("failed", event.message)
     if event.phase == Phase.DONE:
         return StatusLine("flashed", event.message or "flashed; waiting for the receipt")
-    label = {Phase.PLAN: "planning", Phase.WRITE: "writing", Phase.VERIFY: "verifying",
-             Phase.FIXUP: "fixing up", Phase.TUNE: "tuning"}.get(event.phase)
+    label = BUSY_STATUS.get(event.phase)
     if label is None:
         return None
     if event.kind == Kind.PROGRESS and event.total:

@@ -54,6 +54,10 @@ class Probe:
     values: Mapping[str, Mapping[str, str]]  # node -> {TYPE, LABEL, UUID, PTTYPE, PART_ENTRY_NAME, ...}
     errors: Mapping[str, str]  # node -> why blkid could not read it
 
+    def error_text(self) -> str | None:
+        """Why some nodes could not be probed, one clause each; None when all could."""
+        return "; ".join(f"cannot read {node}: {why}" for node, why in self.errors.items()) or None
+
 
 def probe_nodes(paths: Sequence[str], timeout: float = 60) -> Probe:
     """`blkid -p -o export` for several nodes in one call.

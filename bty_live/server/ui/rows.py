@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bty_live.server.service import BUSY_STATUS
 from bty_live.server.state import MachineRecord, PlanRecord, ReceiptRecord, StoredEvent
 from bty_live.units import format_duration, format_rate, format_size
 
 #: statuses during which the progress bar moves
-ACTIVE = frozenset({"planning", "writing", "verifying", "fixing up", "tuning"})
+ACTIVE = frozenset(BUSY_STATUS.values())
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote as url_quote
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -32,10 +33,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from bty_live.errors import BtyError
-from bty_live.protocol.wire import CREDENTIAL_HEADER, Action, normalise_mac
+from bty_live.protocol.wire import CREDENTIAL_HEADER, Action, bearer_token, normalise_mac
 from bty_live.server.images import list_served
 from bty_live.server.service import Deployments
-from bty_live.server.state import Store
+from bty_live.server.state import MachineRecord, PlanRecord, Store
 from bty_live.server.ui.auth import COOKIE, SESSION_SECONDS, AdminAuth, Session
 from bty_live.server.ui.rows import MachineRow, machine_row
 
@@ -82,13 +83,13 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         return templates.TemplateResponse(request, name, {"csrf": csrf, "logged_in": session is not None, **context},
                                           status_code=status)
 
+    def row_of(machine: MachineRecord, plan: PlanRecord | None, now: float) -> MachineRow:
+        progress = store.last_progress(machine.mac, plan.run_id) if plan is not None else None
+        return machine_row(machine, plan, store.last_receipt(machine.mac), progress, now)
+
     def rows(query: str = "", sort: str = "mac") -> list[MachineRow]:
         now = time.time()
-        found = []
-        for machine in store.machines():
-            plan = store.plan(machine.mac)
-            progress = store.last_progress(machine.mac, plan.run_id) if plan is not None else None
-            found.append(machine_row(machine, plan, store.last_receipt(machine.mac), progress, now))
+        found = [row_of(machine, store.plan(machine.mac), now) for machine in store.machines()]
         if query:
             needle = query.lower()
             found = [r for r in found if any(needle in cell.lower() for cell in
@@ -101,9 +102,8 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
 
     def session_of(request: Request) -> Session | Response:
         """The caller's session, or the answer to give instead (403, 401 or the login form)."""
-        header = request.headers.get("authorization", "")
-        if header[:7].lower() == "bearer ":
-            offered = header[7:]
+        offered = bearer_token(request.headers.get("authorization"))
+        if offered is not None:
             if auth.is_admin_token(offered):
                 return Session(sid="", expires=0)
             return PlainTextResponse("this token does not open the operator UI: it needs the token of "
@@ -180,8 +180,7 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
             return page(request, "missing.html", session, 404, mac=mac)
         plan = store.plan(mac)
         events = store.events(mac, plan.run_id) if plan is not None else []
-        row = machine_row(record, plan, store.last_receipt(mac),
-                          store.last_progress(mac, plan.run_id) if plan else None, time.time())
+        row = row_of(record, plan, time.time())
         return page(request, "machine.html", session, row=row, record=record, plan=plan, events=events[-200:],
                     receipts=store.receipts(mac, limit=20),
                     last_event_id=events[-1].id if events else store.last_event_id())
@@ -287,8 +286,7 @@ def sse(event: str, html: str, event_id: int) -> str:
 
 
 def quote(text: str) -> str:
-    from urllib.parse import quote as url_quote
-
+    """A notice for the page's query string (cut short: it is a message, not a document)."""
     return url_quote(text[:300])
 
 
