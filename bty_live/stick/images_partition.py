@@ -115,11 +115,6 @@ def root_disk(root: str = "/") -> str | None:
     return sysdir.name
 
 
-def _uevent(sysdir: Path) -> dict[str, str]:
-    pairs = (line.partition("=") for line in (sysfs.read_text(sysdir / "uevent") or "").splitlines())
-    return {key: value for key, sep, value in pairs if sep}
-
-
 def sysfs_partitions(disk: str) -> list[Partition]:
     """The partitions of `disk` as the kernel has them (sysfs: no partition-table read; 512-byte
     units; the names the kernel read at boot)."""
@@ -129,7 +124,7 @@ def sysfs_partitions(disk: str) -> list[Partition]:
         if number is None or start is None or size is None:
             continue  # gone meanwhile
         parts.append(Partition(node=sysfs.node_path(sysdir, sysdir.name), number=number,
-                               name=_uevent(sysdir).get("PARTNAME", ""), start=start, size=size))
+                               name=sysfs.uevent(sysdir).get("PARTNAME", ""), start=start, size=size))
     return parts
 
 

@@ -86,12 +86,16 @@ def partition_dirs(sysdir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: read_int(d / "partition") or 0)
 
 
+def uevent(sysdir: Path) -> dict[str, str]:
+    """A device's uevent file as KEY -> value (DEVNAME, PARTNAME, DISKSEQ, ...); empty when gone."""
+    pairs = (line.partition("=") for line in (read_text(sysdir / "uevent") or "").splitlines())
+    return {key: value for key, sep, value in pairs if sep}
+
+
 def node_path(sysdir: Path, name: str) -> str:
     """The /dev node of a block device, as its uevent names it."""
-    for line in (read_text(sysdir / "uevent") or "").splitlines():
-        if line.startswith("DEVNAME="):
-            return "/dev/" + line.removeprefix("DEVNAME=")
-    return f"/dev/{name}"
+    devname = uevent(sysdir).get("DEVNAME")
+    return f"/dev/{devname}" if devname else f"/dev/{name}"
 
 
 def unescape_octal(text: str) -> str:
