@@ -19,6 +19,7 @@ import pytest
 from bty_live.commands import serve
 from bty_live.errors import UsageError
 from bty_live.events import Event, Kind, Phase
+from bty_live.flash.ledger import LedgerRecord, PhaseResult, append_record
 from bty_live.protocol.wire import Action, machine_path
 from bty_live.server.runner import ServerThread
 from bty_live.server.ui.rows import row_id
@@ -231,6 +232,24 @@ def test_a_machine_page_shows_its_inventory_and_its_runs_events(server: ServerTh
     assert status == 200 and "QEMU Standard PC" in page and "writing" in page
     assert 'value="25"' in page  # the progress bar: 256 MiB of 1 GiB
     assert get(server.url, f"/ui/machines/{OTHER}", cookie=cookie)[0] == 404
+
+
+def test_the_images_page_shows_per_model_results_from_the_servers_ledger(server: ServerThread,
+                                                                         images: Path) -> None:
+    demo = api(server.url, "GET", "/api/v1/images")["images"][0]
+    phases = {"write": PhaseResult("passed"), "verify": PhaseResult("passed")}
+    for model, result in (("Dell R650", "passed"), ("HP Z2", "failed")):
+        append_record(images / "ledger.jsonl", LedgerRecord(result=result, image_name="demo",  # type: ignore[arg-type]
+                                                            image_blake3=demo["blake3"], machine_model=model,
+                                                            phases=phases if result == "passed" else {}))
+    status, page, _ = get(server.url, "/ui/images", token=ADMIN)
+    assert status == 200
+    assert "Dell R650: known-good (1 passed)" in page and "HP Z2: failed (0 passed, 1 failed)" in page
+
+    (images / "ledger.jsonl").unlink()
+    (images / "ledger.jsonl").mkdir()  # unreadable as a file: said on the page, the images still listed
+    status, page, _ = get(server.url, "/ui/images", token=ADMIN)
+    assert status == 200 and "The ledger cannot be read" in page and "demo.img" in page
 
 
 def test_the_filter_finds_machines_by_any_cell(server: ServerThread) -> None:

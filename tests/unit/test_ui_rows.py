@@ -1,13 +1,14 @@
-"""What the machines page shows of a machine, from the store's records (pure), and how often the
-live views compute it."""
+"""What the machines page shows of a machine, from the store's records (pure), how often the
+live views compute it, and what the images page shows of an image from the ledger."""
 
 from __future__ import annotations
 
 import time
 
+from bty_live.flash.ledger import LedgerRecord, PhaseResult
 from bty_live.protocol.wire import Action
 from bty_live.server.state import MachineRecord, PlanRecord, PlanState, ReceiptRecord, StoredEvent
-from bty_live.server.ui.rows import machine_row, row_id, seen_at
+from bty_live.server.ui.rows import image_rows, machine_row, row_id, seen_at
 from bty_live.server.ui.views import SharedRows
 
 MAC = "52:54:00:12:34:56"
@@ -72,3 +73,34 @@ def test_live_views_share_one_computation_per_interval() -> None:
     expired.get()
     expired.get()
     assert len(calls) == 3
+
+
+# -- the images page ------------------------------------------------------------------------------
+
+
+def run(result: str, model: str, blake3: str, *, verified: bool = True) -> LedgerRecord:
+    phase = "passed" if result == "passed" and verified else "failed"
+    return LedgerRecord(result=result, image_name="demo", image_blake3=blake3, machine_model=model,  # type: ignore[arg-type]
+                        phases={"write": PhaseResult("passed"), "verify": PhaseResult(phase)})
+
+
+def served(name: str, blake3: str, problem: str | None = None) -> dict[str, object]:
+    return {"name": name, "file_name": name + ".img.zst", "size": 2 << 30, "blake3": blake3, "problem": problem}
+
+
+def test_each_image_lists_the_models_it_ran_on_known_good_first_by_its_manifest_digest() -> None:
+    demo, other = "d" * 64, "0" * 64
+    records = [run("failed", "HP Z2", demo), run("passed", "Dell R650", demo), run("passed", "dell r650", demo),
+               run("failed", "Dell R650", demo), run("passed", "Lenovo M70", other)]
+    [row, unused] = image_rows([served("demo", demo), served("fresh", "f" * 64)], records)
+    assert [(m.model, m.passed, m.failed, m.known_good) for m in row.models] == [
+        ("Dell R650", 2, 1, True),  # one model whatever its case, known-good once any run was
+        ("HP Z2", 0, 1, False),
+    ]
+    assert row.size == "2 GiB" and unused.models == ()  # a run of another digest counts for nothing
+
+
+def test_an_image_the_server_cannot_offer_shows_why_and_has_no_results() -> None:
+    [row] = image_rows([{"name": "bare", "file_name": "bare.img", "problem": "no manifest"}],
+                       [run("passed", "Dell R650", "d" * 64)])
+    assert row.problem == "no manifest" and row.blake3 == "" and row.models == () and row.size == "-"

@@ -1,4 +1,4 @@
-"""What the machines page shows of one machine: a plain dataclass made from the store's records.
+"""What the pages show: a machine's row from the store's records, an image's row from the ledger.
 
 Pure: the records in, the row out, so the page, its live updates and the tests agree on every
 cell. The templates only lay the cells out.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bty_live.flash.ledger import LedgerRecord, summarize
 from bty_live.server.service import BUSY_STATUS
 from bty_live.server.state import MachineRecord, PlanRecord, ReceiptRecord, StoredEvent
 from bty_live.units import format_duration, format_rate, format_size
@@ -121,3 +123,55 @@ def machine_row(machine: MachineRecord, plan: PlanRecord | None, receipt: Receip
         last_seen=seen_at(machine.last_seen, now),
         last_seen_at=machine.last_seen,
     )
+
+
+# -- the images page -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """How one machine model fared with one image (every tuning task together)."""
+
+    model: str
+    passed: int
+    failed: int
+    known_good: bool
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    name: str
+    file_name: str
+    size: str
+    blake3: str
+    #: why the server cannot offer it ("" when it can)
+    problem: str
+    #: machine models with runs of this image, known-good ones first
+    models: tuple[ModelResult, ...]
+
+
+def image_rows(served: list[dict[str, Any]], records: Sequence[LedgerRecord]) -> list[ImageRow]:
+    """The images page: each image with its runs per machine model, keyed by the manifest's
+    blake3 (what the agents verified the disk against), from the server's ledger."""
+    by_image: dict[str, dict[str, ModelResult]] = {}
+    for combo in summarize(records):
+        models = by_image.setdefault(combo.image_blake3, {})
+        seen = models.get(combo.model.lower())
+        models[combo.model.lower()] = ModelResult(
+            model=seen.model if seen else combo.model,
+            passed=combo.passed + (seen.passed if seen else 0),
+            failed=combo.failed + (seen.failed if seen else 0),
+            known_good=combo.known_good or (seen.known_good if seen else False))
+    found = []
+    for image in served:
+        digest = str(image.get("blake3") or "")
+        results = by_image.get(digest, {}).values() if digest else ()
+        size = image.get("size")
+        found.append(ImageRow(
+            name=str(image.get("name", "")),
+            file_name=str(image.get("file_name", "")),
+            size=format_size(size) if isinstance(size, int) else "-",
+            blake3=digest,
+            problem=str(image.get("problem") or ""),
+            models=tuple(sorted(results, key=lambda m: (not m.known_good, m.model.lower())))))
+    return found

@@ -4,7 +4,7 @@
     POST /ui/logout                     ends the session (CSRF-checked)
     GET  /ui/                           machines: status, live progress, plan, last result; filter, sort
     GET  /ui/machines/{mac}             one machine: inventory, plan, events of its run, receipts
-    GET  /ui/images                     what can be served
+    GET  /ui/images                     what can be served, and how each machine model fared with it
     POST /ui/assign                     one plan for every selected machine (CSRF-checked)
     GET  /ui/events                     Server-Sent Events: machine rows as they change (Last-Event-ID)
     GET  /ui/static/{file}              htmx, its SSE extension, the stylesheet (public: no secrets)
@@ -32,13 +32,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bty_live.errors import BtyError
+from bty_live.errors import BtyError, LedgerError
+from bty_live.flash.ledger import read_ledger
 from bty_live.protocol.wire import CREDENTIAL_HEADER, Action, bearer_token, normalise_mac
 from bty_live.server.images import list_served
 from bty_live.server.service import Deployments
 from bty_live.server.state import MachineRecord, PlanRecord, Store
 from bty_live.server.ui.auth import COOKIE, SESSION_SECONDS, AdminAuth, Session
-from bty_live.server.ui.rows import MachineRow, machine_row
+from bty_live.server.ui.rows import ImageRow, MachineRow, image_rows, machine_row
 
 HERE = Path(__file__).parent
 #: how often a live view looks for news in the store
@@ -185,9 +186,18 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
                     receipts=store.receipts(mac, limit=20),
                     last_event_id=events[-1].id if events else store.last_event_id())
 
+    def image_page_rows() -> tuple[list[ImageRow], str]:
+        served = list_served(images_dir) if images_dir else []
+        if service.ledger is None:
+            return image_rows(served, []), ""
+        try:
+            return image_rows(served, read_ledger(service.ledger).records), ""
+        except LedgerError as exc:
+            return image_rows(served, []), str(exc)
+
     async def images(request: Request, session: Session) -> Response:
-        served = await run_in_threadpool(list_served, images_dir) if images_dir else []
-        return page(request, "images.html", session, images=served)
+        found, ledger_problem = await run_in_threadpool(image_page_rows)
+        return page(request, "images.html", session, images=found, ledger_problem=ledger_problem)
 
     async def assign(request: Request, session: Session) -> Response:
         form = await request.form()
