@@ -249,7 +249,7 @@ def test_the_images_page_shows_per_model_results_from_the_servers_ledger(server:
     (images / "ledger.jsonl").unlink()
     (images / "ledger.jsonl").mkdir()  # unreadable as a file: said on the page, the images still listed
     status, page, _ = get(server.url, "/ui/images", token=ADMIN)
-    assert status == 200 and "The ledger cannot be read" in page and "demo.img" in page
+    assert status == 200 and "the ledger cannot be read" in page and "demo.img" in page
 
 
 def test_the_filter_finds_machines_by_any_cell(server: ServerThread) -> None:

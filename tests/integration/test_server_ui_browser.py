@@ -1,140 +1,164 @@
 """The operator's web UI in a real browser (headless Chromium driven by selenium) against a real
-`bty serve` on 127.0.0.1: log in, see a machine appear when its agent registers, watch its
-progress bar move as it reports, assign an image to two machines at once, log out. Every page is
-kept as a screenshot at 1280x800 and 390x844 in build/ui-screenshots/ (test artefacts)."""
+`bty serve` on 127.0.0.1 and a real `bty agent` flashing a loop device: log in, see the machine
+appear when its agent registers, assign an image to two machines at once, watch the bar move
+during the agent's flash, see done and the receipt, log out. Every page is kept as a screenshot
+at 1280x800 and 390x844 in build/ui-screenshots/ (test artefacts).
+
+The agent's download passes a proxy that holds it to a few MB/s, so the flash lasts long enough
+(a few seconds) for the live view to show it on its way, as a real network would."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bty_live.events import Event, Kind, Phase
-from bty_live.protocol.wire import machine_path
+from bty_live import cli
+from bty_live.agent.api import ServerApi
+from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, Effects
 from bty_live.server.runner import ServerThread
 from bty_live.server.ui.rows import row_id
-from tests.netkit import MAC, api, enrol, inventory, make_config, running_server, served_images
+from tests.browserkit import (
+    MISSING,
+    assign,
+    chromium,
+    log_in,
+    row_text,
+    screenshots,
+    tick,
+    ticked,
+    wait_until,
+    watch_until,
+)
+from tests.conftest import LoopDevice
+from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file
+from tests.netkit import MAC, TOKEN, CutProxy, enrol, inventory, make_config, running_server
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.root]
+
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ADMIN = "admin-token-fedcba9876543210"
 OTHER = "52:54:00:99:99:99"
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
-SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+IMAGE_SIZE = 128 * MiB
+#: random (incompressible) file bytes in the image: the write progresses in 8 MiB buffers, so
+#: this spreads the download's time over several of them
+FILES = 24 * MiB
+#: bytes per second of the image download: the image (about 27 MB compressed) takes ~4.5 s
+DOWNLOAD_RATE = 6e6
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="chromium and chromium-driver are not installed (make setup)")
+
+@pytest.fixture(scope="module")
+def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gpt_image(tmp_path_factory.mktemp("img") / "disk.img", IMAGE_SIZE, files_bytes=FILES)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    config = dataclasses.replace(make_config(tmp_path, served_images(tmp_path)), admin_token=ADMIN)
+def server(tmp_path: Path, raw_image: Path) -> Iterator[ServerThread]:
+    images = tmp_path / "images"
+    images.mkdir()
+    served = compress(raw_image, "zst", images / "disk.img.zst")
+    assert cli.main(["images", "add", str(served)]) == 0
+    config = dataclasses.replace(make_config(tmp_path, images, poll=0.2), admin_token=ADMIN)
     with running_server(config) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,800", "--force-device-scale-factor=1"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
-def wait_until(driver: WebDriver, what: str, check: Callable[[WebDriver], object], timeout: float = 15) -> None:
-    try:
-        WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
-    except TimeoutException:
-        raise AssertionError(f"{what} within {timeout:.0f} s; the page shows: "
-                             f"{driver.find_element(By.TAG_NAME, 'body').text[:1500]!r}") from None
+class AgentThread(threading.Thread):
+    """A real `bty agent` (the runner the netboot system starts) in a thread: it registers, waits
+    for a plan, flashes, reports; its reboot is only counted."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.reboots = 0
+        self.lines: list[str] = []
+        self.outcome: AgentOutcome | BaseException | None = None
+        config = AgentConfig(mac=MAC, token=TOKEN, wait_limit=60.0, event_interval=0.1)
+        self.agent = Agent(ServerApi(url, TOKEN), config,
+                           Effects(reboot=self._reboot, say=self.lines.append, sleep=time.sleep))
+
+    def _reboot(self) -> None:
+        self.reboots += 1
+
+    def run(self) -> None:
+        try:
+            self.outcome = self.agent.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.outcome = exc
 
 
-def screenshots(driver: WebDriver, name: str) -> None:
-    """The page as it is now, at both sizes (the live view keeps running while resized)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for size, (width, height) in SIZES.items():
-        driver.set_window_size(width, height)
-        driver.save_screenshot(str(SCREENSHOTS / f"{name}-{size}.png"))
-    driver.set_window_size(*SIZES["desktop"])
-
-
-def progress_of(driver: WebDriver, mac: str) -> str | None:
-    bars = driver.find_elements(By.CSS_SELECTOR, f"#{row_id(mac)} progress")
-    return bars[0].get_attribute("value") if bars else None
-
-
-def report(url: str, credential: str, run_id: str, fraction: float, mac: str = MAC) -> None:
-    total = 1 << 30
-    event = Event(Phase.WRITE, Kind.PROGRESS, bytes_out=int(total * fraction), total=total, rate=120e6, eta=5.0)
-    api(url, "POST", machine_path(mac, "events"), {"run_id": run_id, "events": [event.to_dict()]},
-        credential=credential)
-
-
-def test_an_operator_logs_in_watches_machines_arrive_and_progress_assigns_two_and_logs_out(
-        server: ServerThread, browser: WebDriver) -> None:
+def test_an_operator_assigns_two_machines_watches_a_real_agent_flash_and_sees_the_receipt(
+        server: ServerThread, browser: WebDriver, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE)
+    proxy = CutProxy(server.socket.getsockname()[:2], rate=DOWNLOAD_RATE)
     browser.delete_all_cookies()
     browser.get(server.url + "/ui/")
     wait_until(browser, "the login form", lambda d: "Log in" in d.title)
     screenshots(browser, "login")
-    browser.find_element(By.ID, "token").send_keys(ADMIN)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    wait_until(browser, "the machines page", lambda d: d.title.startswith("Machines"))
+    log_in(browser, server.url, ADMIN)
     assert "No machine has reported yet" in browser.page_source
 
-    # A machine registers: its row appears without a reload (the event stream swaps the table in).
-    credential = enrol(server.url)
+    # The agent registers and waits for a plan: its row appears without a reload.
+    agent = AgentThread(proxy.url)
+    agent.start()
     wait_until(browser, f"{MAC} appearing", lambda d: d.find_elements(By.ID, row_id(MAC)))
     enrol(server.url, inventory(model="Dell R650", mac=OTHER), mac=OTHER)
     wait_until(browser, f"{OTHER} appearing", lambda d: d.find_elements(By.ID, row_id(OTHER)))
 
-    # Both selected, one image, one selector: two plans.
-    for mac in (MAC, OTHER):
-        browser.find_element(By.CSS_SELECTOR, f"#{row_id(mac)} input[type=checkbox]").click()
-    Select(browser.find_element(By.ID, "action")).select_by_value("flash")
-    Select(browser.find_element(By.ID, "image")).select_by_value("demo.img")
-    browser.find_element(By.ID, "disk").send_keys("serial=S1")
-    browser.find_element(By.CSS_SELECTOR, "#assign button[type=submit]").click()
-    wait_until(browser, "the assignment notice", lambda d: "assigned to 2 machine(s)" in d.page_source)
-    plans = [server.store.plan(mac) for mac in (MAC, OTHER)]
-    assert all(p is not None and p.image == "demo.img" and p.disk == "serial=S1" for p in plans), plans
-    run_id = plans[0].run_id if plans[0] else ""
+    # A tick survives the row's live redraws (the waiting agent's "last seen" changes every second).
+    tick(browser, MAC)
+    before = row_text(browser, MAC)
+    wait_until(browser, "a redraw of the waiting agent's row", lambda d: row_text(d, MAC) != before)
+    assert ticked(browser, MAC), "a live redraw of the row dropped the operator's tick"
 
-    # The agent reports: the bar moves in place, page not reloaded.
-    report(server.url, credential, run_id, 0.25)
-    wait_until(browser, "the bar at 25 %", lambda d: progress_of(d, MAC) == "25")
-    browser.execute_script("window.btyNotReloaded = true")
-    report(server.url, credential, run_id, 0.75)
-    wait_until(browser, "the bar at 75 %", lambda d: progress_of(d, MAC) == "75")
-    assert browser.execute_script("return window.btyNotReloaded") is True
-    assert "120 MB/s" in browser.find_element(By.ID, row_id(MAC)).text
+    # Both ticked, one image, one selector: two plans; the agent takes its own at its next question.
+    tick(browser, OTHER)
+    assign(browser, "disk.img.zst", f"path={loop.path}", machines=2)
+    plans = [server.store.plan(mac) for mac in (MAC, OTHER)]
+    assert all(p is not None and p.image == "disk.img.zst" and p.disk == f"path={loop.path}" for p in plans), plans
+    browser.execute_script("window.btyNotReloaded = true")  # from here on, every change comes live
+
+    seen = watch_until(browser, MAC, {"done", "failed"}, timeout=120)
+    agent.join(timeout=60)
+    assert agent.outcome is not None and not isinstance(agent.outcome, BaseException), agent.outcome
+    assert agent.outcome.state == AgentState.REBOOT and agent.reboots == 1, (agent.outcome, agent.lines)
+    assert browser.find_element(By.CSS_SELECTOR, f"#{row_id(MAC)} .status").text == "done"
+    moving = [v for v in seen if 0 < v < 100]
+    assert len(moving) >= 2 and moving == sorted(moving), f"the bar did not move in steps: {seen}"
+    assert browser.execute_script("return window.btyNotReloaded") is True  # all of it live, in place
+    assert device_equals_file(loop.path, raw_image)
     screenshots(browser, "machines")
 
+    # The machine's page: the receipt (stream and read-back checks) and the ledger's record.
     browser.find_element(By.LINK_TEXT, MAC).click()
     wait_until(browser, "the machine page", lambda d: d.title.startswith(MAC))
-    assert "QEMU Standard PC" in browser.page_source
+    receipt = browser.find_element(By.CSS_SELECTOR, "table.receipts tbody tr").text
+    assert "ok" in receipt and "match / match" in receipt and loop.path in receipt, receipt
+    ledger = browser.find_element(By.CSS_SELECTOR, "ul.ledger").text
+    assert "disk: passed (known-good)" in ledger, ledger
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.model in browser.page_source  # this host's own DMI
     screenshots(browser, "machine")
+
+    # The images page: the model the agent ran on is now known-good for this image.
     browser.find_element(By.LINK_TEXT, "Images").click()
     wait_until(browser, "the images page", lambda d: d.title.startswith("Images"))
-    assert "demo.img" in browser.page_source
+    assert f"{machine.model}: known-good (1 passed)" in browser.find_element(By.TAG_NAME, "main").text
     screenshots(browser, "images")
 
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
     wait_until(browser, "the login form after logging out", lambda d: "Log in" in d.title)
     browser.get(server.url + "/ui/")
     wait_until(browser, "the login form again", lambda d: "Log in" in d.title)
+    proxy.close()

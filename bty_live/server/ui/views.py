@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote as url_quote
@@ -33,13 +33,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from bty_live.errors import BtyError, LedgerError
-from bty_live.flash.ledger import read_ledger
+from bty_live.flash.ledger import LedgerRecord, read_ledger
 from bty_live.protocol.wire import CREDENTIAL_HEADER, Action, bearer_token, normalise_mac
 from bty_live.server.images import list_served
 from bty_live.server.service import Deployments
 from bty_live.server.state import MachineRecord, PlanRecord, Store
 from bty_live.server.ui.auth import COOKIE, SESSION_SECONDS, AdminAuth, Session
-from bty_live.server.ui.rows import ImageRow, MachineRow, image_rows, machine_row
+from bty_live.server.ui.rows import ImageRow, MachineRow, image_rows, machine_row, seen_at
 
 HERE = Path(__file__).parent
 #: how often a live view looks for news in the store
@@ -182,18 +182,29 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         plan = store.plan(mac)
         events = store.events(mac, plan.run_id) if plan is not None else []
         row = row_of(record, plan, time.time())
+        ledger, ledger_problem = await run_in_threadpool(ledger_of, mac)
         return page(request, "machine.html", session, row=row, record=record, plan=plan, events=events[-200:],
-                    receipts=store.receipts(mac, limit=20),
+                    receipts=store.receipts(mac, limit=20), ledger=ledger, ledger_problem=ledger_problem,
+                    seen_at=lambda then: seen_at(then, time.time()),
                     last_event_id=events[-1].id if events else store.last_event_id())
+
+    def ledger_records() -> tuple[Sequence[LedgerRecord], str]:
+        """The server's ledger, or no records and why it cannot be read (said on the page)."""
+        if service.ledger is None:
+            return (), ""
+        try:
+            return read_ledger(service.ledger).records, ""
+        except LedgerError as exc:
+            return (), f"the ledger cannot be read, so no results are shown: {exc}"
+
+    def ledger_of(mac: str) -> tuple[list[LedgerRecord], str]:
+        records, problem = ledger_records()
+        return [r for r in records if mac in r.macs][-20:][::-1], problem
 
     def image_page_rows() -> tuple[list[ImageRow], str]:
         served = list_served(images_dir) if images_dir else []
-        if service.ledger is None:
-            return image_rows(served, []), ""
-        try:
-            return image_rows(served, read_ledger(service.ledger).records), ""
-        except LedgerError as exc:
-            return image_rows(served, []), str(exc)
+        records, problem = ledger_records()
+        return image_rows(served, records), problem
 
     async def images(request: Request, session: Session) -> Response:
         found, ledger_problem = await run_in_threadpool(image_page_rows)
