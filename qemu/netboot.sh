@@ -25,6 +25,8 @@
 #   --mem MIB, --accel kvm|tcg, --print: as qemu/boot-net.sh (-- ARGS: extra QEMU arguments)
 # The server stops when this script ends; its state stays in WORKDIR (bty serve machines --state
 # WORKDIR/state), its log in WORKDIR/server.log, the agents' ledger in WORKDIR/images/ledger.jsonl.
+# The operator's web UI is on: http://127.0.0.1:PORT/ui/, with the admin token in
+# WORKDIR/admin-token (--action none: the machine registers and waits; assign it in the browser).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -74,9 +76,12 @@ if [[ -f $image ]]; then
         ln "$f" "$workdir/images/" 2>/dev/null || cp "$f" "$workdir/images/"
     done
 fi
-(umask 077 && python3 -c 'import secrets; print(secrets.token_hex(16))' >"$workdir/token")
+for secret in token admin-token; do
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(16))' >"$workdir/$secret")
+done
+# --poll 3: a machine waiting for a plan asks every 3 s (an operator at the browser is waiting too)
 serve=("$bty" serve --images "$workdir/images" --state "$workdir/state" --listen "127.0.0.1:$port"
-       --token-file "$workdir/token" --netboot "$netboot")
+       --token-file "$workdir/token" --admin-token-file "$workdir/admin-token" --netboot "$netboot" --poll 3)
 [[ $kernel_args_set == 1 ]] && serve+=(--kernel-args "$kernel_args")
 : >"$workdir/server.log"
 "${serve[@]}" >>"$workdir/server.log" 2>&1 &
@@ -92,6 +97,7 @@ done
 [[ -n $url ]] || die "bty serve did not say where it listens (see $workdir/server.log)"
 port=${url##*:}
 note "bty serve: $url (pid $server_pid; the VM reaches it as http://10.0.2.2:$port)"
+note "operator UI: $url/ui/ (admin token: $workdir/admin-token)"
 "$bty" serve ipxe-bootstrap --url "http://10.0.2.2:$port" --token-file "$workdir/token" -o "$workdir/tftp/boot.ipxe"
 case $action in
 flash) "$bty" serve assign --state "$workdir/state" "$mac" "$(basename "$image")" --disk "$disk" >&2 ;;

@@ -348,6 +348,23 @@ class NetbootRun:
         self.started = time.monotonic()
         return SessionConsole(spawn_rig(self.argv(), self.workdir, log), started=self.started)
 
+    @property
+    def admin_token(self) -> str:
+        """The operator's token of the web UI (qemu/netboot.sh writes it)."""
+        return (self.workdir / "admin-token").read_text().strip()
+
+    def server_url(self, timeout: float = 120) -> str:
+        """Where `bty serve` listens on this host, once its log says so."""
+        deadline = time.monotonic() + timeout
+        log = self.workdir / "server.log"
+        while time.monotonic() < deadline:
+            found = re.search(r"serving (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace")
+                              if log.exists() else "")
+            if found:
+                return found.group(1)
+            time.sleep(0.2)
+        raise AssertionError(f"bty serve did not say where it listens within {timeout:.0f} s; see {log}")
+
     def machines(self) -> list[dict[str, object]]:
         """What the server's state says (`bty serve machines --json`)."""
         out = subprocess.run([str(BTY), "serve", "machines", "--state", str(self.state), "--json"],
