@@ -159,6 +159,13 @@ class ServerRejectedError(NetworkError):
     kind = "rejected"
 
 
+class RunWithdrawnError(ServerRejectedError):
+    """The server is no longer on this run (409): the operator cancelled it or assigned the
+    machine anew. An agent stops the run's flash when its reports get this answer."""
+
+    kind = "withdrawn"
+
+
 class ToolError(BtyError):
     """An external tool is missing or failed."""
 

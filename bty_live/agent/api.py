@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from bty_live import __version__
-from bty_live.errors import ServerRejectedError, ServerUnavailableError, TokenRefusedError
+from bty_live.errors import RunWithdrawnError, ServerRejectedError, ServerUnavailableError, TokenRefusedError
 from bty_live.protocol.httpconn import certificate_error, connect, describe_os_error, parse_url, request_target
 from bty_live.protocol.wire import AgentPlan, bearer, credential_header, machine_path
 
@@ -100,6 +100,9 @@ class ServerApi:
         if status >= 500:
             raise ServerUnavailableError(f"server {self.server} failed: {method} {path} answered {status}; "
                                          "see the server's log")
+        if status == 409:
+            raise RunWithdrawnError(f"server {self.server} is no longer on this run ({_error_text(payload)}): "
+                                    "the operator cancelled it or assigned the machine anew")
         if status >= 400:
             raise ServerRejectedError(f"server {self.server} rejected {method} {path} ({status}: "
                                       f"{_error_text(payload)}); run the same bty-live version on both sides")

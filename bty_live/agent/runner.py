@@ -39,6 +39,7 @@ from bty_live.errors import (
     BtyError,
     Cancelled,
     NetworkError,
+    RunWithdrawnError,
     ServerUnavailableError,
     TokenRefusedError,
     UsageError,
@@ -251,8 +252,16 @@ class Agent:
         """Run the engine on the streamed image; _FlashFailed carries the error and the run's ledger record."""
         assert plan.image is not None and plan.disk is not None and plan.run_id is not None
         image, run_id, mac = plan.image, plan.run_id, self.config.mac
+        withdrawn: list[RunWithdrawnError] = []
+
+        def refused(exc: NetworkError) -> None:
+            if isinstance(exc, RunWithdrawnError) and not withdrawn:  # cancelled on the server: stop, wipe
+                withdrawn.append(exc)
+                self.effects.say(f"run {run_id}: {exc}; stopping the flash")
+                self.cancel.set()  # cleared once this run has stopped: the next run starts afresh
+
         uplink = EventUplink(lambda events: self.api.post_events(mac, run_id, events),
-                             interval=self.config.event_interval)
+                             interval=self.config.event_interval, on_refused=refused)
         sink = _Tee(uplink, self.effects.console)
 
         def resumed(notice: ResumeNotice) -> None:
@@ -280,6 +289,12 @@ class Agent:
                 for line in flash_plan.describe():
                     sink(Event(Phase.PLAN, Kind.INFO, message=line))
                 result = engine.flash(flash_plan, sink, self.cancel)
+            except Cancelled as exc:
+                if exc.signum is not None or not withdrawn:
+                    raise _FlashFailed(exc, _record_of(exc)) from exc
+                cancelled = Cancelled(f"run {run_id} was cancelled on the server (the operator cancelled it or "
+                                      "assigned the machine anew); the disk was wiped")
+                raise _FlashFailed(cancelled, _record_of(exc)) from exc
             except BtyError as exc:
                 if not sink.saw_error:  # failed before the engine ran (image, selector): say so once
                     sink(Event(Phase.FAILED, Kind.ERROR, message=exc.full_message(), error=exc.kind))
@@ -290,6 +305,8 @@ class Agent:
                     sink(Event(Phase.FAILED, Kind.ERROR, message=error.full_message(), error=error.kind))
                 raise _FlashFailed(error, None) from stop
             finally:
+                if withdrawn:
+                    self.cancel.clear()
                 stats = uplink.close()
             return FlashOutcome(receipt=result.receipt, resumes=source.resumes, uplink=stats,
                                 record=result.record.to_dict())

@@ -40,8 +40,12 @@ class EventUplink:
     """An EventSink (callable with an Event) that posts batches from a background thread."""
 
     def __init__(self, post: Post, *, interval: float = 0.5, max_info: int = 500,
-                 backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_refused: Callable[[NetworkError], None] | None = None) -> None:
+        """`on_refused` hears of a batch the server refused for good (e.g. the agent stops a
+        flash whose run the server withdrew)."""
         self._post = post
+        self._on_refused = on_refused
         self.interval = interval
         self.max_info = max_info
         self.backoff = backoff or Backoff(attempts=1_000_000, first=0.5, cap=5.0)
@@ -122,6 +126,8 @@ class EventUplink:
             except NetworkError as exc:  # refused token, rejected batch: sending it again will not help
                 self.stats.last_error = str(exc)
                 self.stats.lost += len(batch)
+                if self._on_refused is not None:
+                    self._on_refused(exc)
                 return
             self.stats.sent += len(batch)
             self.stats.batches += 1

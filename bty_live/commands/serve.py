@@ -16,6 +16,7 @@ Serve images, iPXE scripts and plans to netbooting machines, and keep what they 
   bty serve --images DIR --state DIR --listen HOST:PORT --token-file F [--netboot DIR]
             [--admin-token-file A]                          with the operator's web UI at /ui/
   bty serve assign --state DIR MAC IMAGE --disk SELECTOR    what a machine shall do
+  bty serve cancel --state DIR MAC...                        take machines' plans away
   bty serve machines --state DIR [--json]                   each machine, its status and receipt
   bty serve reset --state DIR MAC                           let a machine enrol again
   bty serve ipxe-bootstrap --url URL --token-file F         the first iPXE script (TFTP/DHCP)
@@ -124,6 +125,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     machines.add_argument("--json", action="store_true", help="print JSON (one object with a list of machines)")
     machines.set_defaults(func=run_machines)
 
+    cancel = commands.add_parser("cancel", help="take machines' plans away; a flash under way stops, its disk wiped",
+                                 description="Take the plan of each MAC away: the machine waits for a new one. A "
+                                 "flash under way stops at its agent's next report (within a second or so): the "
+                                 "server refuses the old run's reports, the agent stops the engine, which wipes the "
+                                 "disk's partition-table signatures, so it is never left half-written and "
+                                 "bootable-looking. A run that is over (done, failed) has nothing to cancel.")
+    cancel.add_argument("--state", metavar="DIR", type=Path, required=True, help="the server's state directory")
+    cancel.add_argument("macs", metavar="MAC", nargs="+", help="the machines' boot NICs")
+    cancel.set_defaults(func=run_cancel)
+
     reset = commands.add_parser("reset", help="let a machine enrol again (forget its credential)",
                                 description=RESET, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("--state", metavar="DIR", type=Path, required=True, help="the server's state directory")
@@ -219,6 +230,27 @@ def run_assign(args: argparse.Namespace) -> int:
                                                  verify=args.verify, tune=args.tune)
     what = f"flash {plan.image} onto {plan.disk}" if plan.action == Action.FLASH else plan.action.value
     print(f"{mac}: {what} (run {plan.run_id})")
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    from bty_live.errors import UsageError
+    from bty_live.server.service import Deployments
+    from bty_live.server.state import Store
+
+    macs = [_mac_argument(mac) for mac in args.macs]
+    refused: list[str] = []
+    with Store(args.state) as store:
+        service = Deployments(store, None)
+        for mac in macs:
+            try:
+                plan = service.cancel(mac)
+            except UsageError as exc:
+                refused.append(str(exc))
+                continue
+            print(f"{mac}: run {plan.run_id} cancelled; the machine waits for a new plan")
+    if refused:
+        raise UsageError("; ".join(refused))
     return 0
 
 

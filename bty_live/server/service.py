@@ -121,6 +121,18 @@ class Deployments:
         return self.store.assign(mac, action, image=image, disk=disk, verify=verify, tune=tune,
                                  image_blake3=blake3 if action == Action.FLASH and self.images_dir else None)
 
+    def cancel(self, mac: str) -> PlanRecord:
+        """Take `mac`'s plan away; UsageError when it has none, or when its run is over. A running
+        flash stops at the agent's next report and the disk is wiped (never left half-written and
+        bootable-looking); a pending plan is simply gone."""
+        plan = self.store.plan(mac)
+        if plan is None:
+            raise UsageError(f"machine {mac} has no plan to cancel")
+        if plan.state in (PlanState.DONE, PlanState.FAILED):
+            raise UsageError(f"run {plan.run_id} of {mac} is over ({plan.state.value}); nothing to cancel")
+        cancelled = self.store.cancel(mac)
+        return cancelled or plan
+
     def reset(self, mac: str) -> None:
         """Let `mac` enrol again (it rebooted into the netboot system); its old credential is refused."""
         self.store.reset_credential(mac)

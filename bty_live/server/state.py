@@ -313,6 +313,22 @@ class Store:
                        "GROUP BY run_id ORDER BY MAX(id) DESC LIMIT ?)", (mac, mac, KEPT_RUNS - 1))
         return record
 
+    def cancel(self, mac: str, now: float | None = None) -> PlanRecord | None:
+        """Take `mac`'s plan away (the plan it had, None if it had none). The machine then waits
+        for a new one; whatever its agent still reports about the old run is refused (409), which
+        tells a running agent to stop."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, created_at, "
+                             "updated_at, image_blake3 FROM plans WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                return None
+            plan = _plan(row)
+            db.execute("DELETE FROM plans WHERE mac = ?", (mac,))
+            self.set_status(db, mac, "cancelled", f"run {plan.run_id} cancelled by the operator; waiting for a "
+                                                  "new plan", now)
+        return plan
+
     def plan(self, mac: str) -> PlanRecord | None:
         with self._lock:
             row = self._db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, "

@@ -30,6 +30,7 @@ from bty_live.errors import (
     ServerUnavailableError,
     TargetRefusedError,
     TokenRefusedError,
+    UsageError,
     exit_code_for,
 )
 from bty_live.events import Event, Kind, Phase
@@ -276,6 +277,42 @@ def test_a_stop_signal_mid_write_wipes_reports_the_run_failed_and_exits_128_plus
     assert f"cancelled by {signum.name}" in plan.detail
     machine = server.store.machine(MAC)
     assert machine is not None and machine.status == "failed"
+
+
+def test_the_operator_cancelling_a_run_mid_write_stops_the_agent_wipes_the_disk_and_it_waits_again(
+        server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    proxy = CutProxy(server.socket.getsockname()[:2], rate=8 * MiB)  # 8 s of writing: time to cancel it
+    loop = make_loop(IMAGE_SIZE)
+    with open(loop.path, "r+b") as disk, open(raw_image, "rb") as old_system:  # the disk holds a system
+        disk.write(old_system.read())
+    assert not looks_blank(loop.path, IMAGE_SIZE)
+    run = assign(server, tmp_path, "disk.img", f"path={loop.path}")
+    recorder = Recorder()
+    outcome: list[AgentOutcome] = []
+    agent = threading.Thread(target=lambda: outcome.append(run_agent(proxy.url, recorder, wait_limit=0.0)))
+    agent.start()
+    deadline = time.monotonic() + 60
+    while (machine := server.store.machine(MAC)) is None or machine.status != "writing":
+        assert agent.is_alive() and time.monotonic() < deadline, "the agent never started writing"
+        time.sleep(0.05)
+    cancelled = Deployments(server.store, tmp_path / "images").cancel(MAC)
+    agent.join(timeout=60)
+
+    assert cancelled.run_id == run and outcome and outcome[0].state == AgentState.WAIT, (outcome, recorder.lines)
+    assert recorder.reboots == 0 and recorder.states.count(AgentState.FLASH) == 1
+    assert any(f"run {run} was cancelled on the server" in line for line in recorder.lines), recorder.lines
+    assert looks_blank(loop.path, IMAGE_SIZE), "the cancelled flash left partition-table signatures behind"
+    assert server.store.plan(MAC) is None
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.status == "waiting", machine  # it asked again: no plan
+
+
+def test_a_run_that_is_over_or_absent_has_nothing_to_cancel(server: ServerThread, tmp_path: Path) -> None:
+    service = Deployments(server.store, tmp_path / "images")
+    with pytest.raises(UsageError, match="has no plan to cancel"):
+        service.cancel(MAC)
+    assign(server, tmp_path, "disk.img", "path=/dev/null")
+    assert service.cancel(MAC).state == "pending" and server.store.plan(MAC) is None
 
 
 # -- refusals: nothing written -------------------------------------------------------------------

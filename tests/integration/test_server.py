@@ -331,6 +331,24 @@ def test_assign_refuses_images_the_server_cannot_offer_and_says_why(server: Serv
     assert server.store.plan(MAC) is None
 
 
+def test_cancel_on_the_shell_takes_plans_away_and_the_agent_waits(server: ServerThread, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    cred = enrol(server.url)
+    assert assign(state, MAC, "demo", "--disk", "serial=S1") == 0
+    run = plan_of(server.url, cred).run_id
+    capsys.readouterr()
+    assert serve.main(["cancel", "--state", str(state), MAC, "52:54:00:99:99:99"]) == 2  # the second has none
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{MAC}: run {run} cancelled") and "52:54:00:99:99:99 has no plan to cancel" in err
+    assert plan_of(server.url, cred).action == Action.WAIT
+    # whatever the agent still reports about the old run is refused: that is what stops it
+    event = Event(Phase.WRITE, Kind.PROGRESS, bytes_out=1, total=2)
+    status, _, _ = request(server.url, "POST", machine_path(MAC, "events"), credential=cred,
+                           body={"run_id": run, "events": [event.to_dict()]})
+    assert status == 409
+
+
 def test_assign_other_actions_answer_the_agent_directly(server: ServerThread, tmp_path: Path) -> None:
     cred = enrol(server.url)
     assert assign(tmp_path / "state", MAC, "--action", "tui") == 0

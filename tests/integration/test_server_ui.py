@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
 
@@ -211,6 +211,21 @@ def test_assigning_an_image_to_two_machines_at_once_gives_each_a_plan(server: Se
         assert plan.disk == "serial=S1"
     _, page, _ = get(server.url, "/ui/", cookie=cookie)
     assert "flash demo.img onto serial=S1" in page
+
+
+def test_cancel_takes_the_selected_plans_away_and_says_which_had_none(server: ServerThread, tmp_path: Path) -> None:
+    enrol(server.url)
+    enrol(server.url, inventory(mac=OTHER), mac=OTHER)
+    assert serve.main(["assign", "--state", str(tmp_path / "state"), MAC, "demo", "--disk", "serial=S1"]) == 0
+    cookie, csrf = log_in(server.url)
+    fields = [("csrf", csrf), ("mac", MAC), ("mac", OTHER), ("action", "cancel")]
+    status, _, response = post_form(server.url, "/ui/assign", fields, cookie=cookie, origin=server.url)
+    notice = unquote(response.getheader("Location") or "")
+    assert status == 303 and "cancelled the plans of 1 machine(s)" in notice, notice
+    assert f"machine {OTHER} has no plan to cancel" in notice, notice
+    assert server.store.plan(MAC) is None
+    machine = server.store.machine(MAC)
+    assert machine is not None and machine.status == "cancelled"
 
 
 def test_a_flash_without_a_disk_selector_is_refused_with_the_reason(server: ServerThread) -> None:

@@ -5,7 +5,7 @@
     GET  /ui/                           machines: status, live progress, plan, last result; filter, sort
     GET  /ui/machines/{mac}             one machine: inventory, plan, events of its run, receipts
     GET  /ui/images                     what can be served, and how each machine model fared with it
-    POST /ui/assign                     one plan for every selected machine (CSRF-checked)
+    POST /ui/assign                     one plan for every selected machine, or cancel theirs (CSRF-checked)
     GET  /ui/events                     Server-Sent Events: machine rows as they change (Last-Event-ID)
     GET  /ui/static/{file}              htmx, its SSE extension, the stylesheet (public: no secrets)
 
@@ -53,6 +53,8 @@ SORTS = {
     "seen": lambda r: -r.last_seen_at,
 }
 Handler = Callable[[Request, Session], Awaitable[Response]]
+#: the bulk action that takes the selected machines' plans away (a running flash stops, wiped)
+CANCEL = "cancel"
 
 
 class SharedRows:
@@ -168,7 +170,7 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         found = await run_in_threadpool(rows, query, sort)
         served = await run_in_threadpool(list_served, images_dir) if images_dir else []
         return page(request, "machines.html", session, rows=found, q=query, sort=sort, sorts=list(SORTS),
-                    images=[i for i in served if not i.get("problem")], actions=[a.value for a in Action],
+                    images=[i for i in served if not i.get("problem")], actions=[a.value for a in Action] + [CANCEL],
                     notice=request.query_params.get("notice", ""), last_event_id=store.last_event_id())
 
     async def machine(request: Request, session: Session) -> Response:
@@ -215,6 +217,8 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         macs = [str(m) for m in form.getlist("mac")]
         if not macs:
             return RedirectResponse("/ui/?notice=" + "select at least one machine", status_code=303)
+        if form.get("action") == CANCEL:
+            return await cancel([str(m) for m in macs])
         try:
             action = Action(str(form.get("action") or "flash"))
             image = str(form.get("image") or "") or None
@@ -228,6 +232,18 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
         what = f"flash {image} onto {disk}" if action == Action.FLASH else action.value
         return RedirectResponse(f"/ui/?notice={quote(f'{what}: assigned to {len(macs)} machine(s)')}",
                                 status_code=303)
+
+    async def cancel(macs: list[str]) -> Response:
+        """Cancel every selected machine's plan that can be; say which could not and why."""
+        done, refused = 0, []
+        for mac in macs:
+            try:
+                await run_in_threadpool(service.cancel, normalise_mac(mac))
+                done += 1
+            except (BtyError, ValueError) as exc:
+                refused.append(str(exc))
+        notice = f"cancelled the plans of {done} machine(s)" + (f"; not: {'; '.join(refused)}" if refused else "")
+        return RedirectResponse(f"/ui/?notice={quote(notice)}", status_code=303)
 
     async def events(request: Request, session: Session) -> Response:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
