@@ -51,24 +51,30 @@ def build_gpt_image(path: Path, size: int = 64 * MiB, *, seed: int = 1, files_by
     return path
 
 
+#: compress() kind -> the file suffix it makes
+COMPRESSED_SUFFIX = {"zst": ".zst", "zst-frames": ".zst", "xz": ".xz", "gz": ".gz", "bz2": ".bz2", "lz4": ".lz4"}
+
+
 def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
-    """zstd (one frame), zstd-frames (bty-packed, many frames), xz or gz copy of `raw`."""
-    data = raw.read_bytes()
+    """A compressed copy of `raw`: zstd (one frame), zstd-frames (bty-packed, many frames), xz,
+    gz; bz2 and lz4 made by the real `bzip2` and `lz4` tools."""
+    out = out or raw.with_name(raw.name + COMPRESSED_SUFFIX[kind])
+    data = raw.read_bytes() if kind in ("zst", "zst-frames", "xz", "gz") else b""
     if kind == "zst":
-        out = out or raw.with_name(raw.name + ".zst")
         out.write_bytes(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
     elif kind == "zst-frames":
-        out = out or raw.with_name(raw.name + ".zst")
         cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
         with open(out, "wb") as f:
             for i in range(0, len(data), 8 * MiB):
                 f.write(cctx.compress(data[i : i + 8 * MiB]))
     elif kind == "xz":
-        out = out or raw.with_name(raw.name + ".xz")
         out.write_bytes(lzma.compress(data, preset=0))
     elif kind == "gz":
-        out = out or raw.with_name(raw.name + ".gz")
         out.write_bytes(gzip.compress(data, compresslevel=1))
+    elif kind == "bz2":
+        out.write_bytes(subprocess.run(["bzip2", "-1", "-c", str(raw)], check=True, capture_output=True).stdout)
+    elif kind == "lz4":
+        subprocess.run(["lz4", "-q", "-f", str(raw), str(out)], check=True)
     else:
         raise ValueError(kind)
     return out
@@ -124,3 +130,4 @@ def images_dir_with(tmp_path: Path, image: Path, name: str | None = None, *, man
     if manifest:
         assert cli.main(["images", "add", str(copy)]) == 0
     return directory
+

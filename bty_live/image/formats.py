@@ -1,12 +1,14 @@
 """Image file formats: detect the compression from magic bytes, stream the decompressed bytes.
 
-Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz). Container
-formats that are not a disk byte stream (qcow2, vmdk, zip, ...) are recognised so the error can
-say how to convert them instead of writing their headers onto a disk.
+Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz), bzip2 (.bz2,
+multi-stream) and lz4 (.lz4, frame format, concatenated frames). Container formats that are not
+a disk byte stream (qcow2, vmdk, zip, legacy lz4, ...) are recognised so the error can say how to
+convert them instead of writing their headers onto a disk.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import lzma
 import os
@@ -17,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
+import lz4.frame
 import zstandard
 
 from bty_live.errors import ImageError, SourceCorruptError, ToolError
@@ -31,6 +34,8 @@ class Compression(StrEnum):
     ZSTD = "zstd"
     XZ = "xz"
     GZIP = "gzip"
+    BZIP2 = "bzip2"
+    LZ4 = "lz4"
 
 
 #: file name suffix -> what the name claims; magic bytes have the last word
@@ -42,18 +47,22 @@ SUFFIXES: dict[str, Compression] = {
     ".zstd": Compression.ZSTD,
     ".xz": Compression.XZ,
     ".gz": Compression.GZIP,
+    ".bz2": Compression.BZIP2,
+    ".lz4": Compression.LZ4,
 }
 
 _MAGIC: list[tuple[bytes, Compression]] = [
     (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
     (b"\xfd7zXZ\x00", Compression.XZ),
     (b"\x1f\x8b", Compression.GZIP),
+    (b"BZh", Compression.BZIP2),
+    (b"\x04\x22\x4d\x18", Compression.LZ4),
 ]
 
 # (offset, magic, what it is, how to fix)
 _UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
-    (0, b"BZh", "a bzip2 stream", "recompress it with zstd (bunzip2 -c IN | zstd -o OUT.img.zst)"),
-    (0, b"\x04\x22\x4d\x18", "an lz4 stream", "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
+    (0, b"\x02\x21\x4c\x18", "a legacy-format lz4 stream (lz4 -l)",
+     "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
     (0, b"PK\x03\x04", "a zip archive", "unzip it and add the disk image inside"),
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-zip archive", "extract it and add the disk image inside"),
     (0, b"QFI\xfb", "a qcow2 virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
@@ -98,7 +107,7 @@ def check_image_file(path: Path) -> None:
     what = not_an_image_file(path)
     if what is not None:
         raise ImageError(f"image {path} is {what}, not a disk image file; give the path of an image file "
-                         "(.img, .raw, .iso, .zst, .xz, .gz)")
+                         "(.img, .raw, .iso, .zst, .xz, .gz, .bz2, .lz4)")
 
 
 def detect_compression(path: Path) -> Compression:
@@ -158,7 +167,7 @@ def probe_decompressed_size(path: Path, compression: Compression) -> int | None:
             if fields[0] == "totals" and len(fields) > 4:
                 return int(fields[4])
         return None
-    return None  # gzip keeps only the size modulo 4 GiB, per member: not trustworthy
+    return None  # gzip keeps only the size modulo 4 GiB, per member; bzip2 and lz4 frames (mostly) none
 
 
 class _Stream(Protocol):
@@ -210,12 +219,54 @@ class _CountingFile:
         return self._closed
 
 
+class StreamDataError(ValueError):
+    """A decompressor found bad data; raised in place of the library's own, too broad, type."""
+
+
+class _DataErrors:
+    """A decompressed stream whose bad-data exceptions become StreamDataError: bz2 raises a bare
+    OSError ("Invalid data stream", no errno) and lz4 a RuntimeError, types that must not be
+    caught around every stream (a failing disk raises OSError too, with an errno)."""
+
+    def __init__(self, stream: _Stream, errors: tuple[type[Exception], ...]) -> None:
+        self.stream = stream
+        self.errors = errors
+
+    def readinto(self, buffer: memoryview) -> int | None:
+        try:
+            return self.stream.readinto(buffer)
+        except self.errors as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise StreamDataError(str(exc)) from exc
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _decompressing(compression: Compression, wrapped: _CountingFile, read_size: int) -> _Stream:
+    """The decompressed stream of `wrapped`, a file holding `compression`."""
+    fileobj = cast(BinaryIO, wrapped)  # duck-typed: read, readinto, close
+    if compression == Compression.ZSTD:
+        decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+        return decompressor.stream_reader(fileobj, read_size=read_size, read_across_frames=True, closefd=False)
+    if compression == Compression.XZ:
+        return lzma.LZMAFile(fileobj)  # noqa: SIM115 - closed by ImageReader.close
+    if compression == Compression.GZIP:
+        return gzip.GzipFile(fileobj=fileobj)
+    if compression == Compression.BZIP2:
+        return _DataErrors(bz2.BZ2File(fileobj), (OSError,))  # multi-stream (pbzip2, lbzip2) reads on
+    if compression == Compression.LZ4:
+        return _DataErrors(lz4.frame.LZ4FrameFile(fileobj), (RuntimeError,))  # concatenated frames read on
+    return wrapped
+
+
 class ImageReader:
     """The decompressed byte stream of an image file, read into buffers the caller owns.
 
     `readinto(view)` fills the whole view unless the stream ends; at the end it checks the
-    stream was complete (zstd: ended on a frame boundary; xz/gzip: their own end markers) and
-    raises SourceCorruptError otherwise. `bytes_in` counts compressed bytes consumed.
+    stream was complete (zstd: ended on a frame boundary; xz/gzip/bzip2/lz4: their own end
+    markers) and raises SourceCorruptError otherwise. `bytes_in` counts compressed bytes consumed.
     """
 
     READ_SIZE = 4 << 20
@@ -238,19 +289,7 @@ class ImageReader:
         raw = source.open()
         self._tracker = zstd_frames.FrameTracker() if self.compression == Compression.ZSTD else None
         self._source = _CountingFile(raw, self._tracker, observer)
-        wrapped = cast(BinaryIO, self._source)  # duck-typed: read, readinto, close
-        self._stream: _Stream
-        if self.compression == Compression.ZSTD:
-            decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
-            self._stream = decompressor.stream_reader(
-                wrapped, read_size=self.READ_SIZE, read_across_frames=True, closefd=False
-            )
-        elif self.compression == Compression.XZ:
-            self._stream = lzma.LZMAFile(wrapped)  # noqa: SIM115 - closed in close()
-        elif self.compression == Compression.GZIP:
-            self._stream = gzip.GzipFile(fileobj=wrapped)
-        else:
-            self._stream = self._source
+        self._stream = _decompressing(self.compression, self._source, self.READ_SIZE)
 
     @property
     def bytes_in(self) -> int:
@@ -263,9 +302,8 @@ class ImageReader:
         while filled < total:
             try:
                 n = self._stream.readinto(view[filled:])
-            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as exc:
-                raise self._corrupt(str(exc)) from exc
-            except zstd_frames.FrameError as exc:
+            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstd_frames.FrameError,
+                    StreamDataError) as exc:
                 raise self._corrupt(str(exc)) from exc
             except EOFError as exc:
                 raise self._truncated() from exc

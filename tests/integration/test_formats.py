@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ def read_all(path: Path, expected_size: int | None = None) -> bytes:
     return bytes(out)
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def made_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """DATA as every format, made once per module (the tools take seconds)."""
+    tmp_path = tmp_path_factory.mktemp("formats")
     raw = tmp_path / "d.img"
     raw.write_bytes(DATA)
     made = {"raw": raw}
@@ -41,11 +44,27 @@ def files(tmp_path: Path) -> dict[str, Path]:
     made["xz"].write_bytes(lzma.compress(DATA, preset=0))
     made["gz"] = tmp_path / "d.img.gz"
     made["gz"].write_bytes(gzip.compress(DATA, compresslevel=1))
+    made["bz2"] = tool(tmp_path / "d.img.bz2", "bzip2", "-1", "-c", str(raw))
+    made["lz4"] = tool(tmp_path / "d.img.lz4", "lz4", "-c", str(raw))
     return made
 
 
+@pytest.fixture
+def files(made_files: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """This test's own copies of `made_files`, in its tmp_path."""
+    return {kind: Path(shutil.copy(path, tmp_path / path.name)) for kind, path in made_files.items()}
+
+
+def tool(out: Path, *argv: str) -> Path:
+    """`out` holds what the command writes to stdout."""
+    with open(out, "wb") as f:
+        subprocess.run(argv, stdout=f, check=True)
+    return out
+
+
 @pytest.mark.parametrize("kind,expected", [("raw", Compression.RAW), ("zst", Compression.ZSTD),
-                                           ("xz", Compression.XZ), ("gz", Compression.GZIP)])
+                                           ("xz", Compression.XZ), ("gz", Compression.GZIP),
+                                           ("bz2", Compression.BZIP2), ("lz4", Compression.LZ4)])
 def test_each_format_is_detected_and_streams_back_the_same_bytes(files: dict[str, Path], kind: str,
                                                                  expected: Compression) -> None:
     assert detect_compression(files[kind]) == expected
@@ -89,8 +108,8 @@ def test_truncated_zstd_is_an_error_not_a_short_image(files: dict[str, Path], tm
         read_all(truncated)
 
 
-@pytest.mark.parametrize("kind", ["xz", "gz"])
-def test_truncated_xz_and_gzip_are_errors(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["xz", "gz", "bz2", "lz4"])
+def test_truncated_xz_gzip_bzip2_and_lz4_are_errors(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
     data = files[kind].read_bytes()
     truncated = tmp_path / f"t.img.{kind}"
     truncated.write_bytes(data[: len(data) // 2])
@@ -207,3 +226,45 @@ def test_sizes_that_round_alike_are_shown_in_exact_bytes() -> None:
     assert format_sizes(16 << 20, (16 << 20) + 1) == ("16 MiB (16,777,216 bytes)", "16 MiB (16,777,217 bytes)")
     assert format_sizes(16 << 20, 20 << 20) == ("16 MiB", "20 MiB")
     assert format_sizes(16 << 20, 16 << 20) == ("16 MiB", "16 MiB")
+
+
+# -- bzip2 and lz4 ----------------------------------------------------------------------------------
+
+
+def test_a_multi_stream_bzip2_file_reads_every_stream(tmp_path: Path) -> None:
+    """pbzip2 and lbzip2 write one bzip2 stream per block; `cat a.bz2 b.bz2` makes the same."""
+    halves = [tmp_path / "a.img", tmp_path / "b.img"]
+    halves[0].write_bytes(DATA[: len(DATA) // 2])
+    halves[1].write_bytes(DATA[len(DATA) // 2 :])
+    streams = [tool(h.with_name(h.name + ".bz2"), "bzip2", "-1", "-c", str(h)) for h in halves]
+    joined = tmp_path / "joined.img.bz2"
+    joined.write_bytes(b"".join(s.read_bytes() for s in streams))
+    assert read_all(joined) == DATA
+
+
+def test_concatenated_lz4_frames_read_as_one_image(tmp_path: Path) -> None:
+    halves = [tmp_path / "a.img", tmp_path / "b.img"]
+    halves[0].write_bytes(DATA[: len(DATA) // 3])
+    halves[1].write_bytes(DATA[len(DATA) // 3 :])
+    frames = [tool(h.with_name(h.name + ".lz4"), "lz4", "-c", str(h)) for h in halves]
+    joined = tmp_path / "joined.img.lz4"
+    joined.write_bytes(b"".join(f.read_bytes() for f in frames))
+    assert read_all(joined) == DATA
+
+
+@pytest.mark.parametrize("kind", ["bz2", "lz4"])
+def test_a_flipped_byte_in_bzip2_or_lz4_is_corruption_naming_the_image(files: dict[str, Path], tmp_path: Path,
+                                                                        kind: str) -> None:
+    data = bytearray(files[kind].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / f"bad.img.{kind}"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SourceCorruptError, match=rf"image bad.img.{kind} is corrupt .*re-copy it"):
+        read_all(bad)
+
+
+def test_legacy_lz4_is_refused_with_the_command_that_converts_it(files: dict[str, Path], tmp_path: Path) -> None:
+    legacy = tool(tmp_path / "old.img.lz4", "lz4", "-l", "-c", str(files["raw"]))
+    assert legacy.read_bytes()[:4] == b"\x02\x21\x4c\x18"
+    with pytest.raises(ImageError, match=r"legacy-format lz4 .*lz4 -dc IN \| zstd -o OUT.img.zst"):
+        detect_compression(legacy)

@@ -73,7 +73,8 @@ def compress(image: Path, compression: Compression) -> Path:
     if compression == Compression.RAW:
         return image
     tool, suffix = {Compression.ZSTD: ("zstd", ".zst"), Compression.XZ: ("xz", ".xz"),
-                    Compression.GZIP: ("gzip", ".gz")}[compression]
+                    Compression.GZIP: ("gzip", ".gz"), Compression.BZIP2: ("bzip2", ".bz2"),
+                    Compression.LZ4: ("lz4", ".lz4")}[compression]
     out = image.with_name(image.name + suffix)
     with open(out, "wb") as f:
         subprocess.run([tool, "-1", "-c", str(image)], stdout=f, check=True)

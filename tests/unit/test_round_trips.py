@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from tests.imagekit import MiB, build_gpt_image, compress
+from tests.imagekit import COMPRESSED_SUFFIX, MiB, build_gpt_image, compress
 
 IMAGE_SIZE = 24 * MiB
-FORMATS = ["raw", "zst", "zst-frames", "xz", "gz"]
+FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4"]
 
 
 def bty(*args: str) -> int:
@@ -33,7 +33,7 @@ def image_in(directory: Path, raw: Path, kind: str) -> Path:
         target = directory / "disk.img"
         target.write_bytes(raw.read_bytes())
         return target
-    return compress(raw, kind, directory / f"disk.img.{'zst' if kind.startswith('zst') else kind}")
+    return compress(raw, kind, directory / f"disk.img{COMPRESSED_SUFFIX[kind]}")
 
 
 def blank_file(path: Path, size: int, fill: bytes = b"\0") -> Path:
@@ -119,3 +119,26 @@ def test_without_the_switch_a_regular_file_is_no_disk(tmp_path: Path, raw_image:
     assert bty("flash", str(image), str(target), "--yes") == 6
     assert "not a block device" in capsys.readouterr().err
     assert sha256(target) == before
+
+
+# -- bzip2 and lz4 that are damaged ----------------------------------------------------------------------
+
+
+def wiped(target: Path, size: int) -> bool:
+    """Nothing bootable is left: the first and last MiB (MBR, both GPTs) are zeros."""
+    with open(target, "rb") as f:
+        head = f.read(MiB)
+        f.seek(size - MiB)
+        return not any(head) and not any(f.read(MiB))
+
+
+@pytest.mark.usefixtures("file_targets")
+@pytest.mark.parametrize("kind", ["bz2", "lz4"])
+def test_a_truncated_bzip2_or_lz4_image_fails_as_corrupt_and_leaves_a_wiped_target(
+        tmp_path: Path, raw_image: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, kind)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size * 3 // 4])
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert f"image {image.name} is truncated" in capsys.readouterr().err
+    assert wiped(target, IMAGE_SIZE)
