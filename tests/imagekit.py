@@ -11,6 +11,7 @@ import lzma
 import os
 import random
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -52,12 +53,14 @@ def build_gpt_image(path: Path, size: int = 64 * MiB, *, seed: int = 1, files_by
 
 
 #: compress() kind -> the file suffix it makes
-COMPRESSED_SUFFIX = {"zst": ".zst", "zst-frames": ".zst", "xz": ".xz", "gz": ".gz", "bz2": ".bz2", "lz4": ".lz4"}
+COMPRESSED_SUFFIX = {"zst": ".zst", "zst-frames": ".zst", "xz": ".xz", "gz": ".gz", "bz2": ".bz2", "lz4": ".lz4",
+                     "zip": ".zip", "zip-xz": ".zip"}
 
 
 def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
     """A compressed copy of `raw`: zstd (one frame), zstd-frames (bty-packed, many frames), xz,
-    gz; bz2 and lz4 made by the real `bzip2` and `lz4` tools."""
+    gz; bz2, lz4 and zip made by the real `bzip2`, `lz4` and `zip` tools (zip: `raw` as the one
+    member, stored under its own name; zip-xz: `raw`.xz as the member)."""
     out = out or raw.with_name(raw.name + COMPRESSED_SUFFIX[kind])
     data = raw.read_bytes() if kind in ("zst", "zst-frames", "xz", "gz") else b""
     if kind == "zst":
@@ -75,6 +78,12 @@ def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
         out.write_bytes(subprocess.run(["bzip2", "-1", "-c", str(raw)], check=True, capture_output=True).stdout)
     elif kind == "lz4":
         subprocess.run(["lz4", "-q", "-f", str(raw), str(out)], check=True)
+    elif kind in ("zip", "zip-xz"):
+        member = compress(raw, "xz", out.with_name(raw.name + ".xz")) if kind == "zip-xz" else raw
+        out.unlink(missing_ok=True)  # zip adds to an existing archive
+        subprocess.run(["zip", "-q", "-j", str(out), str(member)], check=True)
+        if member != raw:
+            member.unlink()
     else:
         raise ValueError(kind)
     return out
@@ -130,4 +139,13 @@ def images_dir_with(tmp_path: Path, image: Path, name: str | None = None, *, man
     if manifest:
         assert cli.main(["images", "add", str(copy)]) == 0
     return directory
+
+
+def set_declared_size(path: Path, size: int) -> None:
+    """Forge the member's uncompressed size in its local header and central directory entry."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 22, size)  # local file header: uncompressed size
+    central = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, size)
+    path.write_bytes(bytes(data))
 

@@ -4,20 +4,23 @@ truncated or damaged stream is an error rather than a short image."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
 
-from bty_live.errors import ImageError, SourceCorruptError
+from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
 from bty_live.image.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
 from bty_live.image.pack import pack_image
+from tests.imagekit import set_declared_size
 
 DATA = b"".join(i.to_bytes(4, "little") * 1024 for i in range(3000)) + bytes(5 << 20)  # ~17 MiB
 
@@ -46,6 +49,7 @@ def made_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["gz"].write_bytes(gzip.compress(DATA, compresslevel=1))
     made["bz2"] = tool(tmp_path / "d.img.bz2", "bzip2", "-1", "-c", str(raw))
     made["lz4"] = tool(tmp_path / "d.img.lz4", "lz4", "-c", str(raw))
+    made["zip"] = zip_of(tmp_path / "d.zip", raw)
     return made
 
 
@@ -62,9 +66,17 @@ def tool(out: Path, *argv: str) -> Path:
     return out
 
 
+def zip_of(out: Path, *members: Path, options: tuple[str, ...] = ()) -> Path:
+    """A zip made by Info-ZIP's `zip`, members stored under their file names."""
+    out.unlink(missing_ok=True)
+    subprocess.run(["zip", "-q", "-j", *options, str(out), *map(str, members)], check=True)
+    return out
+
+
 @pytest.mark.parametrize("kind,expected", [("raw", Compression.RAW), ("zst", Compression.ZSTD),
                                            ("xz", Compression.XZ), ("gz", Compression.GZIP),
-                                           ("bz2", Compression.BZIP2), ("lz4", Compression.LZ4)])
+                                           ("bz2", Compression.BZIP2), ("lz4", Compression.LZ4),
+                                           ("zip", Compression.ZIP)])
 def test_each_format_is_detected_and_streams_back_the_same_bytes(files: dict[str, Path], kind: str,
                                                                  expected: Compression) -> None:
     assert detect_compression(files[kind]) == expected
@@ -268,3 +280,189 @@ def test_legacy_lz4_is_refused_with_the_command_that_converts_it(files: dict[str
     assert legacy.read_bytes()[:4] == b"\x02\x21\x4c\x18"
     with pytest.raises(ImageError, match=r"legacy-format lz4 .*lz4 -dc IN \| zstd -o OUT.img.zst"):
         detect_compression(legacy)
+
+
+# -- zip: exactly one disk image, held to what its directory declares --------------------------------
+
+
+def test_a_zip_gives_the_image_size_from_its_directory_and_is_hashed_as_shipped(files: dict[str, Path]) -> None:
+    from bty_live.image.catalog import compute_digests
+
+    assert probe_decompressed_size(files["zip"], Compression.ZIP) == len(DATA)
+    digests = compute_digests(files["zip"])
+    assert digests.size == len(DATA)
+    assert digests.sha256 == hashlib.sha256(files["zip"].read_bytes()).hexdigest()  # every byte of the archive
+
+
+def test_a_zip_with_two_images_is_refused_naming_both(files: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "b.img"
+    other.write_bytes(DATA[:4096])
+    two = zip_of(tmp_path / "two.zip", files["raw"], other)
+    with pytest.raises(ImageError, match=r"image two.zip holds 2 files \(d.img, b.img\); a zip must hold exactly one "
+                                         "disk image: extract the one you want"):
+        read_all(two)
+
+
+def test_macos_and_explorer_junk_beside_the_image_is_ignored(files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "mac.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("disk/", b"")
+        zf.writestr("__MACOSX/disk/._d.img", b"\x00\x05\x16\x07resource fork")
+        zf.writestr("disk/.DS_Store", b"Bud1")
+        zf.write(files["raw"], "disk/d.img", compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+        zf.writestr("Thumbs.db", b"x")
+    assert read_all(path) == DATA
+
+
+def test_zip64_archives_are_read(files: dict[str, Path], tmp_path: Path) -> None:
+    z64 = zip_of(tmp_path / "z64.zip", files["raw"], options=("-fz",))  # Info-ZIP: force zip64 records
+    assert b"PK\x06\x06" in z64.read_bytes()[-200:], "no zip64 end of central directory record"
+    assert read_all(z64) == DATA
+    assert probe_decompressed_size(z64, Compression.ZIP) == len(DATA)
+
+
+class _Unseekable(io.RawIOBase):
+    """A pipe-like output: zipfile then writes each member's sizes after its data (flag bit 3)."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        self.f = f
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self.f.write(data)
+
+
+def test_a_zip_written_as_a_stream_with_its_sizes_after_the_data_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "streamed.zip"
+    with (open(path, "wb") as f, zipfile.ZipFile(_Unseekable(f), "w", compression=zipfile.ZIP_DEFLATED) as zf,
+          zf.open("d.img", "w", force_zip64=True) as member):
+        member.write(DATA)
+    assert zipfile.ZipFile(path).infolist()[0].flag_bits & 0x08, "no data descriptor"
+    assert read_all(path) == DATA
+
+
+def test_a_stored_member_and_a_bzip2_member_are_read(files: dict[str, Path], tmp_path: Path) -> None:
+    stored = zip_of(tmp_path / "stored.zip", files["raw"], options=("-0",))
+    assert read_all(stored) == DATA
+    bzipped = zip_of(tmp_path / "bzip2.zip", files["raw"], options=("-Z", "bzip2"))
+    assert zipfile.ZipFile(bzipped).infolist()[0].compress_type == zipfile.ZIP_BZIP2
+    assert read_all(bzipped) == DATA
+
+
+def test_a_compressed_image_inside_a_zip_is_read_through_both(files: dict[str, Path], tmp_path: Path) -> None:
+    nested = zip_of(tmp_path / "nested.zip", files["xz"], options=("-0",))
+    assert read_all(nested) == DATA
+    assert probe_decompressed_size(nested, Compression.ZIP) is None  # the member's size is the xz file's
+
+
+def test_a_zip_inside_a_zip_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    outer = zip_of(tmp_path / "outer.zip", files["zip"])
+    with pytest.raises(ImageError, match=r"image outer.zip holds another zip \(d.zip\); unzip it"):
+        read_all(outer)
+
+
+def test_an_encrypted_zip_is_refused_clearly(files: dict[str, Path], tmp_path: Path) -> None:
+    locked = zip_of(tmp_path / "locked.zip", files["raw"], options=("-P", "secret"))
+    with pytest.raises(ImageError, match=r"image locked.zip: its member d.img is encrypted; unzip it with its "
+                                         "password"):
+        read_all(locked)
+
+
+def test_a_method_bty_cannot_stream_is_refused_with_the_fix(files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "lzma.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_LZMA) as zf:
+        zf.writestr("d.img", DATA[:65536])
+    with pytest.raises(ImageError, match=r"compressed with lzma \(zip method 14\).*unzip it"):
+        read_all(path)
+
+
+def test_a_truncated_zip_is_refused_as_truncated(files: dict[str, Path], tmp_path: Path) -> None:
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(files["zip"].read_bytes()[: files["zip"].stat().st_size // 2])
+    with pytest.raises(SourceCorruptError, match=r"image cut.zip is truncated: the zip directory at its end is "
+                                                 "missing; re-copy it"):
+        read_all(cut)
+
+
+def test_a_damaged_stored_member_fails_its_crc_check_at_the_end(files: dict[str, Path], tmp_path: Path) -> None:
+    stored = zip_of(tmp_path / "stored.zip", files["raw"], options=("-0",))
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # in the member's data: stored bytes decompress to anything
+    stored.write_bytes(bytes(data))
+    with pytest.raises(SourceCorruptError, match=r"image stored.zip is corrupt .*CRC-32"):
+        read_all(stored)
+
+
+def test_a_member_that_yields_more_than_it_declares_is_cut_off_at_its_declared_size(
+        files: dict[str, Path], tmp_path: Path) -> None:
+    """A forged size smaller than the stream (a zip bomb's trick): the reader never hands out a
+    byte beyond the declared size, and then fails."""
+    bomb = zip_of(tmp_path / "bomb.zip", files["raw"])
+    declared = len(DATA) // 2
+    set_declared_size(bomb, declared)
+    assert probe_decompressed_size(bomb, Compression.ZIP) == declared
+    view = memoryview(bytearray(1 << 20))
+    with ImageReader(bomb) as reader:
+        with pytest.raises(SourceCorruptError, match=r"is corrupt .*yields more than the 8.* its zip directory "
+                                                     "declares"):
+            while reader.readinto(view):
+                pass
+        assert reader.position == declared
+
+
+def test_a_declared_size_deflate_cannot_reach_is_refused_before_reading(tmp_path: Path) -> None:
+    """Deflate yields at most 1032 bytes per byte: a zip of zeros (~1000:1) passes, a size beyond
+    that is a forgery."""
+    zeros = tmp_path / "zeros.img"
+    zeros.write_bytes(bytes(64 << 20))
+    packed = zip_of(tmp_path / "zeros.zip", zeros, options=("-9",))
+    compressed = zipfile.ZipFile(packed).infolist()[0].compress_size
+    assert (64 << 20) / compressed > 1000
+    assert read_all(packed) == bytes(64 << 20)
+    set_declared_size(packed, compressed * 1033)
+    with pytest.raises(SourceCorruptError, match=r"declares .* from .* of deflate data, more than that can hold"):
+        read_all(packed)
+
+
+def test_a_zip_streamed_from_a_server_is_refused(files: dict[str, Path]) -> None:
+    class Streamed:
+        name, size, path = "d.zip", files["zip"].stat().st_size, None
+
+        def open(self) -> Any:
+            return open(files["zip"], "rb")
+
+    with pytest.raises(ImageError, match=r"image d.zip is a zip archive, which bty reads from a local file only.*"
+                                         "download it first"):
+        ImageReader(Streamed(), Compression.ZIP)
+
+
+def test_the_server_does_not_offer_a_zip(files: dict[str, Path]) -> None:
+    from bty_live.image.catalog import describe_image
+    from bty_live.server.images import served
+
+    with pytest.raises(ImageError, match="d.zip is a zip archive, which a machine cannot stream"):
+        served(describe_image(files["zip"]))
+
+
+def test_the_catalog_lists_a_zip_of_two_images_with_its_problem(files: dict[str, Path], tmp_path: Path) -> None:
+    from bty_live.image.catalog import list_images
+
+    other = tmp_path / "b.img"
+    other.write_bytes(b"x" * 4096)
+    zip_of(tmp_path / "two.zip", files["raw"], other)
+    entries = {e.path.name: e for e in list_images(tmp_path)}
+    assert {"d.img.bz2", "d.img.lz4", "d.zip", "two.zip"} <= set(entries)
+    assert entries["d.zip"].problem is None and entries["d.zip"].size == len(DATA)
+    assert entries["two.zip"].problem is not None and "holds 2 files" in entries["two.zip"].problem
+
+
+def test_a_zip_whose_manifest_gives_another_size_is_refused_at_planning(files: dict[str, Path]) -> None:
+    from bty_live.image.catalog import describe_image
+    from bty_live.image.manifest import Manifest, write_manifest
+    from bty_live.image.source import load_image_source
+
+    write_manifest(files["zip"], Manifest(name="d", size=len(DATA) + 4096, blake3="0" * 64))
+    with pytest.raises(DigestMismatchError, match=r"decompresses to .* \(its zip directory\) but its manifest"):
+        load_image_source(describe_image(files["zip"]))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from tests.imagekit import COMPRESSED_SUFFIX, MiB, build_gpt_image, compress
+from tests.imagekit import COMPRESSED_SUFFIX, MiB, build_gpt_image, compress, set_declared_size
 
 IMAGE_SIZE = 24 * MiB
-FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4"]
+FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz"]
 
 
 def bty(*args: str) -> int:
@@ -121,7 +121,7 @@ def test_without_the_switch_a_regular_file_is_no_disk(tmp_path: Path, raw_image:
     assert sha256(target) == before
 
 
-# -- bzip2 and lz4 that are damaged ----------------------------------------------------------------------
+# -- bzip2, lz4 and zip that are damaged or forged ---------------------------------------------------------
 
 
 def wiped(target: Path, size: int) -> bool:
@@ -142,3 +142,32 @@ def test_a_truncated_bzip2_or_lz4_image_fails_as_corrupt_and_leaves_a_wiped_targ
     assert bty("flash", str(image), str(target), "--yes") == 4
     assert f"image {image.name} is truncated" in capsys.readouterr().err
     assert wiped(target, IMAGE_SIZE)
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_truncated_zip_is_refused_before_the_target_is_touched(tmp_path: Path, raw_image: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zip")
+    image.write_bytes(image.read_bytes()[:-4096])  # the zip directory is at the end
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    before = sha256(target)
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert "image disk.img.zip is truncated: the zip directory at its end is missing" in capsys.readouterr().err
+    assert sha256(target) == before
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_zip_member_yielding_more_than_it_declares_is_not_written_past_its_declared_size(
+        tmp_path: Path, raw_image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zip")
+    declared = IMAGE_SIZE - 8 * MiB
+    set_declared_size(image, declared)
+    target_size = IMAGE_SIZE + 8 * MiB
+    target = blank_file(tmp_path / "target.img", target_size, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert "yields more than the 16 MiB its zip directory declares" in capsys.readouterr().err
+    with open(target, "rb") as f:
+        f.seek(declared)
+        assert f.read(target_size - MiB - declared) == b"\xa5" * (target_size - MiB - declared), \
+            "bytes beyond the declared size were written"
+    assert wiped(target, target_size)
