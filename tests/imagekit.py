@@ -149,3 +149,26 @@ def set_declared_size(path: Path, size: int) -> None:
     struct.pack_into("<I", data, central + 24, size)
     path.write_bytes(bytes(data))
 
+
+def iso_head(*, volume: str, publisher: str = "", application: str = "", hybrid: bool = False) -> bytes:
+    """The first 64 KiB of an ISO 9660 image, built by hand (no xorriso/genisoimage on the test
+    hosts): a primary volume descriptor at sector 16 (ECMA-119 8.4: type 1, "CD001", version 1,
+    volume id at 40, publisher at 318, application at 574, space-padded), the set terminator at
+    sector 17, and, for a hybrid image, an isohybrid-style MBR (one bootable 0x17 partition
+    covering the image, signature 0x55AA) in the first sector."""
+    head = bytearray(64 << 10)
+    pvd = 0x8000
+    head[pvd : pvd + 7] = b"\x01CD001\x01"
+    for offset, length, text in ((40, 32, volume), (318, 128, publisher), (574, 128, application)):
+        head[pvd + offset : pvd + offset + length] = text.encode().ljust(length)
+    head[0x8800 : 0x8807] = b"\xffCD001\x01"
+    if hybrid:
+        head[0:3] = b"\x33\xed\xfa"  # boot code begins
+        struct.pack_into("<B3sB3sII", head, 0x1BE, 0x80, b"\0\x01\0", 0x17, b"\xfe\xff\xff", 0, 2048)
+        head[510:512] = b"\x55\xaa"
+    return bytes(head)
+
+
+#: the descriptor fields of a Windows 10/11 install ISO, as Microsoft's CDIMAGE writes them
+WINDOWS_ISO = {"volume": "CCCOMA_X64FRE_EN-US_DV9", "publisher": "MICROSOFT CORPORATION",
+               "application": "CDIMAGE 2.56 (01/01/2005 TM)"}

@@ -119,6 +119,7 @@ def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:
             "relocate_backup_gpt": plan.relocate_backup_gpt,
             "grow_last_partition": plan.grow_last_partition,
             "notes": list(plan.notes),
+            "warnings": list(plan.warnings),
             "target_contents": contents,
         }
     }

@@ -27,6 +27,7 @@ from bty_live.image.formats import (
 )
 from bty_live.image.fsprobe import FsInfo, Region, probe_filesystems, probe_regions
 from bty_live.image.manifest import load_manifest
+from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import is_iso9660
 from bty_live.image.partitions import Partition, PartitionTable
 from bty_live.image.source import HEAD_BYTES, read_head, read_partition_table
@@ -105,6 +106,8 @@ class Inspection:
     iso9660: bool = False
     #: a zip's one disk image
     zipped: ZippedImage | None = None
+    #: what flashing it would warn about (bty_live.image.optical)
+    warnings: tuple[str, ...] = ()
 
     @property
     def digest_status(self) -> str:
@@ -139,6 +142,7 @@ def inspect_image(path: Path) -> Inspection:
         filesystems=filesystems,
         iso9660=is_iso9660(head),
         zipped=zipped,
+        warnings=tuple(w for w in (optical_only_warning(head, path.name),) if w),
     )
 
 
@@ -246,6 +250,7 @@ def to_json(ins: Inspection) -> dict[str, Any]:
         },
         "bmap": _bmap_json(ins.bmap) if ins.bmap else None,
         "iso9660": ins.iso9660,
+        "warnings": list(ins.warnings),
         "partition_table": _table_json(ins.table, ins.filesystems) if ins.table else None,
         "filesystem": _fs_json(ins.filesystems.get(0)) if ins.table is None else None,
     }
@@ -303,6 +308,8 @@ def _summary_grid(ins: Inspection) -> Table:
     grid.add_row("decompressed size", _size_text(ins))
     grid.add_row("digest", ins.digest_status)
     grid.add_row("bmap", _bmap_text(ins.bmap))
+    for warning in ins.warnings:
+        grid.add_row("warning", warning, style="red")
     if ins.table is None:
         fstype, label = _fs_text(ins.filesystems.get(0))
         grid.add_row("partition table", "none" + (" (ISO 9660 image)" if ins.iso9660 else ""))

@@ -25,6 +25,7 @@ from bty_live.image.formats import (
 )
 from bty_live.image.fsprobe import ForwardReader
 from bty_live.image.manifest import Manifest
+from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
 from bty_live.image.sources import ByteSource, FileSource
@@ -47,6 +48,8 @@ class ImageSource:
     #: zstd frame index (None for other formats)
     frames: tuple[zstd_frames.Frame, ...] | None
     table: PartitionTable | None
+    #: what the plan must warn about the image (e.g. an ISO that boots from a DVD drive only)
+    warnings: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path | None:
@@ -112,6 +115,7 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
             size, size_source = bmap.image_size, "bmap"
 
     head = read_head(path, compression, size)
+    warning = optical_only_warning(head, path.name)
     return ImageSource(
         source=FileSource(path),
         name=entry.name,
@@ -123,6 +127,7 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
         bmap=bmap,
         frames=tuple(frames) if frames is not None else None,
         table=read_partition_table(path, compression, head, size),
+        warnings=(warning,) if warning else (),
     )
 
 
@@ -211,6 +216,7 @@ def load_streamed_image_source(
     compression = compression_of(first, source.name)
     manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
     head = read_head(source, compression, size)
+    warning = optical_only_warning(head, source.name)
     return ImageSource(
         source=source,
         name=name,
@@ -222,4 +228,5 @@ def load_streamed_image_source(
         bmap=None,
         frames=None,
         table=parse_partition_table(head, size) if head else None,
+        warnings=(warning,) if warning else (),
     )

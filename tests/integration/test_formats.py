@@ -20,7 +20,7 @@ from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
 from bty_live.image.formats import Compression, ImageReader, detect_compression, probe_decompressed_size
 from bty_live.image.pack import pack_image
-from tests.imagekit import set_declared_size
+from tests.imagekit import WINDOWS_ISO, iso_head, set_declared_size
 
 DATA = b"".join(i.to_bytes(4, "little") * 1024 for i in range(3000)) + bytes(5 << 20)  # ~17 MiB
 
@@ -466,3 +466,46 @@ def test_a_zip_whose_manifest_gives_another_size_is_refused_at_planning(files: d
     write_manifest(files["zip"], Manifest(name="d", size=len(DATA) + 4096, blake3="0" * 64))
     with pytest.raises(DigestMismatchError, match=r"decompresses to .* \(its zip directory\) but its manifest"):
         load_image_source(describe_image(files["zip"]))
+
+
+# -- ISO 9660 images that boot from an optical drive only -------------------------------------------
+
+
+@pytest.mark.parametrize("fields", [WINDOWS_ISO, {"volume": "CPBA_X64FRE_EN-US_DV5"},
+                                    {"volume": "WIN11", "publisher": "MICROSOFT CORPORATION"}])
+def test_a_windows_install_iso_is_warned_about_with_what_to_do_instead(fields: dict[str, str]) -> None:
+    from bty_live.image.optical import optical_only_warning
+
+    warning = optical_only_warning(iso_head(**fields), "win.iso")
+    assert warning is not None
+    assert warning.startswith(f"image win.iso is a Windows install ISO (volume {fields['volume']}), not a disk image: "
+                              "it does not boot when written to a disk;")
+    assert "Media Creation Tool" in warning and "woeusb" in warning
+
+
+def test_a_hybrid_iso_is_not_warned_about() -> None:
+    from bty_live.image.optical import optical_only_warning
+
+    assert optical_only_warning(iso_head(volume="Debian 12.5.0 amd64 n", hybrid=True), "debian.iso") is None
+    assert optical_only_warning(iso_head(**WINDOWS_ISO, hybrid=True), "rufus-made.iso") is None
+    assert optical_only_warning(bytes(64 << 10), "blank.img") is None
+
+
+def test_a_cd_only_iso_that_is_not_windows_gets_the_general_warning() -> None:
+    from bty_live.image.optical import optical_only_warning
+
+    warning = optical_only_warning(iso_head(volume="OLD_LINUX_CD"), "old.iso")
+    assert warning is not None and "without an MBR (not hybrid)" in warning and "Windows" not in warning
+
+
+def test_the_plan_of_a_windows_iso_carries_the_warning(tmp_path: Path) -> None:
+    from bty_live.image.catalog import describe_image
+    from bty_live.image.source import load_image_source
+
+    iso = tmp_path / "win.iso"
+    iso.write_bytes(iso_head(**WINDOWS_ISO) + bytes(4 << 20))
+    image = load_image_source(describe_image(iso))
+    assert len(image.warnings) == 1 and "Windows install ISO" in image.warnings[0]
+    hybrid = tmp_path / "live.iso"
+    hybrid.write_bytes(iso_head(volume="Debian 12.5.0 amd64 n", hybrid=True) + bytes(4 << 20))
+    assert load_image_source(describe_image(hybrid)).warnings == ()

@@ -314,6 +314,20 @@ def test_inspect_of_a_zip_names_its_member_and_takes_the_size_from_the_zip_direc
     assert data["partition_table"]["partitions"][1]["filesystem"]["label"] == "rootfs"
 
 
+def test_inspect_warns_that_a_windows_install_iso_does_not_boot_from_a_disk(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.imagekit import WINDOWS_ISO, iso_head
+
+    iso = tmp_path / "win.iso"
+    iso.write_bytes(iso_head(**WINDOWS_ISO) + bytes(MiB))
+    data = inspect_json(capsys, iso)
+    assert data["iso9660"] is True and data["partition_table"] is None
+    assert len(data["warnings"]) == 1 and "is a Windows install ISO" in data["warnings"][0]
+    code, out, _ = bty(capsys, "inspect", str(iso))
+    assert code == 0 and "Media Creation Tool" in " ".join(out.split())  # rich wraps long values
+
+
 def test_inspect_of_a_whole_small_gzip_image_knows_its_size_from_the_stream(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from tests.imagekit import COMPRESSED_SUFFIX, MiB, build_gpt_image, compress, set_declared_size
+from tests.imagekit import (
+    COMPRESSED_SUFFIX,
+    WINDOWS_ISO,
+    MiB,
+    build_gpt_image,
+    compress,
+    iso_head,
+    set_declared_size,
+)
 
 IMAGE_SIZE = 24 * MiB
 FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz"]
@@ -171,3 +179,31 @@ def test_a_zip_member_yielding_more_than_it_declares_is_not_written_past_its_dec
         assert f.read(target_size - MiB - declared) == b"\xa5" * (target_size - MiB - declared), \
             "bytes beyond the declared size were written"
     assert wiped(target, target_size)
+
+
+# -- ISO 9660 images that boot from a DVD drive only: a warning, not a refusal ------------------------------
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_windows_install_iso_is_flashed_with_a_warning_and_a_hybrid_iso_without(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    windows = images / "win.iso"
+    windows.write_bytes(iso_head(**WINDOWS_ISO) + bytes(4 * MiB))
+    target = blank_file(tmp_path / "target.img", 8 * MiB)
+    assert bty("flash", str(windows), str(target), "--yes", "--json") == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    warnings = [e["message"] for e in events if e.get("kind") == "info" and "warning" in e.get("message", "")]
+    assert warnings == [f"warning: image win.iso is a Windows install ISO (volume {WINDOWS_ISO['volume']}), not a "
+                        "disk image: it does not boot when written to a disk; to make a Windows installer stick "
+                        "use Microsoft's Media Creation Tool, Rufus or woeusb, or flash a disk image captured "
+                        "from an installed Windows"]
+    assert sha256(target, windows.stat().st_size) == sha256(windows)
+
+    hybrid = images / "live.iso"
+    hybrid.write_bytes(iso_head(volume="Debian 12.5.0 amd64 n", hybrid=True) + bytes(4 * MiB))
+    assert bty("flash", str(hybrid), str(target), "--dry-run") == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert bty("flash", str(windows), str(target), "--dry-run") == 0
+    assert "warning: image win.iso is a Windows install ISO" in capsys.readouterr().err
