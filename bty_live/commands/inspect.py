@@ -24,6 +24,7 @@ from bty_live.image.formats import (
     detect_compression,
     open_zipped_image,
     probe_decompressed_size,
+    suffix_list,
 )
 from bty_live.image.fsprobe import FsInfo, Region, probe_filesystems, probe_regions
 from bty_live.image.manifest import load_manifest
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", metavar="IMAGE", type=Path,
-                        help="image file: raw (.img, .raw, .iso), zstd, xz, gzip, bzip2, lz4 or zip")
+                        help=f"image file ({suffix_list()})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 

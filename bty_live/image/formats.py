@@ -42,7 +42,8 @@ class Compression(StrEnum):
     ZIP = "zip"
 
 
-#: file name suffix -> what the name claims; magic bytes have the last word
+#: file name suffix -> what the name claims; magic bytes have the last word. The one list of
+#: image suffixes: the catalog lists files with these, help texts name them (`suffix_list`).
 SUFFIXES: dict[str, Compression] = {
     ".img": Compression.RAW,
     ".raw": Compression.RAW,
@@ -55,6 +56,7 @@ SUFFIXES: dict[str, Compression] = {
     ".lz4": Compression.LZ4,
     ".zip": Compression.ZIP,
 }
+RAW_SUFFIXES = tuple(suffix for suffix, compression in SUFFIXES.items() if compression == Compression.RAW)
 
 _MAGIC: list[tuple[bytes, Compression]] = [
     (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
@@ -79,6 +81,11 @@ _UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
 ]
 
 _ZSTD_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def suffix_list() -> str:
+    """The image file suffixes, for help texts: ".img, .raw, ..., .zip"."""
+    return ", ".join(SUFFIXES)
 
 
 def claimed_compression(path: Path) -> Compression | None:
@@ -113,7 +120,7 @@ def check_image_file(path: Path) -> None:
     what = not_an_image_file(path)
     if what is not None:
         raise ImageError(f"image {path} is {what}, not a disk image file; give the path of an image file "
-                         "(.img, .raw, .iso, .zst, .xz, .gz, .bz2, .lz4, .zip)")
+                         f"({suffix_list()})")
 
 
 def detect_compression(path: Path) -> Compression:
