@@ -17,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 common=(
     python3 python3-venv python3-dev build-essential pkg-config
     util-linux fdisk gdisk parted e2fsprogs dosfstools mtools exfatprogs exfat-fuse
-    zstd xz-utils gzip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
+    zstd xz-utils gzip bzip2 lz4 zip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
 )
 # The live stick and the QEMU rig.
 live=(

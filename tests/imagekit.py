@@ -11,6 +11,7 @@ import lzma
 import os
 import random
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -51,24 +52,38 @@ def build_gpt_image(path: Path, size: int = 64 * MiB, *, seed: int = 1, files_by
     return path
 
 
+#: compress() kind -> the file suffix it makes
+COMPRESSED_SUFFIX = {"zst": ".zst", "zst-frames": ".zst", "xz": ".xz", "gz": ".gz", "bz2": ".bz2", "lz4": ".lz4",
+                     "zip": ".zip", "zip-xz": ".zip"}
+
+
 def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
-    """zstd (one frame), zstd-frames (bty-packed, many frames), xz or gz copy of `raw`."""
-    data = raw.read_bytes()
+    """A compressed copy of `raw`: zstd (one frame), zstd-frames (bty-packed, many frames), xz,
+    gz; bz2, lz4 and zip made by the real `bzip2`, `lz4` and `zip` tools (zip: `raw` as the one
+    member, stored under its own name; zip-xz: `raw`.xz as the member)."""
+    out = out or raw.with_name(raw.name + COMPRESSED_SUFFIX[kind])
+    data = raw.read_bytes() if kind in ("zst", "zst-frames", "xz", "gz") else b""
     if kind == "zst":
-        out = out or raw.with_name(raw.name + ".zst")
         out.write_bytes(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
     elif kind == "zst-frames":
-        out = out or raw.with_name(raw.name + ".zst")
         cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
         with open(out, "wb") as f:
             for i in range(0, len(data), 8 * MiB):
                 f.write(cctx.compress(data[i : i + 8 * MiB]))
     elif kind == "xz":
-        out = out or raw.with_name(raw.name + ".xz")
         out.write_bytes(lzma.compress(data, preset=0))
     elif kind == "gz":
-        out = out or raw.with_name(raw.name + ".gz")
         out.write_bytes(gzip.compress(data, compresslevel=1))
+    elif kind == "bz2":
+        out.write_bytes(subprocess.run(["bzip2", "-1", "-c", str(raw)], check=True, capture_output=True).stdout)
+    elif kind == "lz4":
+        subprocess.run(["lz4", "-q", "-f", str(raw), str(out)], check=True)
+    elif kind in ("zip", "zip-xz"):
+        member = compress(raw, "xz", out.with_name(raw.name + ".xz")) if kind == "zip-xz" else raw
+        out.unlink(missing_ok=True)  # zip adds to an existing archive
+        subprocess.run(["zip", "-q", "-j", str(out), str(member)], check=True)
+        if member != raw:
+            member.unlink()
     else:
         raise ValueError(kind)
     return out
@@ -124,3 +139,36 @@ def images_dir_with(tmp_path: Path, image: Path, name: str | None = None, *, man
     if manifest:
         assert cli.main(["images", "add", str(copy)]) == 0
     return directory
+
+
+def set_declared_size(path: Path, size: int) -> None:
+    """Forge the member's uncompressed size in its local header and central directory entry."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 22, size)  # local file header: uncompressed size
+    central = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, size)
+    path.write_bytes(bytes(data))
+
+
+def iso_head(*, volume: str, publisher: str = "", application: str = "", hybrid: bool = False) -> bytes:
+    """The first 64 KiB of an ISO 9660 image, built by hand (no xorriso/genisoimage on the test
+    hosts): a primary volume descriptor at sector 16 (ECMA-119 8.4: type 1, "CD001", version 1,
+    volume id at 40, publisher at 318, application at 574, space-padded), the set terminator at
+    sector 17, and, for a hybrid image, an isohybrid-style MBR (one bootable 0x17 partition
+    covering the image, signature 0x55AA) in the first sector."""
+    head = bytearray(64 << 10)
+    pvd = 0x8000
+    head[pvd : pvd + 7] = b"\x01CD001\x01"
+    for offset, length, text in ((40, 32, volume), (318, 128, publisher), (574, 128, application)):
+        head[pvd + offset : pvd + offset + length] = text.encode().ljust(length)
+    head[0x8800 : 0x8807] = b"\xffCD001\x01"
+    if hybrid:
+        head[0:3] = b"\x33\xed\xfa"  # boot code begins
+        struct.pack_into("<B3sB3sII", head, 0x1BE, 0x80, b"\0\x01\0", 0x17, b"\xfe\xff\xff", 0, 2048)
+        head[510:512] = b"\x55\xaa"
+    return bytes(head)
+
+
+#: the descriptor fields of a Windows 10/11 install ISO, as Microsoft's CDIMAGE writes them
+WINDOWS_ISO = {"volume": "CCCOMA_X64FRE_EN-US_DV9", "publisher": "MICROSOFT CORPORATION",
+               "application": "CDIMAGE 2.56 (01/01/2005 TM)"}

@@ -20,7 +20,7 @@ Write IMAGE onto DISK and prove it landed.
 
 IMAGE is a path, or a name / file name / blake3 prefix from the images directory (`bty images`).
 Formats: raw (.img .raw .iso), zstd (.zst, multi-frame frames decompressed in parallel), xz, gzip,
-detected by their first bytes.
+bzip2, lz4 and a zip holding one disk image, detected by their first bytes.
 
 DISK is a device node (/dev/sdb), a /dev/disk/by-* link, a name (sdb), or a selector that must
 match exactly one eligible disk: serial=S, wwn=W, path=P, model=M, vendor=V, tran=nvme|sata|usb|
@@ -119,6 +119,7 @@ def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:
             "relocate_backup_gpt": plan.relocate_backup_gpt,
             "grow_last_partition": plan.grow_last_partition,
             "notes": list(plan.notes),
+            "warnings": list(plan.warnings),
             "target_contents": contents,
         }
     }

@@ -16,7 +16,7 @@ from bty_live.errors import ImageError
 from bty_live.flash.known_good import BADGE_UNVERIFIED, known_good_for_entry, unverified_models
 from bty_live.flash.ledger import default_ledger_path, read_ledger
 from bty_live.image.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
-from bty_live.image.formats import detect_compression
+from bty_live.image.formats import RAW_SUFFIXES, detect_compression
 from bty_live.image.manifest import Manifest, load_manifest, write_manifest
 from bty_live.image.pack import DEFAULT_LEVEL, pack_image
 from bty_live.image.partition_table import parse_partition_table
@@ -54,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pack = sub.add_parser(
         "pack",
         help="recompress an image as multi-frame zstd (fastest to flash) with a manifest",
-        description="Recompress SOURCE (raw, zstd, xz or gzip) as zstd made of independent 8 MiB frames "
-        "that declare their sizes: bty decompresses such frames on all cores, which makes flashing faster "
-        "than any single-stream decompressor. Any zstd tool still reads the result. Writes OUTPUT "
-        "(default: SOURCE's name with .zst) and its manifest.",
+        description="Recompress SOURCE (any format bty reads: raw, zstd, xz, gzip, bzip2, lz4, zip) as zstd "
+        "made of independent 8 MiB frames that declare their sizes: bty decompresses such frames on all cores, "
+        "which makes flashing faster than any single-stream decompressor. Any zstd tool still reads the result. "
+        "Writes OUTPUT (default: SOURCE's name with .zst) and its manifest.",
     )
     pack.add_argument("source", type=Path, metavar="SOURCE")
     pack.add_argument("-o", "--output", type=Path, metavar="OUTPUT")
@@ -237,6 +237,6 @@ def run_pack(args: argparse.Namespace) -> int:
 def _raw_suffix(source: Path) -> str:
     """demo.img.xz -> ".img"; disk.raw -> ".raw"; win.iso -> ".iso"; else ".img"."""
     for suffix in (s.lower() for s in reversed(source.suffixes)):
-        if suffix in (".img", ".raw", ".iso"):
+        if suffix in RAW_SUFFIXES:
             return suffix
     return ".img"

@@ -18,9 +18,17 @@ from rich.text import Text
 
 from bty_live.errors import ImageError
 from bty_live.image.bmap import Bmap, find_bmap_sidecar, load_bmap
-from bty_live.image.formats import Compression, detect_compression, probe_decompressed_size
+from bty_live.image.formats import (
+    Compression,
+    ZippedImage,
+    detect_compression,
+    open_zipped_image,
+    probe_decompressed_size,
+    suffix_list,
+)
 from bty_live.image.fsprobe import FsInfo, Region, probe_filesystems, probe_regions
 from bty_live.image.manifest import load_manifest
+from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import is_iso9660
 from bty_live.image.partitions import Partition, PartitionTable
 from bty_live.image.source import HEAD_BYTES, read_head, read_partition_table
@@ -52,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", metavar="IMAGE", type=Path,
-                        help="image file: raw (.img, .raw, .iso), zstd, xz or gzip")
+                        help=f"image file ({suffix_list()})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 
@@ -90,13 +98,17 @@ class Inspection:
     compression: Compression
     compressed_size: int
     decompressed_size: int | None
-    size_source: str | None  # "manifest", "header" (zstd/xz/raw metadata), "stream" (image < 1 MiB)
+    size_source: str | None  # "manifest", "header" (zstd/xz/zip/raw metadata), "stream" (image < 1 MiB)
     manifest: ManifestSummary | None
     bmap: BmapSummary | None
     table: PartitionTable | None
     #: partition number -> filesystem; key 0 is the whole image when there is no partition table
     filesystems: dict[int, FsInfo] = field(default_factory=dict)
     iso9660: bool = False
+    #: a zip's one disk image
+    zipped: ZippedImage | None = None
+    #: what flashing it would warn about (bty_live.image.optical)
+    warnings: tuple[str, ...] = ()
 
     @property
     def digest_status(self) -> str:
@@ -110,6 +122,7 @@ def inspect_image(path: Path) -> Inspection:
     """Everything `bty inspect` shows. Raises ImageError (missing, unknown format) and
     SourceCorruptError (the start of the stream is damaged)."""
     compression = detect_compression(path)
+    zipped = open_zipped_image(path) if compression == Compression.ZIP else None
     manifest = read_manifest_summary(path)
     head = read_head(path, compression, None)
     size, source = _decompressed_size(path, compression, manifest, head)
@@ -129,6 +142,8 @@ def inspect_image(path: Path) -> Inspection:
         table=table,
         filesystems=filesystems,
         iso9660=is_iso9660(head),
+        zipped=zipped,
+        warnings=tuple(w for w in (optical_only_warning(head, path.name),) if w),
     )
 
 
@@ -224,6 +239,8 @@ def to_json(ins: Inspection) -> dict[str, Any]:
     return {
         "file": str(ins.path),
         "format": str(ins.compression),
+        "zip_member": ({"name": ins.zipped.member.name, "format": str(ins.zipped.compression)}
+                       if ins.zipped else None),
         "compressed_size": ins.compressed_size,
         "decompressed_size": ins.decompressed_size,
         "decompressed_size_source": ins.size_source,
@@ -234,6 +251,7 @@ def to_json(ins: Inspection) -> dict[str, Any]:
         },
         "bmap": _bmap_json(ins.bmap) if ins.bmap else None,
         "iso9660": ins.iso9660,
+        "warnings": list(ins.warnings),
         "partition_table": _table_json(ins.table, ins.filesystems) if ins.table else None,
         "filesystem": _fs_json(ins.filesystems.get(0)) if ins.table is None else None,
     }
@@ -285,10 +303,14 @@ def _summary_grid(ins: Inspection) -> Table:
     grid = _Grid()
     grid.add_row("file", str(ins.path))
     grid.add_row("format", str(ins.compression))
+    if ins.zipped is not None:
+        grid.add_row("zip member", f"{ins.zipped.member.name} ({ins.zipped.compression})")
     grid.add_row("compressed size", f"{format_size(ins.compressed_size)} ({ins.compressed_size:,} bytes)")
     grid.add_row("decompressed size", _size_text(ins))
     grid.add_row("digest", ins.digest_status)
     grid.add_row("bmap", _bmap_text(ins.bmap))
+    for warning in ins.warnings:
+        grid.add_row("warning", warning, style="red")
     if ins.table is None:
         fstype, label = _fs_text(ins.filesystems.get(0))
         grid.add_row("partition table", "none" + (" (ISO 9660 image)" if ins.iso9660 else ""))

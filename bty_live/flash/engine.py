@@ -94,6 +94,8 @@ class _Run:
         plan = self.plan
         try:
             self.info(Phase.PLAN, f"flashing {plan.image.name} onto {plan.target.path}")
+            for warning in plan.warnings:
+                self.info(Phase.PLAN, f"warning: {warning}")
             self.target = BlockTarget.open(plan.target.path)
             self._recheck_target(self.target)
             copy = self._write(self.target)

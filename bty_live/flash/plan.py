@@ -56,6 +56,8 @@ class FlashPlan:
     #: re-resolved right before the first write
     protected_paths: tuple[Path, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: what is likely wrong with flashing this image, though it may be meant (the image's warnings)
+    warnings: tuple[str, ...] = field(default=())
     #: the CIJOE task to run on the written system (disk and digest are filled in by the engine)
     tune: TuneRequest | None = None
     tune_digest: str | None = None
@@ -89,6 +91,7 @@ class FlashPlan:
         lines.append("fix-ups: " + ("; ".join(fixups) if fixups else "none"))
         lines.append(f"tuning:  {self.tune.task} (CIJOE)" if self.tune else "tuning:  none")
         lines.extend(f"note:    {note}" for note in self.notes)
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
         return lines
 
 
@@ -127,4 +130,5 @@ def make_plan(
         grow_last_partition=grow,
         protected_paths=protected_paths,
         notes=tuple(notes),
+        warnings=image.warnings,
     )

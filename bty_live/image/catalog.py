@@ -1,9 +1,9 @@
 """The image catalog: which directory holds the images, what is in it, and finding one by name.
 
-An image is a file with an image suffix (.img .raw .iso .zst .xz .gz, possibly stacked as in
-demo.img.zst). Beside it may sit a manifest (IMAGE.toml) and a bmap (IMAGE.bmap or the name
-without its compression suffix + .bmap). Images without a manifest are listed as unverified
-and can still be flashed.
+An image is a file with an image suffix (formats.SUFFIXES: .img .raw .iso .zst .xz .gz .bz2 .lz4
+.zip, possibly stacked as in demo.img.zst). Beside it may sit a manifest (IMAGE.toml) and a bmap
+(IMAGE.bmap or the name without its compression suffix + .bmap). Images without a manifest are
+listed as unverified and can still be flashed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import blake3
 
-from bty_live.errors import ImageError
+from bty_live.errors import ImageError, SourceCorruptError
 from bty_live.image.bmap import find_bmap_sidecar
 from bty_live.image.formats import (
     SUFFIXES,
@@ -25,6 +25,7 @@ from bty_live.image.formats import (
     ImageReader,
     check_image_file,
     detect_compression,
+    open_zipped_image,
     probe_decompressed_size,
 )
 from bty_live.image.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
@@ -105,6 +106,10 @@ def describe_image(path: Path) -> CatalogEntry:
     compression, format_error = None, None
     try:
         compression = detect_compression(path)
+        if compression == Compression.ZIP:
+            open_zipped_image(path)  # two images, an encrypted one, ...: say so in the listing
+    except SourceCorruptError:
+        pass  # refused when flashed, with its own exit code (like a truncated zstd file)
     except ImageError as exc:
         format_error = str(exc)
     size = manifest.size if manifest else None

@@ -1,27 +1,33 @@
 """Image file formats: detect the compression from magic bytes, stream the decompressed bytes.
 
-Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz). Container
-formats that are not a disk byte stream (qcow2, vmdk, zip, ...) are recognised so the error can
-say how to convert them instead of writing their headers onto a disk.
+Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz), bzip2 (.bz2,
+multi-stream), lz4 (.lz4, frame format, concatenated frames) and a zip (.zip) holding one disk
+image, raw or compressed with one of the above (bty_live.image.zipped). Formats that are not a
+disk byte stream (qcow2, VMDK, 7z, tar, legacy lz4, ...) are recognised so the error can say how
+to convert them instead of writing their headers onto a disk.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import lzma
 import os
 import stat
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
+import lz4.frame
 import zstandard
 
 from bty_live.errors import ImageError, SourceCorruptError, ToolError
 from bty_live.image import zstd_frames
 from bty_live.image.sources import ByteSource, FileSource, RawStream
+from bty_live.image.zipped import ZipDataError, ZipMember, ZipMemberStream, find_image_member
 from bty_live.system.run import run
 from bty_live.units import format_size
 
@@ -31,9 +37,13 @@ class Compression(StrEnum):
     ZSTD = "zstd"
     XZ = "xz"
     GZIP = "gzip"
+    BZIP2 = "bzip2"
+    LZ4 = "lz4"
+    ZIP = "zip"
 
 
-#: file name suffix -> what the name claims; magic bytes have the last word
+#: file name suffix -> what the name claims; magic bytes have the last word. The one list of
+#: image suffixes: the catalog lists files with these, help texts name them (`suffix_list`).
 SUFFIXES: dict[str, Compression] = {
     ".img": Compression.RAW,
     ".raw": Compression.RAW,
@@ -42,19 +52,26 @@ SUFFIXES: dict[str, Compression] = {
     ".zstd": Compression.ZSTD,
     ".xz": Compression.XZ,
     ".gz": Compression.GZIP,
+    ".bz2": Compression.BZIP2,
+    ".lz4": Compression.LZ4,
+    ".zip": Compression.ZIP,
 }
+RAW_SUFFIXES = tuple(suffix for suffix, compression in SUFFIXES.items() if compression == Compression.RAW)
 
 _MAGIC: list[tuple[bytes, Compression]] = [
     (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
     (b"\xfd7zXZ\x00", Compression.XZ),
     (b"\x1f\x8b", Compression.GZIP),
+    (b"BZh", Compression.BZIP2),
+    (b"\x04\x22\x4d\x18", Compression.LZ4),
+    (b"PK\x03\x04", Compression.ZIP),
+    (b"PK\x05\x06", Compression.ZIP),  # an empty archive: only the end of its directory
 ]
 
 # (offset, magic, what it is, how to fix)
 _UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
-    (0, b"BZh", "a bzip2 stream", "recompress it with zstd (bunzip2 -c IN | zstd -o OUT.img.zst)"),
-    (0, b"\x04\x22\x4d\x18", "an lz4 stream", "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
-    (0, b"PK\x03\x04", "a zip archive", "unzip it and add the disk image inside"),
+    (0, b"\x02\x21\x4c\x18", "a legacy-format lz4 stream (lz4 -l)",
+     "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-zip archive", "extract it and add the disk image inside"),
     (0, b"QFI\xfb", "a qcow2 virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
     (0, b"KDMV", "a VMDK virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
@@ -64,6 +81,11 @@ _UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
 ]
 
 _ZSTD_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def suffix_list() -> str:
+    """The image file suffixes, for help texts: ".img, .raw, ..., .zip"."""
+    return ", ".join(SUFFIXES)
 
 
 def claimed_compression(path: Path) -> Compression | None:
@@ -98,7 +120,7 @@ def check_image_file(path: Path) -> None:
     what = not_an_image_file(path)
     if what is not None:
         raise ImageError(f"image {path} is {what}, not a disk image file; give the path of an image file "
-                         "(.img, .raw, .iso, .zst, .xz, .gz)")
+                         f"({suffix_list()})")
 
 
 def detect_compression(path: Path) -> Compression:
@@ -114,14 +136,16 @@ def detect_compression(path: Path) -> Compression:
     return compression_of(head, path.name)
 
 
-def compression_of(head: bytes, name: str) -> Compression:
+def compression_of(head: bytes, name: str, shown: str | None = None) -> Compression:
     """The compression an image's first bytes (at least 512 when the file has them) show,
-    cross-checked with what its file name claims."""
+    cross-checked with what its file name claims. Messages name the image `shown` (default:
+    `name`), e.g. "disk.img.xz in disk.zip" for a zip's member."""
+    shown = shown or name
     if not head:
-        raise ImageError(f"image {name} is empty (0 bytes); re-copy it")
+        raise ImageError(f"image {shown} is empty (0 bytes); re-copy it")
     for offset, magic, what, fix in _UNSUPPORTED:
         if head[offset : offset + len(magic)] == magic:
-            raise ImageError(f"image {name} is {what}, not a disk image; {fix}")
+            raise ImageError(f"image {shown} is {what}, not a disk image; {fix}")
     found = Compression.RAW
     for magic, compression in _MAGIC:
         if head.startswith(magic):
@@ -131,7 +155,7 @@ def compression_of(head: bytes, name: str) -> Compression:
     claimed = claimed_compression(Path(name))
     if claimed not in (None, Compression.RAW) and found != claimed:
         raise ImageError(
-            f"image {name} is named like {claimed} but does not start like one "
+            f"image {shown} is named like {claimed} but does not start like one "
             f"(first bytes {head[:6].hex()}); it is damaged or misnamed: re-copy or rename it"
         )
     return found
@@ -158,7 +182,37 @@ def probe_decompressed_size(path: Path, compression: Compression) -> int | None:
             if fields[0] == "totals" and len(fields) > 4:
                 return int(fields[4])
         return None
-    return None  # gzip keeps only the size modulo 4 GiB, per member: not trustworthy
+    if compression == Compression.ZIP:
+        try:
+            return zip_image_size(path)
+        except ImageError:
+            return None
+    return None  # gzip keeps only the size modulo 4 GiB, per member; bzip2 and lz4 frames (mostly) none
+
+
+@dataclass(frozen=True)
+class ZippedImage:
+    """A zip's one disk image and the format of its bytes (raw, or compressed inside the zip)."""
+
+    member: ZipMember
+    compression: Compression
+
+
+def open_zipped_image(path: Path) -> ZippedImage:
+    """The disk image inside the zip at `path`, one level deep: a zip in a zip is refused."""
+    member = find_image_member(path)
+    inner = compression_of(member.head, member.name, shown=f"{member.name} in {path.name}")
+    if inner == Compression.ZIP:
+        raise ImageError(f"image {path.name} holds another zip ({member.name}); unzip it and add the disk image "
+                         "inside")
+    return ZippedImage(member, inner)
+
+
+def zip_image_size(path: Path) -> int | None:
+    """The decompressed size of a zipped image from the zip's directory, when the member is raw
+    (a compressed member's size is not the image's); raises ImageError for an unusable zip."""
+    zipped = open_zipped_image(path)
+    return zipped.member.file_size if zipped.compression == Compression.RAW else None
 
 
 class _Stream(Protocol):
@@ -210,12 +264,55 @@ class _CountingFile:
         return self._closed
 
 
+class StreamDataError(ValueError):
+    """A decompressor found bad data; raised in place of the library's own, too broad, type."""
+
+
+class _DataErrors:
+    """A decompressed stream whose bad-data exceptions become StreamDataError: bz2 raises a bare
+    OSError ("Invalid data stream", no errno) and lz4 a RuntimeError, types that must not be
+    caught around every stream (a failing disk raises OSError too, with an errno)."""
+
+    def __init__(self, stream: _Stream, errors: tuple[type[Exception], ...]) -> None:
+        self.stream = stream
+        self.errors = errors
+
+    def readinto(self, buffer: memoryview) -> int | None:
+        try:
+            return self.stream.readinto(buffer)
+        except self.errors as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise StreamDataError(str(exc)) from exc
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _decompressing(compression: Compression, wrapped: _CountingFile, read_size: int) -> _Stream:
+    """The decompressed stream of `wrapped`, a file holding `compression` (not zip)."""
+    fileobj = cast(BinaryIO, wrapped)  # duck-typed: read, readinto, close
+    if compression == Compression.ZSTD:
+        decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+        return decompressor.stream_reader(fileobj, read_size=read_size, read_across_frames=True, closefd=False)
+    if compression == Compression.XZ:
+        return lzma.LZMAFile(fileobj)  # noqa: SIM115 - closed by ImageReader.close
+    if compression == Compression.GZIP:
+        return gzip.GzipFile(fileobj=fileobj)
+    if compression == Compression.BZIP2:
+        return _DataErrors(bz2.BZ2File(fileobj), (OSError,))  # multi-stream (pbzip2, lbzip2) reads on
+    if compression == Compression.LZ4:
+        return _DataErrors(lz4.frame.LZ4FrameFile(fileobj), (RuntimeError,))  # concatenated frames read on
+    return wrapped
+
+
 class ImageReader:
     """The decompressed byte stream of an image file, read into buffers the caller owns.
 
     `readinto(view)` fills the whole view unless the stream ends; at the end it checks the
-    stream was complete (zstd: ended on a frame boundary; xz/gzip: their own end markers) and
-    raises SourceCorruptError otherwise. `bytes_in` counts compressed bytes consumed.
+    stream was complete (zstd: ended on a frame boundary; xz/gzip/bzip2/lz4: their own end
+    markers; zip: the member's declared size and CRC-32) and raises SourceCorruptError otherwise.
+    `bytes_in` counts compressed bytes consumed (for a zip: of the whole archive).
     """
 
     READ_SIZE = 4 << 20
@@ -232,25 +329,26 @@ class ImageReader:
         self.compression = compression or (detect_compression(source.path) if source.path else None)
         if self.compression is None:
             raise ValueError("the compression of a streamed image must be given")
+        zipped = self._zipped_image(source)
         self.expected_size = expected_size
         self.file_size = source.size
         self.position = 0  # decompressed bytes returned so far
         raw = source.open()
-        self._tracker = zstd_frames.FrameTracker() if self.compression == Compression.ZSTD else None
-        self._source = _CountingFile(raw, self._tracker, observer)
-        wrapped = cast(BinaryIO, self._source)  # duck-typed: read, readinto, close
-        self._stream: _Stream
-        if self.compression == Compression.ZSTD:
-            decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
-            self._stream = decompressor.stream_reader(
-                wrapped, read_size=self.READ_SIZE, read_across_frames=True, closefd=False
-            )
-        elif self.compression == Compression.XZ:
-            self._stream = lzma.LZMAFile(wrapped)  # noqa: SIM115 - closed in close()
-        elif self.compression == Compression.GZIP:
-            self._stream = gzip.GzipFile(fileobj=wrapped)
-        else:
-            self._stream = self._source
+        inner = zipped.compression if zipped else self.compression
+        self._tracker = zstd_frames.FrameTracker() if inner == Compression.ZSTD else None
+        self._source = _CountingFile(raw, None if zipped else self._tracker, observer)
+        wrapped = self._source
+        if zipped is not None:  # the member's bytes, as if they were the file
+            wrapped = _CountingFile(ZipMemberStream(self._source, zipped.member), self._tracker)
+        self._stream = _decompressing(inner, wrapped, self.READ_SIZE)
+
+    def _zipped_image(self, source: ByteSource) -> ZippedImage | None:
+        if self.compression != Compression.ZIP:
+            return None
+        if source.path is None:
+            raise ImageError(f"image {self.name} is a zip archive, which bty reads from a local file only (its "
+                             "directory is at its end); download it first, or serve the disk image unzipped")
+        return open_zipped_image(source.path)
 
     @property
     def bytes_in(self) -> int:
@@ -263,9 +361,8 @@ class ImageReader:
         while filled < total:
             try:
                 n = self._stream.readinto(view[filled:])
-            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as exc:
-                raise self._corrupt(str(exc)) from exc
-            except zstd_frames.FrameError as exc:
+            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstd_frames.FrameError,
+                    StreamDataError, ZipDataError) as exc:
                 raise self._corrupt(str(exc)) from exc
             except EOFError as exc:
                 raise self._truncated() from exc

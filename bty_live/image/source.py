@@ -16,9 +16,16 @@ from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
 from bty_live.image.bmap import Bmap, load_bmap
 from bty_live.image.catalog import CatalogEntry
-from bty_live.image.formats import Compression, ImageReader, compression_of, probe_decompressed_size
+from bty_live.image.formats import (
+    Compression,
+    ImageReader,
+    compression_of,
+    probe_decompressed_size,
+    zip_image_size,
+)
 from bty_live.image.fsprobe import ForwardReader
 from bty_live.image.manifest import Manifest
+from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
 from bty_live.image.sources import ByteSource, FileSource
@@ -41,6 +48,8 @@ class ImageSource:
     #: zstd frame index (None for other formats)
     frames: tuple[zstd_frames.Frame, ...] | None
     table: PartitionTable | None
+    #: what the plan must warn about the image (e.g. an ISO that boots from a DVD drive only)
+    warnings: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path | None:
@@ -82,12 +91,13 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
             _check_manifest_size(path, declared, size, "zstd frame headers")
             if size is None:
                 size, size_source = declared, "zstd frame headers"
-    elif compression == Compression.XZ:
-        indexed = probe_decompressed_size(path, compression)  # the xz index of every stream, read up front
-        if indexed is not None:
-            _check_manifest_size(path, indexed, size, "xz index")
+    elif compression in _SIZE_METADATA:
+        told_by = _SIZE_METADATA[compression]
+        metadata_size = _declared_size(path, compression)
+        if metadata_size is not None:
+            _check_manifest_size(path, metadata_size, size, told_by)
             if size is None:
-                size, size_source = indexed, "xz index"
+                size, size_source = metadata_size, told_by
     elif size is None and entry.size is not None:
         size, size_source = entry.size, "file size"
 
@@ -105,6 +115,7 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
             size, size_source = bmap.image_size, "bmap"
 
     head = read_head(path, compression, size)
+    warning = optical_only_warning(head, path.name)
     return ImageSource(
         source=FileSource(path),
         name=entry.name,
@@ -116,7 +127,21 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
         bmap=bmap,
         frames=tuple(frames) if frames is not None else None,
         table=read_partition_table(path, compression, head, size),
+        warnings=(warning,) if warning else (),
     )
+
+
+#: formats whose own metadata gives the decompressed size up front -> what messages call it
+_SIZE_METADATA = {Compression.XZ: "xz index", Compression.ZIP: "zip directory"}
+
+
+def _declared_size(path: Path, compression: Compression) -> int | None:
+    """The size the file's metadata declares (xz: the index of every stream; zip: the central
+    directory, raw members only). A zip is checked here, so an unusable one is refused before
+    the disk is touched (a truncated one with SourceCorruptError)."""
+    if compression == Compression.ZIP:
+        return zip_image_size(path)
+    return probe_decompressed_size(path, compression)
 
 
 def _check_manifest_size(path: Path, actual: int, manifest_size: int | None, told_by: str) -> None:
@@ -191,6 +216,7 @@ def load_streamed_image_source(
     compression = compression_of(first, source.name)
     manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
     head = read_head(source, compression, size)
+    warning = optical_only_warning(head, source.name)
     return ImageSource(
         source=source,
         name=name,
@@ -202,4 +228,5 @@ def load_streamed_image_source(
         bmap=None,
         frames=None,
         table=parse_partition_table(head, size) if head else None,
+        warnings=(warning,) if warning else (),
     )

@@ -73,8 +73,13 @@ def compress(image: Path, compression: Compression) -> Path:
     if compression == Compression.RAW:
         return image
     tool, suffix = {Compression.ZSTD: ("zstd", ".zst"), Compression.XZ: ("xz", ".xz"),
-                    Compression.GZIP: ("gzip", ".gz")}[compression]
+                    Compression.GZIP: ("gzip", ".gz"), Compression.BZIP2: ("bzip2", ".bz2"),
+                    Compression.LZ4: ("lz4", ".lz4"), Compression.ZIP: ("zip", ".zip")}[compression]
     out = image.with_name(image.name + suffix)
+    if compression == Compression.ZIP:
+        out.unlink(missing_ok=True)
+        subprocess.run(["zip", "-q", "-j", str(out), str(image)], check=True)
+        return out
     with open(out, "wb") as f:
         subprocess.run([tool, "-1", "-c", str(image)], stdout=f, check=True)
     return out
@@ -298,6 +303,29 @@ def test_inspect_says_a_gzip_images_size_is_unknown_until_decompressed(
     assert inspect_json(capsys, image)["decompressed_size"] is None
     code, out, _ = bty(capsys, "inspect", str(image))
     assert code == 0 and "unknown until decompressed" in out
+
+
+def test_inspect_of_a_zip_names_its_member_and_takes_the_size_from_the_zip_directory(
+    capsys: pytest.CaptureFixture[str], compressed_images: dict[Compression, Path]
+) -> None:
+    data = inspect_json(capsys, compressed_images[Compression.ZIP])
+    assert (data["format"], data["zip_member"]) == ("zip", {"name": "demo.img", "format": "raw"})
+    assert (data["decompressed_size"], data["decompressed_size_source"]) == (DISK_SIZE, "header")
+    assert data["partition_table"]["partitions"][1]["filesystem"]["label"] == "rootfs"
+
+
+def test_inspect_warns_that_a_windows_install_iso_does_not_boot_from_a_disk(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.imagekit import WINDOWS_ISO, iso_head
+
+    iso = tmp_path / "win.iso"
+    iso.write_bytes(iso_head(**WINDOWS_ISO) + bytes(MiB))
+    data = inspect_json(capsys, iso)
+    assert data["iso9660"] is True and data["partition_table"] is None
+    assert len(data["warnings"]) == 1 and "is a Windows install ISO" in data["warnings"][0]
+    code, out, _ = bty(capsys, "inspect", str(iso))
+    assert code == 0 and "Media Creation Tool" in " ".join(out.split())  # rich wraps long values
 
 
 def test_inspect_of_a_whole_small_gzip_image_knows_its_size_from_the_stream(

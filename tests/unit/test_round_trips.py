@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 
 from bty_live import cli
-from tests.imagekit import MiB, build_gpt_image, compress
+from tests.imagekit import (
+    COMPRESSED_SUFFIX,
+    WINDOWS_ISO,
+    MiB,
+    build_gpt_image,
+    compress,
+    iso_head,
+    set_declared_size,
+)
 
 IMAGE_SIZE = 24 * MiB
-FORMATS = ["raw", "zst", "zst-frames", "xz", "gz"]
+FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz"]
 
 
 def bty(*args: str) -> int:
@@ -33,7 +41,7 @@ def image_in(directory: Path, raw: Path, kind: str) -> Path:
         target = directory / "disk.img"
         target.write_bytes(raw.read_bytes())
         return target
-    return compress(raw, kind, directory / f"disk.img.{'zst' if kind.startswith('zst') else kind}")
+    return compress(raw, kind, directory / f"disk.img{COMPRESSED_SUFFIX[kind]}")
 
 
 def blank_file(path: Path, size: int, fill: bytes = b"\0") -> Path:
@@ -119,3 +127,83 @@ def test_without_the_switch_a_regular_file_is_no_disk(tmp_path: Path, raw_image:
     assert bty("flash", str(image), str(target), "--yes") == 6
     assert "not a block device" in capsys.readouterr().err
     assert sha256(target) == before
+
+
+# -- bzip2, lz4 and zip that are damaged or forged ---------------------------------------------------------
+
+
+def wiped(target: Path, size: int) -> bool:
+    """Nothing bootable is left: the first and last MiB (MBR, both GPTs) are zeros."""
+    with open(target, "rb") as f:
+        head = f.read(MiB)
+        f.seek(size - MiB)
+        return not any(head) and not any(f.read(MiB))
+
+
+@pytest.mark.usefixtures("file_targets")
+@pytest.mark.parametrize("kind", ["bz2", "lz4"])
+def test_a_truncated_bzip2_or_lz4_image_fails_as_corrupt_and_leaves_a_wiped_target(
+        tmp_path: Path, raw_image: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, kind)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size * 3 // 4])
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert f"image {image.name} is truncated" in capsys.readouterr().err
+    assert wiped(target, IMAGE_SIZE)
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_truncated_zip_is_refused_before_the_target_is_touched(tmp_path: Path, raw_image: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zip")
+    image.write_bytes(image.read_bytes()[:-4096])  # the zip directory is at the end
+    target = blank_file(tmp_path / "target.img", IMAGE_SIZE, fill=b"\xa5")
+    before = sha256(target)
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert "image disk.img.zip is truncated: the zip directory at its end is missing" in capsys.readouterr().err
+    assert sha256(target) == before
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_zip_member_yielding_more_than_it_declares_is_not_written_past_its_declared_size(
+        tmp_path: Path, raw_image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = image_in(tmp_path / "images", raw_image, "zip")
+    declared = IMAGE_SIZE - 8 * MiB
+    set_declared_size(image, declared)
+    target_size = IMAGE_SIZE + 8 * MiB
+    target = blank_file(tmp_path / "target.img", target_size, fill=b"\xa5")
+    assert bty("flash", str(image), str(target), "--yes") == 4
+    assert "yields more than the 16 MiB its zip directory declares" in capsys.readouterr().err
+    with open(target, "rb") as f:
+        f.seek(declared)
+        assert f.read(target_size - MiB - declared) == b"\xa5" * (target_size - MiB - declared), \
+            "bytes beyond the declared size were written"
+    assert wiped(target, target_size)
+
+
+# -- ISO 9660 images that boot from a DVD drive only: a warning, not a refusal ------------------------------
+
+
+@pytest.mark.usefixtures("file_targets")
+def test_a_windows_install_iso_is_flashed_with_a_warning_and_a_hybrid_iso_without(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    windows = images / "win.iso"
+    windows.write_bytes(iso_head(**WINDOWS_ISO) + bytes(4 * MiB))
+    target = blank_file(tmp_path / "target.img", 8 * MiB)
+    assert bty("flash", str(windows), str(target), "--yes", "--json") == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    warnings = [e["message"] for e in events if e.get("kind") == "info" and "warning" in e.get("message", "")]
+    assert warnings == [f"warning: image win.iso is a Windows install ISO (volume {WINDOWS_ISO['volume']}), not a "
+                        "disk image: it does not boot when written to a disk; to make a Windows installer stick "
+                        "use Microsoft's Media Creation Tool, Rufus or woeusb, or flash a disk image captured "
+                        "from an installed Windows"]
+    assert sha256(target, windows.stat().st_size) == sha256(windows)
+
+    hybrid = images / "live.iso"
+    hybrid.write_bytes(iso_head(volume="Debian 12.5.0 amd64 n", hybrid=True) + bytes(4 * MiB))
+    assert bty("flash", str(hybrid), str(target), "--dry-run") == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert bty("flash", str(windows), str(target), "--dry-run") == 0
+    assert "warning: image win.iso is a Windows install ISO" in capsys.readouterr().err
