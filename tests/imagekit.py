@@ -54,13 +54,21 @@ def build_gpt_image(path: Path, size: int = 64 * MiB, *, seed: int = 1, files_by
 
 #: compress() kind -> the file suffix it makes
 COMPRESSED_SUFFIX = {"zst": ".zst", "zst-frames": ".zst", "xz": ".xz", "gz": ".gz", "bz2": ".bz2", "lz4": ".lz4",
-                     "zip": ".zip", "zip-xz": ".zip"}
+                     "zip": ".zip", "zip-xz": ".zip", "qcow2": ".qcow2", "qcow2-c": ".qcow2", "vmdk": ".vmdk",
+                     "vhdx": ".vhdx", "vdi": ".vdi", "vhd": ".vhd", "vhd-fixed": ".vhd"}
+#: virtual disk kinds -> qemu-img convert's output options (made by the real qemu-img; VHD with
+#: force_size, else qemu rounds the disk up to a CHS geometry, as Hyper-V and Azure do not)
+VIRTUAL_DISK_KINDS = {"qcow2": ["-O", "qcow2"], "qcow2-c": ["-O", "qcow2", "-c"],
+                      "vmdk": ["-O", "vmdk", "-o", "subformat=streamOptimized"], "vhdx": ["-O", "vhdx"],
+                      "vdi": ["-O", "vdi"], "vhd": ["-O", "vpc", "-o", "force_size=on"],
+                      "vhd-fixed": ["-O", "vpc", "-o", "subformat=fixed,force_size=on"]}
 
 
 def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
     """A compressed copy of `raw`: zstd (one frame), zstd-frames (bty-packed, many frames), xz,
     gz; bz2, lz4 and zip made by the real `bzip2`, `lz4` and `zip` tools (zip: `raw` as the one
-    member, stored under its own name; zip-xz: `raw`.xz as the member)."""
+    member, stored under its own name; zip-xz: `raw`.xz as the member); virtual disks (qcow2,
+    qcow2 with compressed clusters, VMDK, VHDX, VDI, VHD dynamic and fixed) made by `qemu-img`."""
     out = out or raw.with_name(raw.name + COMPRESSED_SUFFIX[kind])
     data = raw.read_bytes() if kind in ("zst", "zst-frames", "xz", "gz") else b""
     if kind == "zst":
@@ -84,6 +92,9 @@ def compress(raw: Path, kind: str, out: Path | None = None) -> Path:
         subprocess.run(["zip", "-q", "-j", str(out), str(member)], check=True)
         if member != raw:
             member.unlink()
+    elif kind in VIRTUAL_DISK_KINDS:
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", *VIRTUAL_DISK_KINDS[kind], str(raw), str(out)],
+                       check=True)
     else:
         raise ValueError(kind)
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 from bty_live.disk.boot_medium import protect
 from bty_live.disk.model import Devnum, Disk, Protected
 from bty_live.errors import TargetRefusedError
-from bty_live.units import format_size
+from bty_live.units import format_sizes
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,8 @@ def _held(disk: Disk, ctx: EligibilityContext) -> str | None:
 def _too_small(disk: Disk, ctx: EligibilityContext) -> str | None:
     if ctx.image_size is None or disk.size == 0 or disk.size >= ctx.image_size:
         return None
-    return f"too small: {format_size(disk.size)} < image {format_size(ctx.image_size)}"
+    disk_size, image_size = format_sizes(disk.size, ctx.image_size)  # exact bytes when they round alike
+    return f"too small: {disk_size} < image {image_size}"
 
 
 #: in the order reasons are reported

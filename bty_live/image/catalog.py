@@ -21,6 +21,7 @@ from bty_live.errors import ImageError, SourceCorruptError
 from bty_live.image.bmap import find_bmap_sidecar
 from bty_live.image.formats import (
     SUFFIXES,
+    VIRTUAL_DISKS,
     Compression,
     ImageReader,
     check_image_file,
@@ -29,6 +30,7 @@ from bty_live.image.formats import (
     probe_decompressed_size,
 )
 from bty_live.image.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
+from bty_live.image.virtual_disk import inspect_virtual_disk
 from bty_live.system.state_dirs import LIVE_IMAGES_DIR
 
 IMAGES_ENV = "BTY_IMAGES"
@@ -108,6 +110,8 @@ def describe_image(path: Path) -> CatalogEntry:
         compression = detect_compression(path)
         if compression == Compression.ZIP:
             open_zipped_image(path)  # two images, an encrypted one, ...: say so in the listing
+        elif compression in VIRTUAL_DISKS:
+            inspect_virtual_disk(path, compression.value)  # a backing file, ...: say so in the listing
     except SourceCorruptError:
         pass  # refused when flashed, with its own exit code (like a truncated zstd file)
     except ImageError as exc:
@@ -196,6 +200,10 @@ def compute_digests(path: Path, progress: Callable[[int, int], None] | None = No
             size += n
             if progress:
                 progress(reader.bytes_in, size)
+    if reader.compression in VIRTUAL_DISKS:  # QEMU read the file, not us: hash it as shipped
+        with open(path, "rb") as f:
+            while n := f.readinto(view):
+                file_hash.update(view[:n])
     if size == 0:
         raise ImageError(f"image {path.name} decompresses to nothing; re-copy it")
     return Digests(size=size, blake3=image_hash.hexdigest(), sha256=file_hash.hexdigest())

@@ -2,9 +2,10 @@
 
 Supported: raw (.img, .raw, .iso), zstd (.zst, multi-frame), xz (.xz), gzip (.gz), bzip2 (.bz2,
 multi-stream), lz4 (.lz4, frame format, concatenated frames) and a zip (.zip) holding one disk
-image, raw or compressed with one of the above (bty_live.image.zipped). Formats that are not a
-disk byte stream (qcow2, VMDK, 7z, tar, legacy lz4, ...) are recognised so the error can say how
-to convert them instead of writing their headers onto a disk.
+image, raw or compressed with one of the above (bty_live.image.zipped); virtual disks (.qcow2,
+.vmdk, .vhdx, .vdi, .vhd), read through QEMU (bty_live.image.virtual_disk). Formats bty does not
+read (7z, tar, legacy lz4, VMDK descriptors, ...) are recognised so the error can say how to
+convert them instead of writing their headers onto a disk.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import zstandard
 from bty_live.errors import ImageError, SourceCorruptError, ToolError
 from bty_live.image import zstd_frames
 from bty_live.image.sources import ByteSource, FileSource, RawStream
+from bty_live.image.virtual_disk import inspect_virtual_disk, open_virtual_disk
 from bty_live.image.zipped import ZipDataError, ZipMember, ZipMemberStream, find_image_member
-from bty_live.system.run import run
+from bty_live.system.run import ToolStream, run
 from bty_live.units import format_size
 
 
@@ -40,6 +42,16 @@ class Compression(StrEnum):
     BZIP2 = "bzip2"
     LZ4 = "lz4"
     ZIP = "zip"
+    # virtual disks, read through QEMU (bty_live.image.virtual_disk); the values are bty's names
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VHDX = "vhdx"
+    VDI = "vdi"
+    VHD = "vhd"
+
+
+#: formats that are virtual disks, not byte streams: read from a local file through QEMU
+VIRTUAL_DISKS = frozenset({Compression.QCOW2, Compression.VMDK, Compression.VHDX, Compression.VDI, Compression.VHD})
 
 
 #: file name suffix -> what the name claims; magic bytes have the last word. The one list of
@@ -55,6 +67,11 @@ SUFFIXES: dict[str, Compression] = {
     ".bz2": Compression.BZIP2,
     ".lz4": Compression.LZ4,
     ".zip": Compression.ZIP,
+    ".qcow2": Compression.QCOW2,
+    ".vmdk": Compression.VMDK,
+    ".vhdx": Compression.VHDX,
+    ".vdi": Compression.VDI,
+    ".vhd": Compression.VHD,
 }
 RAW_SUFFIXES = tuple(suffix for suffix, compression in SUFFIXES.items() if compression == Compression.RAW)
 
@@ -66,17 +83,25 @@ _MAGIC: list[tuple[bytes, Compression]] = [
     (b"\x04\x22\x4d\x18", Compression.LZ4),
     (b"PK\x03\x04", Compression.ZIP),
     (b"PK\x05\x06", Compression.ZIP),  # an empty archive: only the end of its directory
+    (b"QFI\xfb", Compression.QCOW2),
+    (b"KDMV", Compression.VMDK),  # a sparse extent (monolithicSparse, streamOptimized)
+    (b"vhdxfile", Compression.VHDX),
+    (b"conectix", Compression.VHD),  # a dynamic VHD starts with a copy of its footer
 ]
+#: (offset, magic, format) for signatures not at the start
+_MAGIC_AT: list[tuple[int, bytes, Compression]] = [
+    (64, b"\x7f\x10\xda\xbe", Compression.VDI),
+]
+#: a fixed-size VHD is the raw disk followed by a 512-byte footer starting with this
+_VHD_FOOTER = b"conectix"
 
 # (offset, magic, what it is, how to fix)
 _UNSUPPORTED: list[tuple[int, bytes, str, str]] = [
     (0, b"\x02\x21\x4c\x18", "a legacy-format lz4 stream (lz4 -l)",
      "recompress it with zstd (lz4 -dc IN | zstd -o OUT.img.zst)"),
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-zip archive", "extract it and add the disk image inside"),
-    (0, b"QFI\xfb", "a qcow2 virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
-    (0, b"KDMV", "a VMDK virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
-    (0, b"vhdxfile", "a VHDX virtual disk", "convert it: qemu-img convert -O raw IN OUT.img"),
-    (64, b"\x7f\x10\xda\xbe", "a VirtualBox VDI disk", "convert it: qemu-img convert -O raw IN OUT.img"),
+    (0, b"# Disk DescriptorFile", "a VMDK descriptor (its data is in other files)",
+     "convert it to one file: qemu-img convert -O vmdk -o subformat=streamOptimized IN OUT.vmdk"),
     (257, b"ustar", "a tar archive", "extract it and add the disk image inside"),
 ]
 
@@ -129,11 +154,25 @@ def detect_compression(path: Path) -> Compression:
     try:
         with open(path, "rb") as f:
             head = f.read(512)
+            if _fixed_vhd_footer(f, head):
+                return Compression.VHD
     except FileNotFoundError as exc:
         raise ImageError(f"image {path} does not exist; check the name with `bty images`") from exc
     except OSError as exc:
         raise ImageError(f"image {path} cannot be read: {exc.strerror}") from exc
     return compression_of(head, path.name)
+
+
+def _fixed_vhd_footer(f: BinaryIO, head: bytes) -> bool:
+    """A fixed-size VHD: raw bytes, then a footer in the file's last 512 bytes (a dynamic VHD,
+    which starts with its footer, is found by its first bytes)."""
+    if any(head.startswith(magic) for magic, _ in _MAGIC):
+        return False
+    size = f.seek(0, os.SEEK_END)
+    if size < 1024 or size % 512:
+        return False
+    f.seek(size - 512)
+    return f.read(len(_VHD_FOOTER)) == _VHD_FOOTER
 
 
 def compression_of(head: bytes, name: str, shown: str | None = None) -> Compression:
@@ -149,6 +188,9 @@ def compression_of(head: bytes, name: str, shown: str | None = None) -> Compress
     found = Compression.RAW
     for magic, compression in _MAGIC:
         if head.startswith(magic):
+            found = compression
+    for offset, magic, compression in _MAGIC_AT:
+        if head[offset : offset + len(magic)] == magic:
             found = compression
     if len(head) >= 4 and int.from_bytes(head[:4], "little") in _ZSTD_SKIPPABLE:
         found = Compression.ZSTD
@@ -185,6 +227,11 @@ def probe_decompressed_size(path: Path, compression: Compression) -> int | None:
     if compression == Compression.ZIP:
         try:
             return zip_image_size(path)
+        except ImageError:
+            return None
+    if compression in VIRTUAL_DISKS:
+        try:
+            return inspect_virtual_disk(path, compression.value).virtual_size
         except ImageError:
             return None
     return None  # gzip keeps only the size modulo 4 GiB, per member; bzip2 and lz4 frames (mostly) none
@@ -333,10 +380,21 @@ class ImageReader:
         self.expected_size = expected_size
         self.file_size = source.size
         self.position = 0  # decompressed bytes returned so far
-        raw = source.open()
+        self._tool: ToolStream | None = None
+        raw: RawStream
+        if self.compression in VIRTUAL_DISKS:
+            if source.path is None:
+                raise ImageError(f"image {self.name} is a {self.compression} virtual disk, which bty reads from a "
+                                 "local file only; download it first, or serve a raw or compressed image")
+            disk = inspect_virtual_disk(source.path, self.compression.value)
+            self.expected_size = expected_size or disk.virtual_size
+            raw = self._tool = open_virtual_disk(disk)
+        else:
+            raw = source.open()
         inner = zipped.compression if zipped else self.compression
         self._tracker = zstd_frames.FrameTracker() if inner == Compression.ZSTD else None
-        self._source = _CountingFile(raw, None if zipped else self._tracker, observer)
+        # a virtual disk's stream is not the file's bytes: the observer would see the wrong ones
+        self._source = _CountingFile(raw, None if zipped else self._tracker, None if self._tool else observer)
         wrapped = self._source
         if zipped is not None:  # the member's bytes, as if they were the file
             wrapped = _CountingFile(ZipMemberStream(self._source, zipped.member), self._tracker)
@@ -376,6 +434,13 @@ class ImageReader:
     def _check_complete(self) -> None:
         if self._tracker is not None and not self._tracker.summary().complete:
             raise self._truncated()
+        if self._tool is not None:
+            try:
+                self._tool.finish()
+            except ToolError as exc:
+                raise self._corrupt(f"QEMU: {self._tool.failure()}") from exc
+            if self.expected_size is not None and self.position != self.expected_size:
+                raise self._truncated()
 
     def _where(self) -> str:
         if self.expected_size:

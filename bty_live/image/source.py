@@ -17,6 +17,7 @@ from bty_live.image import zstd_frames
 from bty_live.image.bmap import Bmap, load_bmap
 from bty_live.image.catalog import CatalogEntry
 from bty_live.image.formats import (
+    VIRTUAL_DISKS,
     Compression,
     ImageReader,
     compression_of,
@@ -29,6 +30,7 @@ from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
 from bty_live.image.sources import ByteSource, FileSource
+from bty_live.image.virtual_disk import inspect_virtual_disk
 from bty_live.units import format_size, format_sizes
 
 HEAD_BYTES = 1 << 20
@@ -132,15 +134,19 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
 
 
 #: formats whose own metadata gives the decompressed size up front -> what messages call it
-_SIZE_METADATA = {Compression.XZ: "xz index", Compression.ZIP: "zip directory"}
+_SIZE_METADATA = {Compression.XZ: "xz index", Compression.ZIP: "zip directory",
+                  **{virtual: f"{virtual} header" for virtual in VIRTUAL_DISKS}}
 
 
 def _declared_size(path: Path, compression: Compression) -> int | None:
     """The size the file's metadata declares (xz: the index of every stream; zip: the central
-    directory, raw members only). A zip is checked here, so an unusable one is refused before
-    the disk is touched (a truncated one with SourceCorruptError)."""
+    directory, raw members only; a virtual disk: its header, through qemu-img). A zip or a
+    virtual disk is checked here, so an unusable one is refused before the disk is touched (a
+    truncated zip with SourceCorruptError, a qcow2 with a backing file with ImageError)."""
     if compression == Compression.ZIP:
         return zip_image_size(path)
+    if compression in VIRTUAL_DISKS:
+        return inspect_virtual_disk(path, compression.value).virtual_size
     return probe_decompressed_size(path, compression)
 
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from bty_live.errors import ImageError
 from bty_live.image.catalog import CatalogEntry, find_image, is_image_file, list_images
-from bty_live.image.formats import Compression
+from bty_live.image.formats import VIRTUAL_DISKS, Compression
 from bty_live.image.manifest import load_manifest
 from bty_live.protocol.wire import ImageRef
 
@@ -49,6 +49,10 @@ def served(entry: CatalogEntry) -> ServedImage:
     if entry.compression == Compression.ZIP:
         raise ImageError(f"image {entry.path.name} is a zip archive, which a machine cannot stream (its directory "
                          "is at its end); unzip it (or recompress it with zstd) on the server and `bty images add` it")
+    if entry.compression in VIRTUAL_DISKS:
+        raise ImageError(f"image {entry.path.name} is a {entry.compression} virtual disk, which a machine cannot "
+                         f"stream; convert it on the server (qemu-img convert -O raw IN OUT.img; zstd OUT.img) "
+                         "and `bty images add` it")
     if entry.manifest is None:
         raise ImageError(f"image {entry.path.name} has no manifest, so a machine could not verify it; "
                          f"run `bty images add {entry.path}` on the server")

@@ -23,7 +23,8 @@ from tests.imagekit import (
 )
 
 IMAGE_SIZE = 24 * MiB
-FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz"]
+FORMATS = ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz",
+           "qcow2", "qcow2-c", "vmdk", "vhdx", "vdi", "vhd", "vhd-fixed"]
 
 
 def bty(*args: str) -> int:
