@@ -6,7 +6,9 @@ machine's DMI identity and MACs, the disk's model and serial), how each phase we
 seconds) and the error, if any.
 
 An image + task is *known-good* for a machine model once one run on that model passed write,
-verify (a digest was actually compared) and tune (or had no task to run).
+verify (the stream matched a known digest: a manifest's or --blake3's) and tune (or had no task
+to run). A run with no digest to compare with is never known-good: its read-back proves that the
+disk holds what was read, not that what was read is the image.
 
 Crash safety, for an images partition that may lose power at any moment:
 
@@ -337,8 +339,10 @@ class PhaseTracker:
 
 
 def phases_from_receipt(receipt: Receipt, tune: TuneResult | None) -> dict[str, PhaseResult]:
-    """The phases of a run that finished: the receipt says how verify went."""
-    verified = "match" in (receipt.readback_check, receipt.stream_check)
+    """The phases of a run that finished: the receipt says how verify went. Verify passed only
+    against a known digest; without one (no manifest, a URL without one) it counts as skipped,
+    whatever the read-back found."""
+    verified = receipt.stream_check == "match"
     phases = {
         "write": PhaseResult("passed", receipt.phases.get("write")),
         "verify": PhaseResult("passed" if verified else "skipped", receipt.phases.get("verify")),

@@ -278,6 +278,19 @@ def test_a_finished_run_is_recorded_from_its_receipt_and_tuning_result() -> None
     assert rec.phases["verify"] == PhaseResult("passed", 0.5) and rec.phases["tune"] == PhaseResult("passed", 3.0)
 
 
+@pytest.mark.parametrize("stream_check", ["no manifest", "unverified (no digest)"])
+def test_a_run_with_no_digest_to_compare_with_is_never_known_good_whatever_the_read_back(stream_check: str) -> None:
+    receipt = Receipt(result="ok", image_name="demo", image_path="/i/demo.img", image_size=1, image_blake3=IMAGE,
+                      manifest_blake3=None, target_path="/dev/sdb", target_model="SSD", target_serial="D1",
+                      target_wwn=None, target_size=2, target_transport="sata", target_by_id=[], bytes_written=1,
+                      bytes_zeroed=0, verify_mode="readback", stream_check=stream_check, readback_check="match",
+                      fixups=[], phases={"write": 1.0, "verify": 0.5, "fixup": 0.1}, started_at="", finished_at="")
+
+    rec = make_record(image_name="demo", image_blake3=None, machine=MACHINE, receipt=receipt)
+
+    assert rec.result == "passed" and rec.phase("verify") == "skipped" and not rec.known_good
+
+
 # -- bty ledger ------------------------------------------------------------------------------------
 
 
