@@ -52,6 +52,11 @@ class ImageFetchError(ImageError):
     kind = "fetch"
 
 
+class NotFoundError(ImageFetchError):
+    """The server has no such file (HTTP 404): for an image a failure, for a manifest beside it
+    only the news that there is none."""
+
+
 class DigestMismatchError(ImageError):
     """The decompressed image does not match the digest its manifest promises."""
 

@@ -7,24 +7,30 @@ and can cut the first image download that passes a byte count, stop accepting af
 cut every image download after a few bytes (a server that drops all the time), throttle image
 downloads, or strip Range headers (a server that ignores them).
 
-Plus the HTTP helpers the server tests share: one request, a JSON call, enrolment.
+Plus the HTTP helpers the server tests share: one request, a JSON call, enrolment; and a plain
+static file server with Range support (what a web server, a CDN or S3 is to `bty flash URL`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
+import http.server
 import json
 import os
+import re
 import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from bty_live.protocol.wire import CREDENTIAL_HEADER, machine_path
 from bty_live.server.config import NetbootFiles, ServerConfig
@@ -230,3 +236,116 @@ def served_images(root: Path) -> Path:
     (directory / "demo.img").write_bytes(os.urandom(1 << 20))
     assert cli.main(["images", "add", str(directory / "demo.img")]) == 0
     return directory
+
+
+# -- a static file server ---------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    """GET/HEAD of the files under /images/ with Range (bytes=N- and N-M), If-Range, ETag and
+    Last-Modified, one request per connection. Python 3.11's SimpleHTTPRequestHandler has no
+    Range support, and a resume needs it."""
+
+    server: FileServer
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def _serve(self, *, body: bool) -> None:
+        parts = urlsplit(self.path)
+        self.server.requests.append(self.path)
+        if self.server.require_query is not None and parts.query != self.server.require_query:
+            return self._status(403)
+        path = self.server.directory / unquote(parts.path.removeprefix("/images/"))
+        if not parts.path.startswith("/images/") or not path.is_file():
+            return self._status(404)
+        with open(path, "rb") as f:  # opened once: a file replaced meanwhile is served whole
+            st = os.fstat(f.fileno())
+            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+            modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+            start, end, status = 0, st.st_size - 1, 200
+            wanted = _RANGE.match(self.headers.get("Range") or "")
+            if wanted and self.headers.get("If-Range") in (None, etag, modified):
+                start, status = int(wanted.group(1)), 206
+                end = min(int(wanted.group(2)), end) if wanted.group(2) else end
+            self.send_response(status)
+            self.send_header("Content-Length", str(end + 1 - start))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{st.st_size}")
+            self.end_headers()
+            if body:
+                f.seek(start)
+                left = end + 1 - start
+                with contextlib.suppress(OSError):  # the client went away
+                    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                        self.wfile.write(chunk)
+                        left -= len(chunk)
+
+    def _status(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Serves `directory` at /images/ on 127.0.0.1; `require_query` answers 403 to any request
+    without exactly that query string (a presigned URL's signature); `requests` lists the paths
+    asked for, query strings included."""
+
+    daemon_threads = True
+
+    def __init__(self, directory: Path, *, require_query: str | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _FileHandler)
+        self.directory = directory
+        self.require_query = require_query
+        self.requests: list[str] = []
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.address[1]}"
+
+
+@contextlib.contextmanager
+def serving_files(directory: Path, *, require_query: str | None = None,
+                  tls: tuple[Path, Path] | None = None) -> Iterator[FileServer]:
+    server = FileServer(directory, require_query=require_query, tls=tls)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for 127.0.0.1 and localhost, made by openssl: a CA no system trusts."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key

@@ -229,9 +229,8 @@ class Agent:
                 raise exc from None  # stopped by a signal: reported; the CLI exits 128+N
             return None
         self._enter(AgentState.REPORT, plan)
-        posted = {**outcome.receipt.to_dict(), "saved_to": None,  # the agent's copy died with its RAM disk
-                  "download": {"url": self.api.url(plan.image.url) if plan.image else None,
-                               "resumes": outcome.resumes}}
+        # the engine's receipt says where the image came from ("download": url, resumes, bytes)
+        posted = {**outcome.receipt.to_dict(), "saved_to": None}  # the agent's copy died with its RAM disk
         try:
             self._persist("post the receipt", lambda: self.api.post_receipt(mac, run_id, posted))
         except KeyboardInterrupt as stop:  # flashed and verified, but the server will not know: say so

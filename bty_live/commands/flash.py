@@ -12,15 +12,33 @@ from bty_live.errors import BtyError, Cancelled, UsageError
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, FlashPlan, VerifyMode
 from bty_live.flash.prepare import prepare_plan
+from bty_live.image.remote import UrlOptions, check_blake3, is_image_url
 from bty_live.image.source import ImageSource
 from bty_live.render.events import JsonLines, make_renderer
 
 DESCRIPTION = """\
 Write IMAGE onto DISK and prove it landed.
 
-IMAGE is a path, or a name / file name / blake3 prefix from the images directory (`bty images`).
-Formats: raw (.img .raw .iso), zstd (.zst, multi-frame frames decompressed in parallel), xz, gzip,
-bzip2, lz4 and a zip holding one disk image, detected by their first bytes.
+IMAGE is a path, or a name / file name / blake3 prefix from the images directory (`bty images`),
+or an http:// or https:// URL. Formats: raw (.img .raw .iso), zstd (.zst, multi-frame frames
+decompressed in parallel), xz, gzip, bzip2, lz4, a zip holding one disk image, detected by their
+first bytes; virtual disks (.qcow2, .vmdk, .vhdx, .vdi, .vhd; local files only), read through
+QEMU (qemu-img, qemu-nbd, nbdcopy, under resource limits; backing files are refused).
+
+Images from the network (IMAGE = https://HOST/PATH/disk.img.zst):
+  The image is streamed straight onto the disk (no temporary file); a dropped connection is
+  resumed where it stopped (HTTP Range; the server must support it, and the file must not change
+  meanwhile). Certificates are verified against the system's CAs; --ca-file FILE adds a CA bundle.
+  The digest the image must have: --blake3 HEX, else the manifest beside it, URL.toml (the file
+  `bty images add` writes; none if the server answers 404), else none: the image is flashed
+  UNVERIFIED. Unverified means the disk is read back against what was downloaded, not against a
+  known digest: a damaged or wrong download would be written and pass. The plan, the last line,
+  the receipt (stream_check "unverified (no digest)") say so, and the run never makes the image
+  known-good in the ledger. A presigned URL (S3, CDN: credentials in the query string) needs
+  --blake3: its manifest's URL cannot be derived. The query string is never shown or recorded;
+  the receipt names the URL without it, with the download's resumes and bytes.
+  Without a manifest the size of a compressed image is known only once decompressed: a disk too
+  small for it is found while writing, and then wiped.
 
 DISK is a device node (/dev/sdb), a /dev/disk/by-* link, a name (sdb), or a selector that must
 match exactly one eligible disk: serial=S, wwn=W, path=P, model=M, vendor=V, tran=nvme|sata|usb|
@@ -63,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image path, or name in the images directory")
+    parser.add_argument("image", metavar="IMAGE", help="image path, name in the images directory, or http(s) URL")
     parser.add_argument("disk", metavar="DISK", help="device node, by-id link, name, or selector")
     parser.add_argument("--images", metavar="DIR", help="images directory (default: $BTY_IMAGES, the stick's "
                         "images partition, else ./images)")
@@ -85,6 +103,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-zeroout", action="store_true",
                         help="write zero ranges as data instead of asking the device to zero them")
     parser.add_argument("--no-preflight", action="store_true", help="skip the fake-capacity check of USB disks")
+    parser.add_argument("--blake3", metavar="HEX",
+                        help="a URL image's digest (blake3 of the decompressed image, 64 hex digits), checked "
+                        "instead of URL.toml; needed for a presigned URL")
+    parser.add_argument("--ca-file", metavar="FILE", type=Path,
+                        help="CA certificates (PEM) to verify an https:// image's server with, besides the "
+                        "system's")
     parser.set_defaults(func=run)
 
 
@@ -98,7 +122,17 @@ def build_plan(args: argparse.Namespace) -> FlashPlan:
         ledger=args.ledger,
         receipt=args.receipt,
     )
-    return prepare_plan(args.image, args.disk, options, args.images)
+    return prepare_plan(args.image, args.disk, options, args.images, url_options(args))
+
+
+def url_options(args: argparse.Namespace) -> UrlOptions | None:
+    """--blake3 and --ca-file, which only an image given by URL takes."""
+    if not is_image_url(args.image):
+        if args.blake3 or args.ca_file:
+            raise UsageError("--blake3 and --ca-file are for an image given by URL; a local image's digest is "
+                             "in its manifest (`bty images add`)")
+        return None
+    return UrlOptions(blake3=check_blake3(args.blake3) if args.blake3 else None, cafile=args.ca_file)
 
 
 def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:

@@ -42,6 +42,7 @@ from bty_live.flash.receipt import Receipt, save_receipt
 from bty_live.flash.target import BlockTarget
 from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
+from bty_live.image.remote import NO_DIGEST, UNVERIFIED
 from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
 from bty_live.system.machine import read_machine_identity
 from bty_live.tune import TuneResult, run_tuning
@@ -225,16 +226,27 @@ class _Run:
         expected = plan.image.expected_blake3
         if plan.options.verify == VerifyMode.OFF:
             return "skipped"
+        if expected is None and plan.image.path is None:  # a URL with no manifest and no --blake3
+            self.info(Phase.VERIFY, f"UNVERIFIED: {NO_DIGEST}")
+            return UNVERIFIED
         if expected is None:
             self.info(Phase.VERIFY, "no manifest: the stream digest is recorded but compared with nothing")
             return "no manifest"
+        given = plan.image.digest_source == "--blake3"
+        if copy.digest != expected and given:
+            raise DigestMismatchError(
+                f"image {plan.image.file_name} does not match the digest given with --blake3: blake3 "
+                f"{copy.digest[:16]}... != {expected[:16]}...; check the digest, or whether "
+                f"{plan.image.location} serves another image"
+            )
         if copy.digest != expected:
             raise DigestMismatchError(
                 f"image {plan.image.file_name} does not match its manifest: blake3 {copy.digest[:16]}... "
                 f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
                 "or rerun `bty images add` if you changed it on purpose"
             )
-        self.info(Phase.VERIFY, f"stream blake3 matches the manifest ({expected[:16]}...)")
+        self.info(Phase.VERIFY, f"stream blake3 matches the {'digest given with --blake3' if given else 'manifest'} "
+                                f"({expected[:16]}...)")
         return "match"
 
     def _readback(self, copy: CopyResult) -> str:
@@ -366,4 +378,5 @@ class _Run:
             parallel_frames=copy.parallel_frames if copy else False,
             tune=tune.to_dict() if tune is not None else None,
             error=error,
+            download=plan.image.download(copy.bytes_in if copy else 0),
         )

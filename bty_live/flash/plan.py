@@ -14,6 +14,7 @@ from pathlib import Path
 from bty_live.disk.eligibility import refusal
 from bty_live.disk.model import Disk, DiskIdentity
 from bty_live.errors import TargetRefusedError
+from bty_live.image.remote import NO_DIGEST
 from bty_live.image.source import ImageSource
 from bty_live.tune.model import TuneRequest
 from bty_live.units import format_size
@@ -69,12 +70,11 @@ class FlashPlan:
         """Human lines for --dry-run and the confirmation prompt."""
         image, disk = self.image, self.disk
         size = format_size(image.size) if image.size is not None else "unknown size"
-        digest = f"blake3 {image.expected_blake3[:16]}..." if image.expected_blake3 else "no manifest: unverified"
         lines = [
             f"image:   {image.location} ({image.compression}, "
             f"{format_size(image.file_size) if image.file_size is not None else 'streamed'} file, {size} "
             f"decompressed [{image.size_source}])",
-            f"digest:  {digest}",
+            f"digest:  {digest_line(image)}",
             f"target:  {disk.path} ({format_size(disk.size)}, {disk.transport}, model {disk.model or '-'}, "
             f"serial {disk.serial or '-'})",
             f"verify:  {self.options.verify}",
@@ -93,6 +93,16 @@ class FlashPlan:
         lines.extend(f"note:    {note}" for note in self.notes)
         lines.extend(f"warning: {warning}" for warning in self.warnings)
         return lines
+
+
+def digest_line(image: ImageSource) -> str:
+    """What the stream will be checked against, and where that digest comes from."""
+    expected = image.expected_blake3
+    if expected is not None:
+        return f"blake3 {expected[:16]}..." + (" (given with --blake3)" if image.digest_source == "--blake3" else "")
+    if image.path is None:  # streamed from a URL that has no manifest beside it
+        return f"UNVERIFIED: {NO_DIGEST}"
+    return "no manifest: unverified"
 
 
 def make_plan(

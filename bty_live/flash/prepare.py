@@ -1,7 +1,8 @@
 """Gather what a plan needs (the image, the disks, what is protected) and make the plan.
 
 The I/O half of planning, shared by every front-end: the CLI, the TUI and unattended mode all
-call `prepare_plan` and get the same checks.
+call `prepare_plan` and get the same checks. An image spec that is an http(s) URL is streamed
+(`image/remote.py`); anything else is a file or an entry of the images directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bty_live.flash.ledger import default_ledger_path
 from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
 from bty_live.image.catalog import CatalogEntry, find_image, resolve_images_dir
 from bty_live.image.formats import check_image_file
+from bty_live.image.remote import UrlOptions, is_image_url, load_url_image_source
 from bty_live.image.source import ImageSource, load_image_source
 from bty_live.system.machine import read_machine_identity
 from bty_live.system.state_dirs import default_receipts_dir
@@ -42,9 +44,13 @@ def prepare_plan(
     disk_spec: str,
     options: FlashOptions,
     images_dir: str | Path | None = None,
+    url_options: UrlOptions | None = None,
 ) -> FlashPlan:
-    """Plan flashing an image of the catalog (or a path) onto a disk (or a selector)."""
+    """Plan flashing an image of the catalog (or a path, or a URL) onto a disk (or a selector)."""
     directory = resolve_images_dir(images_dir)
+    if is_image_url(image_spec):
+        image = load_url_image_source(image_spec, url_options or UrlOptions())
+        return prepare_plan_for(image, disk_spec, options, directory if directory.is_dir() else None)
     return prepare_plan_for_entry(find_image(image_spec, directory), disk_spec, options, directory)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bty_live import __version__
+from bty_live.image.remote import NO_DIGEST, UNVERIFIED
 from bty_live.system.state_dirs import default_receipts_dir
 from bty_live.units import format_duration, format_rate, format_size
 
@@ -34,7 +35,7 @@ class Receipt:
     bytes_written: int
     bytes_zeroed: int
     verify_mode: str
-    #: "match", "no manifest", "skipped"
+    #: "match", "no manifest" (a file), "unverified (no digest)" (a URL), "skipped", "not reached"
     stream_check: str
     #: "match", "skipped"
     readback_check: str
@@ -49,6 +50,8 @@ class Receipt:
     saved_to: str | None = None
     #: the tuning run (bty_live.tune.TuneResult.to_dict()), when there was one
     tune: dict[str, Any] | None = None
+    #: an image streamed over HTTP: {"url" (without the query string), "resumes", "bytes" of the file}
+    download: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,8 +78,15 @@ class Receipt:
             lines.append(f"  tuning: {self.tune.get('status')} ({self.tune.get('task')}, {steps} steps"
                          + (f"; {self.tune['note']}" if self.tune.get("note") else "")
                          + (f"; report {self.tune['report_dir']}" if self.tune.get("report_dir") else "") + ")")
+        if self.download:
+            resumes = self.download.get("resumes") or 0
+            lines.append(f"  downloaded {format_size(self.download.get('bytes') or 0)} from {self.download.get('url')}"
+                         + (f", resumed {resumes} time{'s' if resumes != 1 else ''} after a dropped connection"
+                            if resumes else ""))
         if self.saved_to:
             lines.append(f"  receipt: {self.saved_to}")
+        if self.stream_check == UNVERIFIED:  # last, where it is read
+            lines.append(f"UNVERIFIED: {NO_DIGEST}")
         return lines
 
 

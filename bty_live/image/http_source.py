@@ -1,4 +1,7 @@
-"""An image streamed over HTTP(S) from `bty serve`: a ByteSource that survives dropped connections.
+"""An image streamed over HTTP(S): a ByteSource that survives dropped connections.
+
+Two users, one mechanism: the PXE agent downloads the image its `bty serve` assigned, and
+`bty flash URL DISK` the image a user named (a web server, a CDN, a presigned S3 URL).
 
 The engine reads a source front to back once. `HttpStream` hands out the response body as it
 arrives (no temp file); when the connection drops or stalls it reconnects with
@@ -8,6 +11,10 @@ Last-Modified). Failures without progress are retried with backoff a bounded num
 and the whole download has a deadline (a server that drops after every byte makes progress
 forever); then an `ImageFetchError` names the URL and what to do. Everything above this layer
 sees one uninterrupted stream.
+
+Every stream a source opens (the plan reads the head, the engine the whole image) must be the
+same file as the first: same size, ETag and Last-Modified. The URL's query string (a presigned
+URL's credentials) goes into requests only; messages name `shown_url`.
 """
 
 from __future__ import annotations
@@ -23,8 +30,16 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from bty_live import __version__
-from bty_live.errors import ImageFetchError, TokenRefusedError
-from bty_live.protocol.httpconn import Backoff, certificate_error, connect, describe_os_error, parse_url, request_target
+from bty_live.errors import ImageFetchError, NotFoundError, TokenRefusedError
+from bty_live.protocol.httpconn import (
+    Backoff,
+    certificate_error,
+    connect,
+    describe_os_error,
+    parse_url,
+    request_target,
+    shown_url,
+)
 from bty_live.protocol.wire import bearer
 from bty_live.units import format_size, format_sizes
 
@@ -42,6 +57,30 @@ class ResumeNotice:
     attempts: int
     #: why the connection dropped ("connection reset", "timed out", ...)
     reason: str
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a failed download's message tells the reader to do: the agent's image comes from its
+    server's plan (assign the machine again), `bty flash URL`'s from the user (check the URL).
+    Templates take {url} (shown without its query string) and {status}."""
+
+    #: after a failure that may pass
+    again: str
+    #: HTTP 404
+    not_found: str
+    #: the first answer is not 200
+    unexpected: str
+    #: HTTP 401/403; None: the server refused bty's token (TokenRefusedError)
+    refused: str | None = None
+
+
+#: the PXE agent's: the image URL comes from `bty serve`, which checks the shared token
+AGENT_WORDING = Wording(
+    again="assign the machine again",
+    not_found="image {url} is not on the server (404): it was removed or renamed; assign the machine again",
+    unexpected="is the URL a bty server's image?",
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +113,14 @@ class HttpSource:
         sleep: Callable[[float], None] = time.sleep,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wording: Wording = AGENT_WORDING,
+        user_agent: str = "bty-agent",
     ) -> None:
         parts = parse_url(url)
+        #: the whole URL, query string included: for requests only
         self.url = url
+        #: the URL for messages, receipts and ledgers (no query string, no credentials)
+        self.shown_url = shown_url(url)
         self.name = name or unquote(os.path.basename(parts.path)) or parts.hostname or url
         self.size = size
         self.path: Path | None = None
@@ -89,14 +133,18 @@ class HttpSource:
         #: seconds a stream may take from its first request to its last byte; None: no limit
         self.deadline = deadline
         self.clock = clock
+        self.wording = wording
+        self.user_agent = f"{user_agent}/{__version__}"
         #: successful Range resumes over every stream opened from this source
         self.resumes = 0
+        #: the file the first stream found; every later stream must find the same one
+        self.validator: _Validator | None = None
 
     def open(self) -> HttpStream:
         return HttpStream(self)
 
     def __repr__(self) -> str:
-        return f"HttpSource({self.url})"
+        return f"HttpSource({self.shown_url})"
 
 
 class HttpStream:
@@ -195,15 +243,15 @@ class HttpStream:
         total = self._validator.total if self._validator else self.source.size
         where = f"at {format_size(self._delivered)}" + (f" of {format_size(total)}" if total else "")
         last = f"; last failure: {reason or self._drop_reason}" if (reason or self._drop_reason) else ""
-        raise ImageFetchError(f"download of {self.source.url} did not finish within {self.source.deadline:.0f} s "
-                              f"(stopped {where}{last}); check the network and the server, then assign the "
-                              "machine again")
+        raise ImageFetchError(f"download of {self.source.shown_url} did not finish within "
+                              f"{self.source.deadline:.0f} s (stopped {where}{last}); check the network and the "
+                              f"server, then {self.source.wording.again}")
 
     def _give_up(self, reason: str) -> ImageFetchError:
         total = self._validator.total if self._validator else self.source.size
         where = f"at {format_size(self._delivered)}" + (f" of {format_size(total)}" if total else "")
         return ImageFetchError(
-            f"download of {self.source.url} failed {where} after {self._strikes} attempts ({reason}); "
+            f"download of {self.source.shown_url} failed {where} after {self._strikes} attempts ({reason}); "
             "check the network and that the server is running, then flash again"
         )
 
@@ -225,7 +273,7 @@ class HttpStream:
 
     def _request(self) -> http.client.HTTPResponse:
         source, offset = self.source, self._delivered
-        headers = {"User-Agent": f"bty-agent/{__version__}", "Accept-Encoding": "identity",
+        headers = {"User-Agent": source.user_agent, "Accept-Encoding": "identity",
                    **bearer(source.token)}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -239,7 +287,7 @@ class HttpStream:
             response = conn.getresponse()
         except ssl.SSLCertVerificationError as exc:
             conn.close()
-            raise certificate_error(source.url, exc) from exc
+            raise certificate_error(source.url, exc) from exc  # it shows the host, not the query
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise _Retry(describe_os_error(exc)) from exc
@@ -253,37 +301,37 @@ class HttpStream:
         if offset:
             source.resumes += 1
             if source.on_resume is not None:
-                source.on_resume(ResumeNotice(source.url, offset, self._strikes, self._drop_reason))
+                source.on_resume(ResumeNotice(source.shown_url, offset, self._strikes, self._drop_reason))
         return response
 
     def _check(self, response: http.client.HTTPResponse, offset: int) -> None:
         """Accept the response only if it continues the same file at `offset`."""
-        url, status = self.source.url, response.status
+        url, status, wording = self.source.shown_url, response.status, self.source.wording
         if status in (401, 403):
+            if wording.refused is not None:
+                raise ImageFetchError(wording.refused.format(url=url, status=status))
             raise TokenRefusedError(f"the server refused the token for {url} ({status}); "
                                     "check bty.token= (or --token) against the server's --token-file")
         if status == 404:
-            raise ImageFetchError(f"image {url} is not on the server (404): it was removed or renamed; "
-                                  "assign the machine again")
+            raise NotFoundError(wording.not_found.format(url=url, status=status))
         if status >= 500:
             raise _Retry(f"server error {status} {response.reason}")
         etag, modified = response.getheader("ETag"), response.getheader("Last-Modified")
         if offset == 0:
             if status != 200:
-                raise ImageFetchError(f"GET {url} answered {status} {response.reason}; expected 200: "
-                                      "is the URL a bty server's image?")
+                location = response.getheader("Location")  # redirects are not followed: say where to
+                to = f" (to {shown_url(location)})" if location and 300 <= status < 400 else ""
+                raise ImageFetchError(f"GET {url} answered {status} {response.reason}{to}; expected 200: "
+                                      + wording.unexpected.format(url=url, status=status))
             length = response.getheader("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if self.source.size is not None and total is not None and total != self.source.size:
                 served, announced = format_sizes(total, self.source.size)
                 raise ImageFetchError(
                     f"image {url} is {served} on the server but the plan announced "
-                    f"{announced}: the image changed after the plan was made; ask again"
+                    f"{announced}: the image changed after the plan was made; {wording.again}"
                 )
-            if self._validator is None:
-                self._validator = _Validator(total, etag, modified)
-            elif self._validator != _Validator(total, etag, modified):
-                raise self._changed()
+            self._first_answer(_Validator(total, etag, modified))
             return
         validator = self._validator
         assert validator is not None
@@ -307,7 +355,19 @@ class HttpStream:
                 (validator.last_modified and modified != validator.last_modified):
             raise self._changed()
 
+    def _first_answer(self, found: _Validator) -> None:
+        """The file a stream starts with must be the file every stream of this source found."""
+        source = self.source
+        if self._validator is not None and self._validator != found:  # a retry from the first byte
+            raise self._changed()
+        if source.validator is not None and source.validator != found:
+            raise ImageFetchError(f"image {source.shown_url} changed on the server since the plan was made "
+                                  f"(another size, ETag or Last-Modified); {source.wording.again}")
+        self._validator = source.validator = found
+        if source.size is None:
+            source.size = found.total
+
     def _changed(self) -> ImageFetchError:
-        return ImageFetchError(f"image {self.source.url} changed on the server during the download "
+        return ImageFetchError(f"image {self.source.shown_url} changed on the server during the download "
                                f"(at {format_size(self._delivered)}): the bytes so far belong to another file; "
                                "flash again once the image is stable")

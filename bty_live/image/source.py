@@ -5,12 +5,16 @@ by `catalog.describe_image`), walks a zstd file's frames (which also proves the 
 before the disk is touched) and parses the partition table from the start of the decompressed
 stream. `bty inspect` reads the head and the partition table through the same functions
 (`read_head`, `read_partition_table`), so it and `bty flash --dry-run` describe an image alike.
+
+A streamed image (the agent's download, `bty flash URL`) is planned from its first bytes by
+`streamed_image_source`: a stream cannot be walked ahead of time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
@@ -25,6 +29,7 @@ from bty_live.image.formats import (
     zip_image_size,
 )
 from bty_live.image.fsprobe import ForwardReader
+from bty_live.image.http_source import HttpSource
 from bty_live.image.manifest import Manifest
 from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
@@ -52,6 +57,8 @@ class ImageSource:
     table: PartitionTable | None
     #: what the plan must warn about the image (e.g. an ISO that boots from a DVD drive only)
     warnings: tuple[str, ...] = ()
+    #: the digest the user gave for an image without a manifest (`bty flash URL --blake3 HEX`)
+    given_blake3: str | None = None
 
     @property
     def path(self) -> Path | None:
@@ -65,11 +72,30 @@ class ImageSource:
     @property
     def location(self) -> str:
         """Where the image comes from, for plans and receipts: a path or a URL."""
-        return str(self.source.path) if self.source.path else str(getattr(self.source, "url", self.source.name))
+        if self.source.path is not None:
+            return str(self.source.path)
+        if isinstance(self.source, HttpSource):
+            return self.source.shown_url  # never the query string: a presigned URL's credentials
+        return self.source.name
 
     @property
     def expected_blake3(self) -> str | None:
-        return self.manifest.blake3 if self.manifest else None
+        """What the decompressed stream must hash to; None: nothing to compare with (unverified)."""
+        return self.given_blake3 or (self.manifest.blake3 if self.manifest else None)
+
+    @property
+    def digest_source(self) -> str | None:
+        """Where `expected_blake3` comes from: "--blake3", "manifest", or None."""
+        if self.given_blake3:
+            return "--blake3"
+        return "manifest" if self.manifest else None
+
+    def download(self, file_bytes: int) -> dict[str, Any] | None:
+        """For the receipt of an image streamed over HTTP: its URL (without the query string),
+        how often a dropped connection was resumed, and the bytes of the file the flash read."""
+        if not isinstance(self.source, HttpSource):
+            return None
+        return {"url": self.source.shown_url, "resumes": self.source.resumes, "bytes": file_bytes}
 
     @property
     def has_gpt(self) -> bool:
@@ -210,17 +236,36 @@ def load_streamed_image_source(
     size: int | None,
     blake3: str | None,
 ) -> ImageSource:
-    """An image that arrives as a stream (the PXE agent's HTTP download): what its server says
-    it is (name, decompressed size, blake3), checked against its first bytes. A stream cannot
-    be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped)
-    and frames are decompressed one after another."""
+    """An image that arrives as a stream from the PXE agent's server: what the server says it is
+    (name, decompressed size, blake3), checked against its first bytes."""
+    manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
+    return streamed_image_source(source, name=name, manifest=manifest, size=size, size_source="server")
+
+
+def streamed_image_source(
+    source: ByteSource,
+    *,
+    name: str,
+    manifest: Manifest | None,
+    size: int | None = None,
+    size_source: str = "manifest",
+    given_blake3: str | None = None,
+) -> ImageSource:
+    """An image that arrives as a stream, planned from its first bytes. `size` (decompressed)
+    defaults to the manifest's; a raw image without one is as large as its file. A stream cannot
+    be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped),
+    frames are decompressed one after another, and an image of unknown size that turns out
+    larger than the disk is stopped there (and the disk wiped)."""
     stream = source.open()
     try:
         first = stream.read(512)
     finally:
         stream.close()
     compression = compression_of(first, source.name)
-    manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
+    if size is None and manifest is not None:
+        size, size_source = manifest.size, "manifest"
+    if size is None and compression == Compression.RAW and source.size is not None:
+        size, size_source = source.size, "file size"
     head = read_head(source, compression, size)
     warning = optical_only_warning(head, source.name)
     return ImageSource(
@@ -229,10 +274,11 @@ def load_streamed_image_source(
         compression=compression,
         file_size=source.size,
         size=size,
-        size_source="server" if size else "unknown until decompressed",
+        size_source=size_source if size else "unknown until decompressed",
         manifest=manifest,
         bmap=None,
         frames=None,
         table=parse_partition_table(head, size) if head else None,
         warnings=(warning,) if warning else (),
+        given_blake3=given_blake3,
     )

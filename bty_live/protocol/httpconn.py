@@ -13,7 +13,7 @@ import http.client
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from bty_live.errors import NetworkError, ServerRejectedError
 
@@ -38,6 +38,22 @@ def parse_url(url: str) -> SplitResult:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ServerRejectedError(f"{url!r} is not an http:// or https:// URL; give the server as http://HOST:PORT")
     return parts
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be shown and recorded: without its query string (a presigned URL's
+    credentials), fragment or user:password. Requests use the whole URL; messages, receipts,
+    ledgers and events use this."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def tls_context(cafile: Path | None) -> ssl.SSLContext:
@@ -80,5 +96,7 @@ def describe_os_error(exc: BaseException) -> str:
 
 
 def certificate_error(url: str, exc: ssl.SSLCertVerificationError) -> NetworkError:
-    return NetworkError(f"the certificate of {url} is not trusted ({exc.verify_message}); "
+    """A certificate that does not verify: names the host (and the URL, without its query string)."""
+    host = urlsplit(url).hostname or url
+    return NetworkError(f"the certificate of {host} is not trusted ({exc.verify_message}) for {shown_url(url)}; "
                         "give the server's CA certificate with --ca-file")

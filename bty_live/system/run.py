@@ -62,8 +62,11 @@ class ToolStream:
 
     def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self._stderr = [*self._stderr[-19:], line]
+        try:
+            for line in self._proc.stderr:
+                self._stderr = [*self._stderr[-19:], line]
+        except (OSError, ValueError):  # closed by close() while a grandchild still held it open
+            return
 
     def readinto(self, buffer: memoryview, /) -> int:
         stdout = self._proc.stdout
@@ -96,6 +99,7 @@ class ToolStream:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        self._stderr_reader.join(timeout=2)
         for pipe in (self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -278,6 +278,21 @@ def test_a_finished_run_is_recorded_from_its_receipt_and_tuning_result() -> None
     assert rec.phases["verify"] == PhaseResult("passed", 0.5) and rec.phases["tune"] == PhaseResult("passed", 3.0)
 
 
+@pytest.mark.parametrize(("stream_check", "known_good"), [("no manifest", True), ("unverified (no digest)", False)])
+def test_a_download_with_no_digest_is_never_known_good_a_local_file_read_back_is(stream_check: str,
+                                                                                  known_good: bool) -> None:
+    receipt = Receipt(result="ok", image_name="demo", image_path="/i/demo.img", image_size=1, image_blake3=IMAGE,
+                      manifest_blake3=None, target_path="/dev/sdb", target_model="SSD", target_serial="D1",
+                      target_wwn=None, target_size=2, target_transport="sata", target_by_id=[], bytes_written=1,
+                      bytes_zeroed=0, verify_mode="readback", stream_check=stream_check, readback_check="match",
+                      fixups=[], phases={"write": 1.0, "verify": 0.5, "fixup": 0.1}, started_at="", finished_at="")
+
+    rec = make_record(image_name="demo", image_blake3=None, machine=MACHINE, receipt=receipt)
+
+    assert rec.result == "passed" and rec.known_good == known_good
+    assert rec.phase("verify") == ("passed" if known_good else "skipped")
+
+
 # -- bty ledger ------------------------------------------------------------------------------------
 
 

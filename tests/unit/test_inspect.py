@@ -14,7 +14,7 @@ import pytest
 
 from bty_live import cli
 from bty_live.errors import SourceCorruptError
-from bty_live.image.formats import Compression, ImageReader
+from bty_live.image.formats import VIRTUAL_DISKS, Compression, ImageReader
 from bty_live.image.fsprobe import (
     ForwardReader,
     FsInfo,
@@ -25,6 +25,7 @@ from bty_live.image.fsprobe import (
 )
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
+from bty_live.image.virtual_disk import QEMU_DRIVERS
 from bty_live.system.blkid import parse_export
 
 MiB = 1 << 20
@@ -74,11 +75,17 @@ def compress(image: Path, compression: Compression) -> Path:
         return image
     tool, suffix = {Compression.ZSTD: ("zstd", ".zst"), Compression.XZ: ("xz", ".xz"),
                     Compression.GZIP: ("gzip", ".gz"), Compression.BZIP2: ("bzip2", ".bz2"),
-                    Compression.LZ4: ("lz4", ".lz4"), Compression.ZIP: ("zip", ".zip")}[compression]
+                    Compression.LZ4: ("lz4", ".lz4"), Compression.ZIP: ("zip", ".zip"),
+                    **{v: (v.value, f".{v.value}") for v in VIRTUAL_DISKS}}[compression]
     out = image.with_name(image.name + suffix)
     if compression == Compression.ZIP:
         out.unlink(missing_ok=True)
         subprocess.run(["zip", "-q", "-j", str(out), str(image)], check=True)
+        return out
+    if compression in VIRTUAL_DISKS:
+        exact = ["-o", "force_size=on"] if compression == Compression.VHD else []  # no CHS rounding up
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_DRIVERS[tool], *exact, str(image),
+                        str(out)], check=True)
         return out
     with open(out, "wb") as f:
         subprocess.run([tool, "-1", "-c", str(image)], stdout=f, check=True)
@@ -403,13 +410,13 @@ def test_inspect_of_a_missing_file_fails_with_exit_code_3_and_one_line(
     assert err.count("\n") == 1 and "does not exist" in err
 
 
-def test_inspect_of_a_qcow2_file_fails_with_exit_code_3_and_says_how_to_convert(
+def test_inspect_of_a_damaged_qcow2_file_fails_with_exit_code_3_and_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     image = tmp_path / "vm.qcow2"
-    image.write_bytes(b"QFI\xfb" + bytes(1020))
+    image.write_bytes(b"QFI\xfb" + bytes(1020))  # the magic, then nothing QEMU can use
     code, _, err = bty(capsys, "inspect", str(image))
-    assert code == 3 and "qemu-img convert" in err
+    assert code == 3 and "vm.qcow2 is not a readable qcow2 disk" in err and err.count("\n") == 1, err
 
 
 def test_inspect_help_explains_the_command_and_json(capsys: pytest.CaptureFixture[str]) -> None:
