@@ -262,6 +262,7 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
     def _serve(self, *, body: bool) -> None:
         parts = urlsplit(self.path)
         self.server.requests.append(self.path)
+        self.server.authorizations.append(self.headers.get("Authorization"))
         if self.server.require_query is not None and parts.query != self.server.require_query:
             return self._status(403)
         path = self.server.directory / unquote(parts.path.removeprefix("/images/"))
@@ -311,6 +312,8 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.directory = directory
         self.require_query = require_query
         self.requests: list[str] = []
+        #: the Authorization header of each request (None when it had none)
+        self.authorizations: list[str | None] = []
         self.scheme = "http"
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -90,10 +90,12 @@ class AgentConfig:
     #: seconds an image download may take in all; None: DOWNLOAD_GRACE + 1 s per MiB of the file
     download_deadline: float | None = None
 
-    def deadline_for(self, file_size: int) -> float:
+    def deadline_for(self, file_size: int | None) -> float | None:
+        """The whole download's deadline; None (no deadline, retries without progress are still
+        bounded) for a file of unknown size."""
         if self.download_deadline is not None:
             return self.download_deadline
-        return DOWNLOAD_GRACE + file_size / DOWNLOAD_MIN_RATE
+        return None if file_size is None else DOWNLOAD_GRACE + file_size / DOWNLOAD_MIN_RATE
 
 
 #: the automatic download deadline: this many seconds, plus the file's size at DOWNLOAD_MIN_RATE bytes/s
@@ -269,9 +271,10 @@ class Agent:
 
         url = self.api.url(image.url)
         token = self.config.token if self.api.is_server(url) or image.send_token else None
-        source = HttpSource(url, token, image.file_size, name=image.file_name,
+        known = image.file_size or None  # 0: an image on another host, its size learnt from the download
+        source = HttpSource(url, token, known, name=image.file_name,
                             cafile=self.config.cafile, backoff=self.config.download_backoff, on_resume=resumed,
-                            sleep=self.effects.sleep, deadline=self.config.deadline_for(image.file_size),
+                            sleep=self.effects.sleep, deadline=self.config.deadline_for(known),
                             clock=self.effects.clock)
         with tempfile.TemporaryDirectory(prefix="bty-agent-") as tmp:
             workdir = Path(tmp)
@@ -283,7 +286,8 @@ class Agent:
                                      "know; assign the machine again") from exc
                 options = FlashOptions(verify=verify, receipts_dir=workdir / "receipts",
                                        tune=tuning_option(plan.tune, workdir, sink))  # SEAM(tuning)
-                streamed = load_streamed_image_source(source, name=image.name, size=image.size, blake3=image.blake3)
+                streamed = load_streamed_image_source(source, name=image.name, size=image.size or None,
+                                                      blake3=image.blake3)
                 flash_plan = prepare_plan_for(streamed, plan.disk, options)
                 for line in flash_plan.describe():
                     sink(Event(Phase.PLAN, Kind.INFO, message=line))

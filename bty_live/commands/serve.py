@@ -56,6 +56,14 @@ time it asks; a machine that finished or failed its last run is flashed again on
 IMAGE is a name, file name or blake3 prefix from the server's images directory (recorded in the
 state by `bty serve`, or --images); it must have a manifest (`bty images add`). SELECTOR must
 match exactly one eligible disk on the machine (see its inventory: `bty serve machines --json`).
+
+IMAGE may also be an http:// or https:// URL (object storage, a CDN, a presigned URL): the agent
+streams it from there, not through this server, and the server's token is not sent along. It
+must come with a digest, read now: the manifest beside it (URL.toml, what `bty images add`
+writes) or --blake3 HEX (a presigned URL needs it). Listings show the URL without its query
+string; only the agent's request carries it.
+
+  bty serve assign --state DIR 52:54:00:12:34:56 https://store.example/os/v3.img.zst --disk tran=nvme
 """
 
 
@@ -116,6 +124,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "manifest's [tune] task; off: none)")
     assign.add_argument("--images", metavar="DIR", type=Path, help="images directory to check IMAGE against "
                         "(default: the one `bty serve` recorded in the state)")
+    assign.add_argument("--blake3", metavar="HEX", help="an image given by URL: the blake3 of its decompressed "
+                        "bytes (else its URL.toml must be there)")
+    assign.add_argument("--ca-file", metavar="FILE", type=Path, help="an image given by URL over https: a CA "
+                        "bundle to verify its host with, besides the system's (for reading URL.toml now)")
     assign.set_defaults(func=run_assign)
 
     machines = commands.add_parser("machines", help="list machines with their status, plan and last receipt",
@@ -216,6 +228,7 @@ def _mac_argument(text: str) -> str:
 
 
 def run_assign(args: argparse.Namespace) -> int:
+    from bty_live.image.remote import is_image_url
     from bty_live.protocol.wire import Action
     from bty_live.server.service import IMAGES_DIR_SETTING, Deployments
     from bty_live.server.state import Store
@@ -223,12 +236,13 @@ def run_assign(args: argparse.Namespace) -> int:
     mac = _mac_argument(args.mac)
     with Store(args.state) as store:
         images = args.images or (Path(found) if (found := store.setting(IMAGES_DIR_SETTING)) else None)
-        if images is None:
+        if images is None and args.action == "flash" and not is_image_url(args.image or ""):
             print("bty serve assign: warning: no images directory known yet (start `bty serve` once, or pass "
                   "--images): IMAGE is not checked now", file=sys.stderr)
         plan = Deployments(store, images).assign(mac, Action(args.action), image=args.image, disk=args.disk,
-                                                 verify=args.verify, tune=args.tune)
-    what = f"flash {plan.image} onto {plan.disk}" if plan.action == Action.FLASH else plan.action.value
+                                                 verify=args.verify, tune=args.tune, blake3=args.blake3,
+                                                 cafile=args.ca_file)
+    what = f"flash {plan.shown_image} onto {plan.disk}" if plan.action == Action.FLASH else plan.action.value
     print(f"{mac}: {what} (run {plan.run_id})")
     return 0
 

@@ -237,9 +237,11 @@ def load_streamed_image_source(
     blake3: str | None,
 ) -> ImageSource:
     """An image that arrives as a stream from the PXE agent's server: what the server says it is
-    (name, decompressed size, blake3), checked against its first bytes."""
+    (name, decompressed size, blake3), checked against its first bytes. An image on another host
+    may come with a digest but no size (`bty serve assign MAC URL --blake3 HEX`)."""
     manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
-    return streamed_image_source(source, name=name, manifest=manifest, size=size, size_source="server")
+    return streamed_image_source(source, name=name, manifest=manifest, size=size, size_source="server",
+                                 given_blake3=blake3 if manifest is None else None)
 
 
 def streamed_image_source(

@@ -28,7 +28,10 @@ from typing import Any
 from bty_live.errors import ImageError, UsageError
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.ledger import LedgerRecord, append_record
-from bty_live.protocol.wire import Action, AgentPlan
+from bty_live.image.catalog import image_stem
+from bty_live.image.remote import UrlOptions, check_blake3, fetch_manifest, file_name_of, is_image_url
+from bty_live.protocol.httpconn import shown_url
+from bty_live.protocol.wire import Action, AgentPlan, ImageRef
 from bty_live.server.images import find_served
 from bty_live.server.state import PlanRecord, PlanState, ReceiptRecord, Store
 from bty_live.units import format_rate, format_size
@@ -48,6 +51,21 @@ class Forbidden(BadRequest):
     """The request does not carry the machine's credential (HTTP 403): nothing changes."""
 
     status = 403
+
+
+def describe_url_image(url: str, blake3: str | None, cafile: Path | None) -> tuple[int | None, str]:
+    """(decompressed size or None, blake3) of an image on another host, for a plan: `blake3`
+    given, else its URL.toml's. A machine flashed from the network has nobody watching, so an
+    image without any digest is refused here, as images of the images directory without a
+    manifest are."""
+    if blake3 is not None:
+        return None, check_blake3(blake3)
+    manifest = fetch_manifest(url, UrlOptions(cafile=cafile))
+    if manifest is None:
+        raise ImageError(f"image {shown_url(url)} has no manifest beside it ({file_name_of(url)}.toml answers 404), "
+                         "so a machine could not verify it; publish the one `bty images add` writes, or give "
+                         "--blake3 HEX")
+    return manifest.size, manifest.blake3
 
 
 class Conflict(BadRequest):
@@ -105,21 +123,28 @@ class Deployments:
     # -- operators -----------------------------------------------------------------------------
 
     def assign(self, mac: str, action: Action, image: str | None = None, disk: str | None = None,
-               verify: str = "readback", tune: str | None = None) -> PlanRecord:
-        """Give `mac` a new plan. A flash needs an image the server can offer and a disk selector."""
+               verify: str = "readback", tune: str | None = None, blake3: str | None = None,
+               cafile: Path | None = None) -> PlanRecord:
+        """Give `mac` a new plan. A flash needs an image the server can offer (or an http(s) URL
+        with a digest: its URL.toml, or `blake3`) and a disk selector."""
         if verify not in VERIFY_MODES:
             raise UsageError(f"verify mode {verify!r} is not one of {', '.join(VERIFY_MODES)}")
-        blake3: str | None = None
+        size: int | None = None
+        if blake3 is not None and not (image and is_image_url(image)):
+            raise UsageError("--blake3 is for an image given by URL; an image of the images directory has its "
+                             "manifest")
         if action == Action.FLASH:
             if not image or not disk:
                 raise UsageError("a flash needs an IMAGE and --disk SELECTOR (e.g. --disk serial=S3Z1NB0K)")
-            if self.images_dir is not None:  # the file name: unique, while manifest names may repeat
+            if is_image_url(image):
+                size, blake3 = describe_url_image(image, blake3, cafile)
+            elif self.images_dir is not None:  # the file name: unique, while manifest names may repeat
                 found = find_served(image, self.images_dir)
                 image, blake3 = found.file_name, found.blake3
         elif image or disk:
             raise UsageError(f"--action {action.value} takes no IMAGE or --disk")
         return self.store.assign(mac, action, image=image, disk=disk, verify=verify, tune=tune,
-                                 image_blake3=blake3 if action == Action.FLASH and self.images_dir else None)
+                                 image_blake3=blake3 if action == Action.FLASH else None, image_size=size)
 
     def cancel(self, mac: str) -> PlanRecord:
         """Take `mac`'s plan away; UsageError when it has none, or when its run is over. A running
@@ -189,11 +214,14 @@ class Deployments:
                              message=f"the server says {plan.action.value}")
         if plan.state == PlanState.DONE:
             return AgentPlan(action=Action.LOCALBOOT, run_id=plan.run_id, poll=self.poll,
-                             message=f"already flashed with {plan.image} (run {plan.run_id}): booting the local disk")
+                             message=f"already flashed with {plan.shown_image} (run {plan.run_id}): booting the local "
+                                     "disk")
         if plan.state == PlanState.FAILED:
             return self._wait(mac, f"run {plan.run_id} failed ({plan.detail}); assign the machine again to retry",
                               status="failed", detail=plan.detail)
         assert plan.image is not None
+        if is_image_url(plan.image):
+            return self._url_plan(plan)
         if self.images_dir is None:
             return self._wait(mac, "the server has no images directory")
         try:
@@ -204,6 +232,17 @@ class Deployments:
         return AgentPlan(action=Action.FLASH, run_id=plan.run_id, image=image.ref(), disk=plan.disk,
                          verify=plan.verify, tune=None if tune == "off" else tune, poll=self.poll,
                          message=f"flash {image.name} onto {plan.disk}")
+
+    def _url_plan(self, plan: PlanRecord) -> AgentPlan:
+        """A flash of an image on another host: the agent streams it from there (the server's token
+        is not sent along), checked against the digest the server took at `assign`."""
+        assert plan.image is not None and plan.image_blake3 is not None
+        file_name = file_name_of(plan.image)
+        ref = ImageRef(name=image_stem(Path(file_name)), file_name=file_name, url=plan.image, file_size=0,
+                       size=plan.image_size or 0, blake3=plan.image_blake3)
+        tune = None if plan.tune in (None, "off") else plan.tune  # no images directory: no manifest's task
+        return AgentPlan(action=Action.FLASH, run_id=plan.run_id, image=ref, disk=plan.disk, verify=plan.verify,
+                         tune=tune, poll=self.poll, message=f"flash {plan.shown_image} onto {plan.disk}")
 
     def _wait(self, mac: str, message: str, status: str = "waiting", detail: str | None = None) -> AgentPlan:
         self.store.touch_status(mac, status, message if detail is None else detail)  # no row for an unknown MAC
@@ -290,7 +329,7 @@ class Deployments:
             raise Conflict(f"run {plan.run_id} of {plan.mac} flashes no image the server can check a {what} "
                            "against; nothing was stored")
         if not isinstance(blake3, str) or not hmac.compare_digest(blake3.lower().encode(), expected.lower().encode()):
-            raise BadRequest(f"the {what}'s image digest {str(blake3)[:16]}... is not that of {plan.image} "
+            raise BadRequest(f"the {what}'s image digest {str(blake3)[:16]}... is not that of {plan.shown_image} "
                              f"({expected[:16]}...), the image assigned to run {plan.run_id}; nothing was stored")
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bty_live.errors import StateError
+from bty_live.image.remote import is_image_url
+from bty_live.protocol.httpconn import shown_url
 from bty_live.protocol.wire import Action
 
 DB_NAME = "bty-serve.sqlite3"
@@ -87,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE plans ADD COLUMN image_blake3 TEXT;
     """,
+    # 2 -> 3: an image given by URL: its decompressed size (from URL.toml), when known
+    """
+    ALTER TABLE plans ADD COLUMN image_size INTEGER;
+    """,
 )
 #: events kept per run (the newest); a run's events beyond this replace its oldest ones
 MAX_EVENTS_PER_RUN = 5000
@@ -117,9 +123,17 @@ class PlanRecord:
     updated_at: float
     #: the assigned image's blake3 (from its manifest at `assign`): what the receipt must name
     image_blake3: str | None = None
+    #: an image given by URL: its decompressed size, when its manifest said it (None: unknown)
+    image_size: int | None = None
+
+    @property
+    def shown_image(self) -> str | None:
+        """The image for listings and pages: a URL without its query string (a presigned URL's
+        credentials are for the agent's request only)."""
+        return shown_url(self.image) if self.image and is_image_url(self.image) else self.image
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "action": self.action.value, "image": self.image,
+        return {"run_id": self.run_id, "action": self.action.value, "image": self.shown_image,
                 "image_blake3": self.image_blake3, "disk": self.disk,
                 "verify": self.verify, "tune": self.tune, "state": self.state.value, "detail": self.detail,
                 "created_at": self.created_at, "updated_at": self.updated_at}
@@ -288,24 +302,26 @@ class Store:
 
     def assign(self, mac: str, action: Action, *, image: str | None = None, disk: str | None = None,
                verify: str = "readback", tune: str | None = None, status: str = "assigned",
-               image_blake3: str | None = None, now: float | None = None) -> PlanRecord:
+               image_blake3: str | None = None, image_size: int | None = None,
+               now: float | None = None) -> PlanRecord:
         """A new plan (with a new run id) for `mac`, replacing any earlier one. The machine may
         enrol once more (it reboots into the netboot system to carry the plan out), and the
         events of its older runs but the last few are dropped."""
         now = time.time() if now is None else now
         record = PlanRecord(mac=mac, run_id=new_run_id(), action=action, image=image, disk=disk, verify=verify,
                             tune=tune, state=PlanState.PENDING, detail="", created_at=now, updated_at=now,
-                            image_blake3=image_blake3)
+                            image_blake3=image_blake3, image_size=image_size)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO plans (mac, run_id, action, image, disk, verify, tune, state, detail, created_at, "
-                "updated_at, image_blake3) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mac) DO UPDATE "
+                "updated_at, image_blake3, image_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (mac) DO UPDATE "
                 "SET run_id = excluded.run_id, action = excluded.action, image = excluded.image, "
                 "disk = excluded.disk, verify = excluded.verify, tune = excluded.tune, state = excluded.state, "
                 "detail = excluded.detail, created_at = excluded.created_at, updated_at = excluded.updated_at, "
-                "image_blake3 = excluded.image_blake3",
+                "image_blake3 = excluded.image_blake3, image_size = excluded.image_size",
                 (mac, record.run_id, action.value, image, disk, verify, tune, record.state.value, "", now, now,
-                 image_blake3),
+                 image_blake3, image_size),
             )
             self.set_status(db, mac, status, _plan_line(record), now)
             self._open_enrolment(db, mac)
@@ -320,7 +336,7 @@ class Store:
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, created_at, "
-                             "updated_at, image_blake3 FROM plans WHERE mac = ?", (mac,)).fetchone()
+                             "updated_at, image_blake3, image_size FROM plans WHERE mac = ?", (mac,)).fetchone()
             if row is None:
                 return None
             plan = _plan(row)
@@ -332,7 +348,8 @@ class Store:
     def plan(self, mac: str) -> PlanRecord | None:
         with self._lock:
             row = self._db.execute("SELECT mac, run_id, action, image, disk, verify, tune, state, detail, "
-                                   "created_at, updated_at, image_blake3 FROM plans WHERE mac = ?", (mac,)).fetchone()
+                                   "created_at, updated_at, image_blake3, image_size FROM plans WHERE mac = ?",
+                                   (mac,)).fetchone()
         return _plan(row) if row else None
 
     # -- credentials ---------------------------------------------------------------------------
@@ -462,10 +479,10 @@ def _machine(row: tuple[Any, ...]) -> MachineRecord:
 def _plan(row: tuple[Any, ...]) -> PlanRecord:
     return PlanRecord(mac=row[0], run_id=row[1], action=Action(row[2]), image=row[3], disk=row[4], verify=row[5],
                       tune=row[6], state=PlanState(row[7]), detail=row[8], created_at=row[9], updated_at=row[10],
-                      image_blake3=row[11])
+                      image_blake3=row[11], image_size=row[12])
 
 
 def _plan_line(plan: PlanRecord) -> str:
     if plan.action == Action.FLASH:
-        return f"flash {plan.image} onto {plan.disk} (run {plan.run_id})"
+        return f"flash {plan.shown_image} onto {plan.disk} (run {plan.run_id})"
     return f"{plan.action.value} (run {plan.run_id})"

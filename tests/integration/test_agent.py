@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from bty_live import cli
@@ -25,7 +27,9 @@ from bty_live.agent.api import ServerApi
 from bty_live.agent.inventory import collect_inventory
 from bty_live.agent.runner import Agent, AgentConfig, AgentOutcome, AgentState, Effects
 from bty_live.agent.uplink import EventUplink
+from bty_live.commands import serve
 from bty_live.errors import (
+    ImageError,
     ImageFetchError,
     ServerUnavailableError,
     TargetRefusedError,
@@ -42,7 +46,7 @@ from bty_live.server.runner import ServerThread
 from bty_live.server.service import Deployments
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, looks_blank
-from tests.netkit import MAC, TOKEN, CutProxy, make_config, running_server
+from tests.netkit import MAC, TOKEN, CutProxy, make_config, running_server, serving_files
 
 IMAGE_SIZE = 64 * MiB
 REPO = Path(__file__).resolve().parents[2]
@@ -398,6 +402,52 @@ def test_the_agent_waits_for_a_plan_and_flashes_once_one_is_assigned(
     assert recorder.states[:5] == [AgentState.INVENTORY, AgentState.ASK, AgentState.WAIT, AgentState.ASK,
                                    AgentState.FLASH]
     assert device_equals_file(loop.path, raw_image)
+
+
+def test_a_plan_may_name_an_image_on_another_host_the_agent_streams_it_from_there(
+        server: ServerThread, tmp_path: Path, raw_image: Path, zst_image: Path,
+        make_loop: Callable[..., LoopDevice]) -> None:
+    store = tmp_path / "bucket"
+    store.mkdir()
+    os.link(zst_image, store / "disk.img.zst")
+    assert cli.main(["images", "add", str(store / "disk.img.zst")]) == 0  # URL.toml beside it
+    loop = make_loop(IMAGE_SIZE)
+    with serving_files(store) as bucket:
+        url = f"{bucket.url}/images/disk.img.zst"
+        plan = Deployments(server.store, tmp_path / "images").assign(MAC, Action.FLASH, image=url,
+                                                                     disk=f"path={loop.path}")
+        outcome = run_agent(server.url, Recorder())
+    assert plan.image_size == IMAGE_SIZE and plan.image_blake3  # read from URL.toml at assign
+    assert outcome.state == AgentState.REBOOT and device_equals_file(loop.path, raw_image)
+    assert any(r.startswith("/images/disk.img.zst") and not r.endswith(".toml") for r in bucket.requests)
+    assert set(bucket.authorizations) == {None}, "the server's token went to another host"
+    stored = server.store.last_receipt(MAC)
+    assert stored is not None and stored.result == "ok" and stored.receipt["stream_check"] == "match"
+
+
+def test_a_presigned_url_plan_needs_blake3_and_its_query_string_is_never_listed(
+        server: ServerThread, tmp_path: Path, raw_image: Path, zst_image: Path,
+        make_loop: Callable[..., LoopDevice], capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "bucket"
+    store.mkdir()
+    os.link(zst_image, store / "disk.img.zst")
+    digest = blake3.blake3(raw_image.read_bytes()).hexdigest()
+    loop = make_loop(IMAGE_SIZE)
+    service = Deployments(server.store, tmp_path / "images")
+    with serving_files(store, require_query="X-Amz-Signature=SECRET") as bucket:
+        url = f"{bucket.url}/images/disk.img.zst?X-Amz-Signature=SECRET"
+        with pytest.raises(ImageError, match="--blake3"):
+            service.assign(MAC, Action.FLASH, image=url, disk=f"path={loop.path}")  # no URL.toml to read
+        service.assign(MAC, Action.FLASH, image=url, disk=f"path={loop.path}", blake3=digest)
+        listed = json.dumps(service.overview())
+        outcome = run_agent(server.url, Recorder())
+    assert outcome.state == AgentState.REBOOT and device_equals_file(loop.path, raw_image)
+    assert "SECRET" not in listed and "disk.img.zst" in listed
+    stored = server.store.last_receipt(MAC)
+    assert stored is not None and stored.result == "ok" and "SECRET" not in json.dumps(stored.receipt)
+    assert stored.receipt["stream_check"] == "match"  # against --blake3, the size learnt on the way
+    assert serve.main(["machines", "--state", str(tmp_path / "state")]) == 0
+    assert "SECRET" not in capsys.readouterr().out
 
 
 def test_a_finished_machine_boots_its_local_disk_without_flashing_again(

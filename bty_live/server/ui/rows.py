@@ -72,7 +72,7 @@ def _plan(plan: PlanRecord | None) -> str:
     if plan is None:
         return "none"
     if plan.action.value == "flash":
-        return f"flash {plan.image} onto {plan.disk} ({plan.state.value})"
+        return f"flash {plan.shown_image} onto {plan.disk} ({plan.state.value})"
     return f"{plan.action.value} ({plan.state.value})"
 
 

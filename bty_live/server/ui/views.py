@@ -34,6 +34,8 @@ from starlette.templating import Jinja2Templates
 
 from bty_live.errors import BtyError, LedgerError
 from bty_live.flash.ledger import LedgerRecord, read_ledger
+from bty_live.image.remote import is_image_url
+from bty_live.protocol.httpconn import shown_url
 from bty_live.protocol.wire import CREDENTIAL_HEADER, Action, bearer_token, normalise_mac
 from bty_live.server.images import list_served
 from bty_live.server.service import Deployments
@@ -221,7 +223,7 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
             return await cancel([str(m) for m in macs])
         try:
             action = Action(str(form.get("action") or "flash"))
-            image = str(form.get("image") or "") or None
+            image = str(form.get("image_url") or "").strip() or str(form.get("image") or "") or None
             disk = str(form.get("disk") or "") or None
             verify = str(form.get("verify") or "readback")
             for mac in macs:
@@ -229,7 +231,8 @@ def create_ui(store: Store, service: Deployments, auth: AdminAuth, *, images_dir
                                         else None, disk if action == Action.FLASH else None, verify)
         except (BtyError, ValueError) as exc:
             return RedirectResponse(f"/ui/?notice={quote(str(exc))}", status_code=303)
-        what = f"flash {image} onto {disk}" if action == Action.FLASH else action.value
+        what = f"flash {shown_url(image) if image and is_image_url(image) else image} onto {disk}" \
+            if action == Action.FLASH else action.value
         return RedirectResponse(f"/ui/?notice={quote(f'{what}: assigned to {len(macs)} machine(s)')}",
                                 status_code=303)
 
