@@ -26,6 +26,8 @@ class Artifacts:
     build_seconds: dict[str, float]  # only for what was (re)built this time
     packed: Path | None = None  # multi-frame zstd from `bty images pack`
     packed_size: int = 0
+    qcow2: Path | None = None  # `qemu-img convert -O qcow2 -c`: compressed clusters, as cloud images ship
+    qcow2_size: int = 0
 
 
 def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild: bool) -> Artifacts:
@@ -68,10 +70,23 @@ def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild:
             built["pack"] = timed(lambda: run_quiet([str(bty), "images", "pack", str(image), "-o", str(packed)]))
         except (RuntimeError, OSError) as exc:
             print(f"    WARNING: no packed image: {exc}", flush=True)
+    qcow2 = out_dir / f"{stem}.qcow2"
+    if not qcow2.exists() or not qcow2.with_name(qcow2.name + ".toml").exists():
+        step(f"qemu-img convert -O qcow2 -c {image.name} {qcow2.name}; bty images add {qcow2.name}")
+        partial = qcow2.with_name(f".{qcow2.name}.partial")
+        try:
+            built["qcow2"] = timed(lambda: run_quiet(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c",
+                                                      str(image), str(partial)]))
+            os.replace(partial, qcow2)
+            built["qcow2 manifest"] = timed(lambda: run_quiet([str(bty), "images", "add", str(qcow2)]))
+        except (RuntimeError, OSError) as exc:
+            print(f"    WARNING: no qcow2 image: {exc}", flush=True)
     return Artifacts(image=image, zst=zst, manifest=manifest, bmap=bmap, image_size=image.stat().st_size,
                      zst_size=zst.stat().st_size, build_seconds=built,
                      packed=packed if packed.exists() else None,
-                     packed_size=packed.stat().st_size if packed.exists() else 0)
+                     packed_size=packed.stat().st_size if packed.exists() else 0,
+                     qcow2=qcow2 if qcow2.exists() else None,
+                     qcow2_size=qcow2.stat().st_size if qcow2.exists() else 0)
 
 
 def compress(image: Path, zst: Path) -> None:

@@ -72,7 +72,32 @@ def contenders(art: Artifacts, bty: Path) -> list[Contender]:
             Contender(f"zstd-null{suffix}", f"stage: zstd -dc > /dev/null, {variant}", (("zstd", "-dc", zst),),
                       "stage", needs_target=False, stdout_to_null=True),
         ]
+    if art.qcow2 is not None:
+        rows += qcow2_contenders(art.qcow2, bty)
     return rows
+
+
+def qcow2_contenders(qcow2: Path, bty: Path) -> list[Contender]:
+    """A cloud-style qcow2 (compressed clusters): bty (through qemu-nbd + nbdcopy) against
+    `qemu-img convert` straight onto the device, and the two steps people take (convert, then dd)."""
+    image = str(qcow2)
+    flash = (str(bty), "flash", image, TARGET, "--yes", "--verify")
+    scratch = f"{qcow2.with_suffix('')}.scratch.raw"
+    convert_then_dd = (f"qemu-img convert -f qcow2 -O raw {image} {scratch} && "
+                       f"dd if={scratch} of={TARGET} bs=4M oflag=direct status=none; rm -f {scratch}")
+    return [
+        Contender("bty-readback-qcow2", "bty --verify readback, qcow2 (compressed)", ((*flash, "readback"),), "bty",
+                  gpt_fixups=True),
+        Contender("bty-stream-qcow2", "bty --verify stream, qcow2 (compressed)", ((*flash, "stream"),), "bty",
+                  gpt_fixups=True),
+        Contender("qemu-img-qcow2", "qemu-img convert -t none onto the device, qcow2",
+                  (("qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-t", "none", "-n", image, TARGET),), "peer"),
+        Contender("qemu-img-dd-qcow2", "qemu-img convert to a file, then dd, qcow2",
+                  (("sh", "-c", convert_then_dd),), "peer"),
+        Contender("nbdcopy-null-qcow2", "stage: nbdcopy from qemu-nbd > /dev/null, qcow2",
+                  (("nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", "qcow2", image, "]", "-"),),
+                  "stage", needs_target=False, stdout_to_null=True),
+    ]
 
 
 def bty_flash_usable(bty: Path) -> str | None:

@@ -93,6 +93,13 @@ def evaluate(rows: Sequence[Row]) -> list[Check]:
             wall = stream.median_wall or 0.0
             checks.append(Check(name, wall <= limit, f"{wall:.2f} s vs {slowest.contender.label} "
                                                      f"{slowest.median_wall:.2f} s (limit {limit:.2f} s)"))
+    if row_by_key(rows, "bty-readback-qcow2") is not None:
+        checks += [
+            faster("[qcow2] bty --verify readback no slower than qemu-img convert onto the device",
+                   "bty-readback-qcow2", "qemu-img-qcow2", 1.0),
+            faster("[qcow2] bty --verify readback no slower than qemu-img convert + dd",
+                   "bty-readback-qcow2", "qemu-img-dd-qcow2", 1.0),
+        ]
     bty_rows = [r for r in rows if r.contender.kind == "bty"]
     rss = [r.peak_rss_mib for r in bty_rows if r.ok and r.peak_rss_mib is not None]
     if len(rss) == len(bty_rows) and rss:
