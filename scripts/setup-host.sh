@@ -18,6 +18,8 @@ common=(
     python3 python3-venv python3-dev build-essential pkg-config
     util-linux fdisk gdisk parted e2fsprogs dosfstools mtools exfatprogs exfat-fuse
     zstd xz-utils gzip bzip2 lz4 zip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
+    # virtual disks: qemu-img/qemu-nbd (qemu-utils, below) serve them, nbdcopy streams them into bty
+    libnbd-bin
 )
 # The live stick and the QEMU rig.
 live=(
