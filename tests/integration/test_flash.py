@@ -63,7 +63,8 @@ def fill_with_old_data(loop: LoopDevice) -> None:
 # -- formats -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["raw", "zst", "zst-frames", "xz", "gz"])
+@pytest.mark.parametrize("kind", ["raw", "zst", "zst-frames", "xz", "gz", "bz2", "lz4", "zip", "zip-xz", "qcow2",
+                                  "qcow2-c", "vmdk", "vhdx", "vdi", "vhd", "vhd-fixed"])
 def test_every_format_lands_byte_for_byte_and_reads_back(kind: str, images: Path, raw_image: Path,
                                                           make_loop: Callable[..., LoopDevice]) -> None:
     image = images / "disk.img" if kind == "raw" else compress(images / "disk.img", kind)
