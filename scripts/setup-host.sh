@@ -20,6 +20,9 @@ common=(
     zstd xz-utils gzip bzip2 lz4 zip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
     # virtual disks: qemu-img/qemu-nbd (qemu-utils, below) serve them, nbdcopy streams them into bty
     libnbd-bin
+    # the reference OCI registry (distribution 2.8) the `bty flash oci://` tests start themselves;
+    # its service is disabled below: a test runs `docker-registry serve` with its own config
+    docker-registry
 )
 # The live stick and the QEMU rig.
 live=(
@@ -67,6 +70,11 @@ case "$debian_major" in
     exit 1
     ;;
 esac
+
+# the package enables a registry service on :5000; the tests start their own on a free port
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    $SUDO systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi
 
 echo "$want" | $SUDO tee "$stamp" >/dev/null
 echo "setup-host: done (Debian $debian_major)"

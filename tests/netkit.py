@@ -119,7 +119,7 @@ class CutProxy:
     """Forwards 127.0.0.1:port to `upstream` (host, port)."""
 
     upstream: tuple[str, int]
-    #: cut the first GET /images/ response that passes this many bytes (None: never)
+    #: cut the first image download (GET /images/...) that passes this many bytes (None: never)
     cut_after: int | None = None
     #: after the cut, refuse every new connection (the server is gone)
     die_after_cut: bool = False
@@ -131,6 +131,9 @@ class CutProxy:
     cut_every: int | None = None
     #: bytes per second of GET /images/ responses (None: as fast as it goes)
     rate: float | None = None
+    #: which request lines are image downloads (what the cuts, the rate and the counts above apply to):
+    #: `bty serve`'s and FileServer's /images/; an OCI registry's blobs are `GET /v2/.../blobs/`
+    image_request: re.Pattern[str] = re.compile(r"^GET /images/")
     seen: list[Seen] = field(default_factory=list)
     cuts: int = 0
 
@@ -182,7 +185,7 @@ class CutProxy:
         upstream = socket.create_connection(self.upstream)
         upstream.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + rest)
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        image = lines[0].startswith("GET /images/")
+        image = bool(self.image_request.match(lines[0]))
         cut_here = self.cut_after is not None and image
         try:
             while True:
@@ -335,6 +338,56 @@ class FileServer(http.server.ThreadingHTTPServer):
 def serving_files(directory: Path, *, require_query: str | None = None,
                   tls: tuple[Path, Path] | None = None) -> Iterator[FileServer]:
     server = FileServer(directory, require_query=require_query, tls=tls)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    server: Redirector
+
+    def do_GET(self) -> None:
+        self.server.authorizations.append(self.headers.get("Authorization"))
+        self.send_response(self.server.status)
+        self.send_header("Location", self.server.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class Redirector(http.server.ThreadingHTTPServer):
+    """Answers every GET with `status` (307) to `target` + the path (a registry sending blob GETs to
+    its storage); `authorizations` lists the Authorization header each request carried."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str, *, status: int = 307, tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _RedirectHandler)
+        self.target = target
+        self.status = status
+        self.authorizations: list[str | None] = []
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}"
+
+
+@contextlib.contextmanager
+def serving_redirects(target: str, **options: Any) -> Iterator[Redirector]:
+    server = Redirector(target, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -12,6 +12,7 @@ from bty_live.errors import BtyError, Cancelled, UsageError
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, FlashPlan, VerifyMode
 from bty_live.flash.prepare import prepare_plan
+from bty_live.image.oci import is_oci_reference
 from bty_live.image.remote import UrlOptions, check_blake3, is_image_url
 from bty_live.image.source import ImageSource
 from bty_live.render.events import JsonLines, make_renderer
@@ -20,10 +21,11 @@ DESCRIPTION = """\
 Write IMAGE onto DISK and prove it landed.
 
 IMAGE is a path, or a name / file name / blake3 prefix from the images directory (`bty images`),
-or an http:// or https:// URL. Formats: raw (.img .raw .iso), zstd (.zst, multi-frame frames
-decompressed in parallel), xz, gzip, bzip2, lz4, a zip holding one disk image, detected by their
-first bytes; virtual disks (.qcow2, .vmdk, .vhdx, .vdi, .vhd; local files only), read through
-QEMU (qemu-img, qemu-nbd, nbdcopy, under resource limits; backing files are refused).
+an http:// or https:// URL, or an oci:// reference to an image in an OCI registry. Formats: raw
+(.img .raw .iso), zstd (.zst, multi-frame frames decompressed in parallel), xz, gzip, bzip2,
+lz4, a zip holding one disk image, detected by their first bytes; virtual disks (.qcow2, .vmdk,
+.vhdx, .vdi, .vhd; local files only), read through QEMU (qemu-img, qemu-nbd, nbdcopy, under
+resource limits; backing files are refused).
 
 Images from the network (IMAGE = https://HOST/PATH/disk.img.zst):
   The image is streamed straight onto the disk (no temporary file); a dropped connection is
@@ -39,6 +41,21 @@ Images from the network (IMAGE = https://HOST/PATH/disk.img.zst):
   the receipt names the URL without it, with the download's resumes and bytes.
   Without a manifest the size of a compressed image is known only once decompressed: a disk too
   small for it is found while writing, and then wiped.
+
+Images in OCI registries (IMAGE = oci://HOST[:PORT]/REPO@sha256:DIGEST, or oci://HOST/REPO:TAG):
+  An artifact pushed with `oras push HOST/REPO:TAG disk.img.zst [disk.img.zst.toml]`. A tag
+  (default: latest) is resolved to the manifest's digest first; the manifest's bytes must hash
+  to it, and the receipt and ledger name oci://HOST/REPO@sha256:..., never the tag. The layer
+  flashed is the one whose title has an image suffix; several: choose with #FILE
+  (oci://HOST/REPO:TAG#disk.img.zst). The blob streams like a URL's (resume, redirects to the
+  registry's storage followed to https:// only, without the registry's credentials), and the
+  file is checked against the layer's sha256 digest as it arrives: the run is verified (receipt
+  file_check "match"; a mismatch wipes the disk). A layer titled IMAGE.toml (from `bty images
+  add`) adds its size and blake3, checked as for a local image; --blake3 overrides it.
+  oci:// is https (--ca-file honoured), plain http for localhost, 127.0.0.0/8 and ::1 only;
+  oci+http://HOST forces plain http. Public images are pulled anonymously (the registry's token
+  dance); a login is read from REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or
+  ~/.docker/config.json (docker login, oras login). Tokens and passwords are never shown.
 
 DISK is a device node (/dev/sdb), a /dev/disk/by-* link, a name (sdb), or a selector that must
 match exactly one eligible disk: serial=S, wwn=W, path=P, model=M, vendor=V, tran=nvme|sata|usb|
@@ -81,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image path, name in the images directory, or http(s) URL")
+    parser.add_argument("image", metavar="IMAGE",
+                        help="image path, name in the images directory, http(s) URL, or oci:// reference")
     parser.add_argument("disk", metavar="DISK", help="device node, by-id link, name, or selector")
     parser.add_argument("--images", metavar="DIR", help="images directory (default: $BTY_IMAGES, the stick's "
                         "images partition, else ./images)")
@@ -104,11 +122,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="write zero ranges as data instead of asking the device to zero them")
     parser.add_argument("--no-preflight", action="store_true", help="skip the fake-capacity check of USB disks")
     parser.add_argument("--blake3", metavar="HEX",
-                        help="a URL image's digest (blake3 of the decompressed image, 64 hex digits), checked "
-                        "instead of URL.toml; needed for a presigned URL")
+                        help="a URL's or oci:// image's digest (blake3 of the decompressed image, 64 hex digits), "
+                        "checked instead of URL.toml or the artifact's manifest; needed for a presigned URL")
     parser.add_argument("--ca-file", metavar="FILE", type=Path,
-                        help="CA certificates (PEM) to verify an https:// image's server with, besides the "
-                        "system's")
+                        help="CA certificates (PEM) to verify an https:// image's server (or an OCI registry) "
+                        "with, besides the system's")
     parser.set_defaults(func=run)
 
 
@@ -126,8 +144,8 @@ def build_plan(args: argparse.Namespace) -> FlashPlan:
 
 
 def url_options(args: argparse.Namespace) -> UrlOptions | None:
-    """--blake3 and --ca-file, which only an image given by URL takes."""
-    if not is_image_url(args.image):
+    """--blake3 and --ca-file, which only an image given by URL (or oci:// reference) takes."""
+    if not is_image_url(args.image) and not is_oci_reference(args.image):
         if args.blake3 or args.ca_file:
             raise UsageError("--blake3 and --ca-file are for an image given by URL; a local image's digest is "
                              "in its manifest (`bty images add`)")
@@ -145,6 +163,7 @@ def plan_json(plan: FlashPlan, contents: list[str]) -> dict[str, object]:
             "size": image.size,
             "size_source": image.size_source,
             "blake3": image.expected_blake3,
+            "file_digest": image.file_digest.text if image.file_digest else None,
             "target": plan.target.path,
             "target_size": plan.target.size,
             "serial": plan.target.serial,

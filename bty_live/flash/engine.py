@@ -13,6 +13,7 @@ passed or failed, appends one record to the plan's ledger.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -43,6 +44,7 @@ from bty_live.flash.target import BlockTarget
 from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
+from bty_live.image.source import FILE_DIGEST_ONLY
 from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
 from bty_live.system.machine import read_machine_identity
 from bty_live.tune import TuneResult, run_tuning
@@ -86,6 +88,10 @@ class _Run:
         #: the image's first and last MiB, held until everything else is written and verified
         self.deferred: list[DeferredRegion] = []
         self.copy: CopyResult | None = None  # the write pass's result, once it is done
+        #: the file's digest as computed while it streamed (when the image has one to match)
+        self.file_hash: str | None = None
+        #: the receipt's file_check: None without a file digest, else "not reached" until checked
+        self.file_check: str | None = "not reached" if plan.image.file_digest is not None else None
         self.started_at = datetime.now(UTC)
 
     def info(self, phase: Phase, message: str) -> None:
@@ -100,6 +106,7 @@ class _Run:
             self.target = BlockTarget.open(plan.target.path)
             self._recheck_target(self.target)
             copy = self._write(self.target)
+            self._check_file()
             stream_check = self._check_stream(copy)
             readback_check = self._readback(copy)
             self._commit_deferred(self.target)
@@ -204,28 +211,58 @@ class _Run:
         # here until the commit, a power cut leaves a disk that no firmware or tool takes as whole
         target.wipe_signatures((image.size,) if image.size else ())
         self.deferred = plan_regions(image.size, target.info.logical_block_size)
-        with ImageReader(image.source, image.compression, expected_size=image.size) as reader:
+        # the file's own digest is taken from the bytes the reader reads: one sequential reader
+        file_hasher = None
+        if image.file_digest is not None and plan.options.verify != VerifyMode.OFF:
+            file_hasher = hashlib.new(image.file_digest.algorithm)
+        with ImageReader(image.source, image.compression, expected_size=image.size,
+                         observer=file_hasher.update if file_hasher else None) as reader:
             copy = WritePass(
                 reader,
                 DeferringTarget(target, self.deferred),
                 expected_size=image.size,
-                frames=image.frames,
+                frames=None if file_hasher else image.frames,
                 use_zeroout=plan.options.zeroout,
                 extra_consumer=extra,
                 cancel=self.cancel,
             )
             result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
+            if file_hasher is not None:
+                reader.drain()
+                self.file_hash = file_hasher.hexdigest()
         self.phases["write"] = result.seconds
         self.copy = result
         meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
                   message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
         return result
 
+    def _check_file(self) -> None:
+        """The file as shipped against its own digest (an OCI layer's), hashed while it streamed."""
+        expected = self.plan.image.file_digest
+        if expected is None:
+            return
+        if self.file_hash is None:  # --verify off
+            self.file_check = "skipped"
+            return
+        name = self.plan.image.file_name
+        if self.file_hash != expected.hex:
+            self.file_check = "mismatch"
+            raise DigestMismatchError(
+                f"image file {name} does not match its {expected.source}: {expected.algorithm} "
+                f"{self.file_hash[:16]}... != {expected.hex[:16]}...; {expected.fix}"
+            )
+        self.file_check = "match"
+        self.info(Phase.VERIFY, f"file {name} matches its {expected.source} "
+                                f"({expected.algorithm} {expected.hex[:16]}...)")
+
     def _check_stream(self, copy: CopyResult) -> str:
         plan = self.plan
         expected = plan.image.expected_blake3
         if plan.options.verify == VerifyMode.OFF:
             return "skipped"
+        if expected is None and self.file_check == "match":
+            self.info(Phase.VERIFY, "no blake3 to compare the stream with: the file's own digest was checked")
+            return FILE_DIGEST_ONLY
         if expected is None and plan.image.path is None:  # a URL with no manifest and no --blake3
             self.info(Phase.VERIFY, f"UNVERIFIED: {NO_DIGEST}")
             return UNVERIFIED
@@ -379,4 +416,6 @@ class _Run:
             tune=tune.to_dict() if tune is not None else None,
             error=error,
             download=plan.image.download(copy.bytes_in if copy else 0),
+            file_digest=plan.image.file_digest.text if plan.image.file_digest else None,
+            file_check=self.file_check,
         )

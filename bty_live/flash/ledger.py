@@ -6,8 +6,9 @@ machine's DMI identity and MACs, the disk's model and serial), how each phase we
 seconds) and the error, if any.
 
 An image + task is *known-good* for a machine model once one run on that model passed write,
-verify (the stream matched a known digest: a manifest's or --blake3's; or, for a local file without
-a manifest, the read-back matched the hash of the file's bytes) and tune (or had no task to run). A
+verify (the stream matched a known digest: a manifest's or --blake3's; or the file as shipped
+matched its own, an OCI layer's sha256; or, for a local file without a manifest, the read-back
+matched the hash of the file's bytes) and tune (or had no task to run). A
 download with no digest to compare with is never known-good: its read-back proves that the disk
 holds what arrived, not that what arrived is the image.
 
@@ -344,9 +345,10 @@ def phases_from_receipt(receipt: Receipt, tune: TuneResult | None) -> dict[str, 
     a known digest (a manifest's, --blake3's), or for a local file without a manifest when the
     read-back matched what was hashed from the file (the ledger keeps the file's size and mtime,
     so the badge stays with those very bytes). A download without any digest counts as skipped,
-    whatever the read-back found: it proves the disk holds what arrived, not that it was the image."""
+    whatever the read-back found: it proves the disk holds what arrived, not that it was the image.
+    The file's own digest (an OCI layer's sha256, `file_check`) is a known digest too."""
     local_file_read_back = receipt.stream_check == "no manifest" and receipt.readback_check == "match"
-    verified = receipt.stream_check == "match" or local_file_read_back
+    verified = receipt.stream_check == "match" or receipt.file_check == "match" or local_file_read_back
     phases = {
         "write": PhaseResult("passed", receipt.phases.get("write")),
         "verify": PhaseResult("passed" if verified else "skipped", receipt.phases.get("verify")),

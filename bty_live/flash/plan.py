@@ -96,10 +96,14 @@ class FlashPlan:
 
 
 def digest_line(image: ImageSource) -> str:
-    """What the stream will be checked against, and where that digest comes from."""
-    expected = image.expected_blake3
+    """What the stream (and the file as shipped) will be checked against, and where from."""
+    expected, shipped = image.expected_blake3, image.file_digest
+    of_file = f"{shipped.algorithm} {shipped.hex[:16]}... of the file ({shipped.source})" if shipped else None
     if expected is not None:
-        return f"blake3 {expected[:16]}..." + (" (given with --blake3)" if image.digest_source == "--blake3" else "")
+        line = f"blake3 {expected[:16]}..." + (" (given with --blake3)" if image.digest_source == "--blake3" else "")
+        return line + (f"; {of_file}" if of_file else "")
+    if of_file is not None:
+        return of_file
     if image.path is None:  # streamed from a URL that has no manifest beside it
         return f"UNVERIFIED: {NO_DIGEST}"
     return "no manifest: unverified"

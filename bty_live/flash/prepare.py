@@ -2,7 +2,8 @@
 
 The I/O half of planning, shared by every front-end: the CLI, the TUI and unattended mode all
 call `prepare_plan` and get the same checks. An image spec that is an http(s) URL is streamed
-(`image/remote.py`); anything else is a file or an entry of the images directory.
+(`image/remote.py`), and so is an oci:// reference (`image/oci.py`); anything else is a file or
+an entry of the images directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bty_live.flash.ledger import default_ledger_path
 from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
 from bty_live.image.catalog import CatalogEntry, find_image, resolve_images_dir
 from bty_live.image.formats import check_image_file
+from bty_live.image.oci import is_oci_reference, load_oci_image_source
 from bty_live.image.remote import UrlOptions, is_image_url, load_url_image_source
 from bty_live.image.source import ImageSource, load_image_source
 from bty_live.system.machine import read_machine_identity
@@ -48,8 +50,9 @@ def prepare_plan(
 ) -> FlashPlan:
     """Plan flashing an image of the catalog (or a path, or a URL) onto a disk (or a selector)."""
     directory = resolve_images_dir(images_dir)
-    if is_image_url(image_spec):
-        image = load_url_image_source(image_spec, url_options or UrlOptions())
+    if is_image_url(image_spec) or is_oci_reference(image_spec):
+        load = load_oci_image_source if is_oci_reference(image_spec) else load_url_image_source
+        image = load(image_spec, url_options or UrlOptions())
         return prepare_plan_for(image, disk_spec, options, directory if directory.is_dir() else None)
     return prepare_plan_for_entry(find_image(image_spec, directory), disk_spec, options, directory)
 

@@ -35,7 +35,9 @@ class Receipt:
     bytes_written: int
     bytes_zeroed: int
     verify_mode: str
-    #: "match", "no manifest" (a file), "unverified (no digest)" (a URL), "skipped", "not reached"
+    #: the decompressed stream's blake3 against the expected one: "match", "no manifest" (a file),
+    #: "unverified (no digest)" (a URL), "no blake3 (the file's digest is checked)" (an OCI layer
+    #: without bty's manifest: file_check tells), "skipped", "not reached"
     stream_check: str
     #: "match", "skipped"
     readback_check: str
@@ -52,6 +54,11 @@ class Receipt:
     tune: dict[str, Any] | None = None
     #: an image streamed over HTTP: {"url" (without the query string), "resumes", "bytes" of the file}
     download: dict[str, Any] | None = None
+    #: the digest the file as shipped must have ("sha256:HEX": an OCI layer's), when it has one
+    file_digest: str | None = None
+    #: that digest against the file's bytes as they streamed: "match", "mismatch", "skipped",
+    #: "not reached"; None without a file digest
+    file_check: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +78,8 @@ class Receipt:
             f"  stream digest: {self.stream_check}; read-back: {self.readback_check}"
             + (f" ({format_duration(self.phases['verify'])})" if "verify" in self.phases else ""),
         ]
+        if self.file_digest:
+            lines.append(f"  file digest {self.file_digest[:23]}...: {self.file_check}")
         if self.fixups:
             lines.append("  fix-ups: " + "; ".join(self.fixups))
         if self.tune:

@@ -412,6 +412,17 @@ class ImageReader:
     def bytes_in(self) -> int:
         return self._source.count
 
+    def drain(self) -> int:
+        """Read what is left of the file after the image's end (bytes a decompressor did not
+        need), so the observer has seen the whole file; the count of those bytes."""
+        if self._tool is not None:
+            return 0
+        buffer = memoryview(bytearray(1 << 20))
+        drained = 0
+        while n := self._source.readinto(buffer):
+            drained += n
+        return drained
+
     def readinto(self, view: memoryview) -> int:
         """Fill `view`; return the byte count, short only at the end of the image."""
         filled = 0

@@ -15,6 +15,13 @@ sees one uninterrupted stream.
 Every stream a source opens (the plan reads the head, the engine the whole image) must be the
 same file as the first: same size, ETag and Last-Modified. The URL's query string (a presigned
 URL's credentials) goes into requests only; messages name `shown_url`.
+
+For OCI registries (`image/oci.py`) a source can also follow redirects (a registry sends blob
+GETs to its storage or a CDN: each request, resumes too, starts at the registry and follows
+afresh, since a storage URL's signature expires), to https:// only (or http:// when the source
+itself is http://), and never with the source's Authorization header on another host; and it
+can ask an `Authorizer` for a new Authorization after a 401 (a registry's token expires within
+minutes, a long download outlives it).
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from typing import Protocol
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from bty_live import __version__
 from bty_live.errors import ImageFetchError, NotFoundError, TokenRefusedError
@@ -44,6 +52,23 @@ from bty_live.protocol.wire import bearer
 from bty_live.units import format_size, format_sizes
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+#: the redirects a source with follow_redirects follows, and how many in a row
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+
+
+class Authorizer(Protocol):
+    """Where a source's Authorization comes from when it is more than a fixed token (a registry's
+    bearer token, fetched after a 401 and again when it expires)."""
+
+    def header(self) -> dict[str, str]:
+        """The Authorization header to send now ({} for none)."""
+        ...
+
+    def renew(self, challenge: str | None) -> bool:
+        """After a 401 carrying `challenge` (its WWW-Authenticate): get a new Authorization; False
+        when there is nothing else to try (the 401 then stands)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,9 @@ class HttpSource:
         clock: Callable[[], float] = time.monotonic,
         wording: Wording = AGENT_WORDING,
         user_agent: str = "bty-agent",
+        headers: Mapping[str, str] | None = None,
+        auth: Authorizer | None = None,
+        follow_redirects: bool = False,
     ) -> None:
         parts = parse_url(url)
         #: the whole URL, query string included: for requests only
@@ -139,6 +167,14 @@ class HttpSource:
         self.resumes = 0
         #: the file the first stream found; every later stream must find the same one
         self.validator: _Validator | None = None
+        #: more request headers (e.g. a registry's Accept)
+        self.headers = dict(headers or {})
+        #: renews the Authorization after a 401 of the source's own host
+        self.auth = auth
+        #: follow 3xx answers (a registry's blob in storage); else a redirect is an error naming its target
+        self.follow_redirects = follow_redirects
+        #: the first answer's headers (lower-case names): e.g. a registry's Docker-Content-Digest
+        self.response_headers: dict[str, str] = {}
 
     def open(self) -> HttpStream:
         return HttpStream(self)
@@ -272,25 +308,41 @@ class HttpStream:
             conn.close()
 
     def _request(self) -> http.client.HTTPResponse:
+        """One answer for the current offset: redirects followed (when the source wants), a 401
+        answered once by the source's Authorizer; then checked by `_check`."""
         source, offset = self.source, self._delivered
-        headers = {"User-Agent": source.user_agent, "Accept-Encoding": "identity",
-                   **bearer(source.token)}
+        headers = {"User-Agent": source.user_agent, "Accept-Encoding": "identity", **source.headers}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             assert self._validator is not None
             if_range = self._validator.etag or self._validator.last_modified
             if if_range:
                 headers["If-Range"] = if_range
-        conn = connect(self._parts, source.timeout, source.cafile)
-        try:
-            conn.request("GET", request_target(self._parts), headers=headers)
-            response = conn.getresponse()
-        except ssl.SSLCertVerificationError as exc:
-            conn.close()
-            raise certificate_error(source.url, exc) from exc  # it shows the host, not the query
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _Retry(describe_os_error(exc)) from exc
+        url, hops, renewed = source.url, 0, False
+        while True:
+            parts = urlsplit(url)
+            own = _same_origin(parts, self._parts)  # the source's credentials go to its own host only
+            conn, response = self._send(url, parts, {**headers, **(self._authorization() if own else {})})
+            status = response.status
+            if source.follow_redirects and status in _REDIRECTS:
+                location = response.getheader("Location")
+                response.close()
+                conn.close()
+                url, hops = self._redirected(url, location, hops), hops + 1
+                continue
+            if status == 401 and own and source.auth is not None and not renewed:
+                renewed = True
+                try:
+                    again = source.auth.renew(response.getheader("WWW-Authenticate"))
+                except BaseException:
+                    response.close()
+                    conn.close()
+                    raise
+                if again:
+                    response.close()
+                    conn.close()
+                    continue
+            break
         try:
             self._check(response, offset)
         except BaseException:
@@ -298,11 +350,47 @@ class HttpStream:
             conn.close()
             raise
         self._conn = conn
+        if offset == 0:
+            source.response_headers = {name.lower(): value for name, value in response.getheaders()}
         if offset:
             source.resumes += 1
             if source.on_resume is not None:
                 source.on_resume(ResumeNotice(source.shown_url, offset, self._strikes, self._drop_reason))
         return response
+
+    def _authorization(self) -> dict[str, str]:
+        source = self.source
+        return {**bearer(source.token), **(source.auth.header() if source.auth is not None else {})}
+
+    def _send(self, url: str, parts: SplitResult,
+              headers: dict[str, str]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = connect(parts, self.source.timeout, self.source.cafile)
+        try:
+            conn.request("GET", request_target(parts), headers=headers)
+            return conn, conn.getresponse()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise certificate_error(url, exc) from exc  # it shows the host, not the query
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _Retry(describe_os_error(exc)) from exc
+
+    def _redirected(self, url: str, location: str | None, hops: int) -> str:
+        """Where a redirect leads: https:// (or http:// from an http:// source), a few hops at most."""
+        shown = self.source.shown_url
+        if not location:
+            raise ImageFetchError(f"GET {shown} answered a redirect without a Location; "
+                                  + self.source.wording.unexpected.format(url=shown, status=""))
+        if hops >= MAX_REDIRECTS:
+            raise ImageFetchError(f"GET {shown} was redirected more than {MAX_REDIRECTS} times (last to "
+                                  f"{shown_url(location)}); check the server")
+        target = urljoin(url, location)
+        scheme = urlsplit(target).scheme
+        allowed = scheme == "https" or (scheme == "http" and self._parts.scheme == "http")
+        if not allowed or not urlsplit(target).hostname:
+            raise ImageFetchError(f"GET {shown} redirects to {shown_url(target)}: bty follows redirects to https:// "
+                                  "only (or to http:// from an http:// server); check the server's storage settings")
+        return target
 
     def _check(self, response: http.client.HTTPResponse, offset: int) -> None:
         """Accept the response only if it continues the same file at `offset`."""
@@ -371,3 +459,15 @@ class HttpStream:
         return ImageFetchError(f"image {self.source.shown_url} changed on the server during the download "
                                f"(at {format_size(self._delivered)}): the bytes so far belong to another file; "
                                "flash again once the image is stable")
+
+
+def _same_origin(a: SplitResult, b: SplitResult) -> bool:
+    """Same scheme, host and port: where a source's Authorization may go."""
+    return (a.scheme, a.hostname, _port(a)) == (b.scheme, b.hostname, _port(b))
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None

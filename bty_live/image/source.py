@@ -39,6 +39,32 @@ from bty_live.image.virtual_disk import inspect_virtual_disk
 from bty_live.units import format_size, format_sizes
 
 HEAD_BYTES = 1 << 20
+#: the receipt's stream_check when the decompressed stream has no blake3 to match, but the file
+#: as shipped has a digest that was checked (an OCI layer without a bty manifest)
+FILE_DIGEST_ONLY = "no blake3 (the file's digest is checked)"
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """What the file as shipped (compressed, as it streams in) must hash to: the one mechanism for
+    a digest of the file rather than of the image on the disk (an OCI layer's digest; later a URL's
+    --sha256). The engine hashes the file's bytes as the reader takes them, the trailing bytes
+    after the image's end included, and compares before the run counts as good: a mismatch is a
+    DigestMismatchError, and the disk is wiped."""
+
+    #: a hashlib name: "sha256"
+    algorithm: str
+    #: lower-case hex
+    hex: str
+    #: where the digest comes from, for messages: "OCI digest"
+    source: str
+    #: what a mismatch tells the reader to do
+    fix: str
+
+    @property
+    def text(self) -> str:
+        """"sha256:HEX", as OCI writes digests (and the receipt records them)."""
+        return f"{self.algorithm}:{self.hex}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,11 @@ class ImageSource:
     warnings: tuple[str, ...] = ()
     #: the digest the user gave for an image without a manifest (`bty flash URL --blake3 HEX`)
     given_blake3: str | None = None
+    #: what the file as shipped must hash to (an OCI layer's digest), checked while it streams
+    file_digest: FileDigest | None = None
+    #: what plans and receipts call the image when neither a path nor a URL says it: an OCI
+    #: reference, pinned to the digest of its manifest
+    reference: str | None = None
 
     @property
     def path(self) -> Path | None:
@@ -71,7 +102,9 @@ class ImageSource:
 
     @property
     def location(self) -> str:
-        """Where the image comes from, for plans and receipts: a path or a URL."""
+        """Where the image comes from, for plans and receipts: a path, a URL or an OCI reference."""
+        if self.reference is not None:
+            return self.reference
         if self.source.path is not None:
             return str(self.source.path)
         if isinstance(self.source, HttpSource):

@@ -17,7 +17,7 @@ from bty_live.errors import ImageFetchError, NetworkError, TokenRefusedError
 from bty_live.image.http_source import HttpSource, ResumeNotice
 from bty_live.protocol.httpconn import Backoff
 from bty_live.server.runner import ServerThread
-from tests.netkit import TOKEN, CutProxy, make_config, running_server
+from tests.netkit import TOKEN, CutProxy, FileServer, make_config, running_server, serving_files, serving_redirects
 
 SIZE = 24 << 20
 NO_WAIT = Backoff(attempts=4, first=0.0)
@@ -179,3 +179,59 @@ def test_https_verifies_the_certificate_against_the_given_ca_file(tmp_path: Path
             HttpSource(url, TOKEN, SIZE).open()
     finally:
         server.stop()
+
+
+# -- redirects (a registry's blob in its storage) -------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path: Path, payload: Path) -> Iterator[FileServer]:
+    site = tmp_path / "site"
+    site.mkdir()
+    os.link(payload, site / "blob.img")
+    with serving_files(site) as running:
+        yield running
+
+
+def test_a_source_that_follows_redirects_reads_the_target_and_keeps_its_token_at_home(
+        files: FileServer, payload: Path) -> None:
+    storage = files.url.replace("127.0.0.1", "localhost")  # another host: the token stays behind
+    with serving_redirects(storage) as registry:
+        source = HttpSource(f"{registry.url}/images/blob.img", TOKEN, SIZE, follow_redirects=True)
+        assert sha(read_all(source)) == sha(payload.read_bytes())
+    assert registry.authorizations == [f"Bearer {TOKEN}"]
+    assert files.authorizations == [None] and source.shown_url == f"{registry.url}/images/blob.img"
+
+
+def test_a_redirect_is_not_followed_unless_asked_and_the_error_names_its_target(files: FileServer) -> None:
+    with serving_redirects(files.url) as registry, \
+            pytest.raises(ImageFetchError, match=rf"answered 307 .*\(to {files.url}/images/blob.img\)"):
+        HttpSource(f"{registry.url}/images/blob.img", TOKEN, SIZE).open()
+
+
+def test_a_resume_starts_at_the_source_again_and_follows_the_redirect(files: FileServer, payload: Path) -> None:
+    proxy = CutProxy(files.address, cut_after=5 << 20)
+    with serving_redirects(proxy.url) as registry:
+        source = HttpSource(f"{registry.url}/images/blob.img", None, SIZE, backoff=NO_WAIT, follow_redirects=True)
+        assert sha(read_all(source)) == sha(payload.read_bytes())
+    assert proxy.cuts == 1 and source.resumes == 1 and len(registry.authorizations) == 2
+    [resume] = proxy.range_requests()
+    assert 0 < int(resume.removeprefix("bytes=").rstrip("-")) <= 5 << 20
+
+
+def test_an_https_source_is_never_redirected_to_plain_http(files: FileServer, certificate: tuple[Path, Path]) -> None:
+    with serving_redirects(files.url, tls=certificate) as registry:
+        source = HttpSource(f"{registry.url}/images/blob.img", TOKEN, SIZE, cafile=certificate[0],
+                            follow_redirects=True)
+        with pytest.raises(ImageFetchError, match=r"redirects to http://127.0.0.1:\d+/images/blob.img: bty follows "
+                                                  r"redirects to https:// only"):
+            source.open()
+    assert files.requests == []
+
+
+def test_redirects_in_a_loop_are_given_up(files: FileServer) -> None:
+    with serving_redirects("") as registry:
+        registry.target = registry.url  # to itself, forever
+        with pytest.raises(ImageFetchError, match=r"redirected more than 5 times"):
+            HttpSource(f"{registry.url}/images/blob.img", None, SIZE, follow_redirects=True).open()
+    assert len(registry.authorizations) == 6
