@@ -66,8 +66,6 @@ DEFAULT_TAG = "latest"
 MANIFEST_LIMIT = 4 << 20
 #: bty's own manifest is a few hundred bytes
 BTY_MANIFEST_LIMIT = 1 << 20
-#: Docker Hub's API is not at the host users name
-API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
@@ -97,7 +95,7 @@ class OciReference:
     @property
     def registry_url(self) -> str:
         """scheme://host[:port] of the registry's API."""
-        return f"{self.scheme}://{API_HOSTS.get(self.host.lower(), self.host)}"
+        return f"{self.scheme}://{self.host}"  # the API host itself: no registry's aliases are built in
 
     @property
     def shown(self) -> str:

@@ -32,9 +32,6 @@ from bty_live.protocol.httpconn import connect, describe_os_error, request_targe
 
 #: a token answer is a few KiB; more is not a token
 TOKEN_LIMIT = 1 << 20
-#: Docker Hub's logins are stored under this key, whatever host the user named
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 _PARAM = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?')
 
@@ -87,11 +84,11 @@ def stored_credential(host: str, environ: Mapping[str, str] | None = None,
     """The login for registry `host` (host[:port]) from the first auth file that has one."""
     environ = os.environ if environ is None else environ
     home = Path.home() if home is None else home
-    wanted = {host.lower()} | ({"index.docker.io"} if host.lower() in DOCKER_HUB_HOSTS else set())
+    wanted = host.lower()  # the registry's API host, as named in the reference
     for path in _auth_files(environ, home):
         auths = _read_auths(path)
         for key, entry in auths.items():
-            if _key_host(key) in wanted and isinstance(entry, dict) and isinstance(entry.get("auth"), str):
+            if _key_host(key) == wanted and isinstance(entry, dict) and isinstance(entry.get("auth"), str):
                 return Credential(_checked_basic(entry["auth"], path), path)
     return None
 

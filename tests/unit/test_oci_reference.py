@@ -41,8 +41,8 @@ def test_a_tag_defaults_to_latest_and_the_pinned_reference_names_the_digest() ->
     assert ref.api("manifests", "latest") == "http://127.0.0.1:5000/v2/os/demo/manifests/latest"
 
 
-def test_docker_hub_is_reached_at_its_api_host() -> None:
-    assert parse_reference("oci://docker.io/library/x:1").registry_url == "https://registry-1.docker.io"
+def test_the_registry_is_reached_at_the_host_the_reference_names() -> None:
+    assert parse_reference("oci://reg.example:5000/library/x:1").registry_url == "https://reg.example:5000"
 
 
 @pytest.mark.parametrize(("spec", "why"), [
@@ -109,7 +109,7 @@ def write_auths(path: Path, auths: dict[str, str]) -> Path:
 
 
 def test_a_login_comes_from_registry_auth_file_then_docker_config(tmp_path: Path) -> None:
-    docker = write_auths(tmp_path / "home/.docker/config.json", {"https://index.docker.io/v1/": "bob:hub",
+    docker = write_auths(tmp_path / "home/.docker/config.json", {"https://hub.example/v1/": "bob:hub",
                                                                 "reg:5000": "bob:docker"})
     auth_file = write_auths(tmp_path / "auth.json", {"reg:5000": "alice:podman"})
     home = tmp_path / "home"
@@ -118,7 +118,7 @@ def test_a_login_comes_from_registry_auth_file_then_docker_config(tmp_path: Path
     assert found is not None and base64.b64decode(found.basic) == b"alice:podman" and found.origin == auth_file
     found = stored_credential("reg:5000", {}, home)
     assert found is not None and found.origin == docker
-    hub = stored_credential("docker.io", {}, home)
+    hub = stored_credential("hub.example", {}, home)  # a key written as a URL matches its host
     assert hub is not None and base64.b64decode(hub.basic) == b"bob:hub"
     assert stored_credential("other:5000", {}, home) is None
     assert "hub" not in repr(hub) and "Ym9i" not in repr(hub)  # never the credential
