@@ -3,7 +3,7 @@
 A registry answers an anonymous request with `401` and `WWW-Authenticate: Bearer realm=URL,
 service=S,scope=repository:REPO:pull`; the client then GETs `URL?service=S&scope=...` (with the
 user's login as Basic credentials when it has one, anonymously otherwise) and sends the token it
-gets as `Authorization: Bearer T`. Public images on Docker Hub, GHCR or Quay work anonymously; a
+gets as `Authorization: Bearer T`. Public images on the big public registries work anonymously; a
 registry that wants Basic credentials directly (`WWW-Authenticate: Basic`) gets them.
 
 The user's login comes from the file `REGISTRY_AUTH_FILE` names (podman, skopeo, oras), else
