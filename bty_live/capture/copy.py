@@ -146,7 +146,8 @@ class CapturePass:
             counters.bytes_packed, counters.compressed = stream.size, stream.compressed_size
 
         try:
-            with FramePacker(self.out, level=self.level, workers=self.workers, on_frame=written) as packer:
+            with FramePacker(self.out, level=self.level, workers=self.workers, on_frame=written,
+                             abort=self.runner.abort) as packer:
                 for buf in self._to_pack:
                     packer.add(buf.view[: buf.length], done=self._releaser(buf))
                 self._packed = packer.finish()

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +31,11 @@ from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
 
 FRAME_SIZE = PACKED_FRAME_SIZE
 DEFAULT_LEVEL = 3
+_POLL = 0.05  # seconds between looks at the abort flag while a frame is compressed
+
+
+class PackAborted(Exception):
+    """The packer's abort flag was set while it waited for a frame."""
 
 Chunk = bytes | bytearray | memoryview
 
@@ -66,14 +72,18 @@ class FramePacker:
     At most `workers * 2` chunks are in flight; `add` blocks (writing finished frames) beyond
     that, so the caller's buffers are bounded. `done`, when given, is called once the chunk's
     bytes are no longer needed (its frame is written), so a caller can reuse the buffer.
+    `abort`, when given and set, makes a blocked `add` or `finish` raise PackAborted at once
+    instead of waiting for a frame (a high level takes seconds per frame).
     """
 
     def __init__(self, out: BinaryIO, *, level: int = DEFAULT_LEVEL, workers: int | None = None,
-                 on_frame: Callable[[PackedStream], None] | None = None) -> None:
+                 on_frame: Callable[[PackedStream], None] | None = None,
+                 abort: threading.Event | None = None) -> None:
         self.out = out
         self.level = level
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.on_frame = on_frame
+        self.abort = abort
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bty-pack")
         self._local = threading.local()
         self._pending: deque[tuple[Future[bytes], Callable[[], None] | None]] = deque()
@@ -123,7 +133,7 @@ class FramePacker:
     def _drain(self, limit: int) -> None:
         while len(self._pending) > limit:
             future, done = self._pending[0]
-            frame = future.result()
+            frame = self._result(future)
             self._pending.popleft()
             if done is not None:
                 done()
@@ -133,6 +143,15 @@ class FramePacker:
             self.frames += 1
             if self.on_frame is not None:
                 self.on_frame(self.result())
+
+    def _result(self, future: Future[bytes]) -> bytes:
+        while self.abort is not None:
+            try:
+                return future.result(timeout=_POLL)
+            except FutureTimeout:
+                if self.abort.is_set():
+                    raise PackAborted from None
+        return future.result()
 
     def result(self) -> PackedStream:
         return PackedStream(self.size, self.compressed_size, self.frames, self._sha256.hexdigest(),
@@ -144,18 +163,17 @@ class FramePacker:
         self.out.flush()
         return self.result()
 
-    def close(self) -> None:
-        """Stop the pool; frames still queued are dropped (after a failure)."""
-        for future, _ in self._pending:
-            future.cancel()
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the pool; frames still queued are dropped (after a failure). Without `wait`, a
+        frame being compressed finishes in the background (the interpreter waits for it at exit)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
         self._pending.clear()
 
     def __enter__(self) -> FramePacker:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(wait=kind is None)
 
 
 def pack_image(

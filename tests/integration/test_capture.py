@@ -6,6 +6,7 @@ packed image whose manifest says what the disk holds, `bty flash` puts it back b
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def test_a_capture_flashed_onto_another_disk_gives_the_disk_back_byte_for_byte(
     assert manifest is not None
     assert manifest.size == IMAGE_SIZE
     assert manifest.blake3 == device_blake3(source.path, IMAGE_SIZE)  # every byte of the disk, as it reads
-    assert manifest.name == "reference" and manifest.arch == "x86_64"
+    assert manifest.name == "reference" and manifest.arch == "x86_64" and manifest.os == "linux"
     captured = manifest.extra["captured"]
     assert captured["disk"] == source.path and captured["partition_table"] == "gpt"
     assert [(p["name"], p.get("fstype")) for p in captured["partitions"]] == [("esp", None), ("root", "ext4")]
@@ -123,6 +124,23 @@ def test_a_disk_of_zeros_captures_to_a_tiny_file(tmp_path: Path, make_loop: Call
     assert out.stat().st_size < 64 * 1024  # 128 frames of zeros, a few hundred bytes each
     assert receipt["blake3"] == blake3.blake3(bytes(1024 * MiB)).hexdigest()
     assert json.loads(Path(str(receipt["saved_to"])).read_text())["output"] == str(out)
+
+
+def test_the_manifest_names_the_os_its_root_filesystem_says(tmp_path: Path,
+                                                             make_loop: Callable[..., LoopDevice]) -> None:
+    tree = tmp_path / "tree"
+    (tree / "usr" / "lib").mkdir(parents=True)
+    (tree / "etc").mkdir()
+    (tree / "usr" / "lib" / "os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\nVERSION_ID="12"\n')
+    (tree / "etc" / "os-release").symlink_to("../usr/lib/os-release")
+    disk = make_loop(64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), disk.path], check=True)
+    out = tmp_path / "debian.img.zst"
+
+    assert capture(disk, out, "--description", "a Debian disk").returncode == 0
+
+    manifest = load_manifest(out)
+    assert manifest is not None and manifest.os == "debian-12" and manifest.description == "a Debian disk"
 
 
 def test_progress_is_reported_in_a_capture_phase_with_rate(tmp_path: Path, raw_image: Path,
@@ -287,26 +305,53 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path: Path, raw_image: Pat
     assert manifest is not None and manifest.blake3 == device_blake3(source.path, IMAGE_SIZE)
 
 
-# -- stops ----------------------------------------------------------------------------------------
+# -- stops and the exclusive hold ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stop_signal_mid_capture_leaves_neither_the_image_nor_the_partial_file(
-        sig: signal.Signals, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
-    source = disk_holding(make_loop, raw_image, 256 * MiB)
-    subprocess.run(["dd", "if=/dev/urandom", f"of={source.path}", "bs=4M", "count=32", "seek=32", "oflag=direct",
-                    "status=none"], check=True)  # 128 MiB of random data: seconds at --level 19
-    out = tmp_path / "stopped.img.zst"
+def start_slow_capture(source: LoopDevice, out: Path) -> subprocess.Popen[str]:
+    """A capture at --level 19 of random data (seconds a frame), returned once it writes frames."""
     proc = subprocess.Popen([*BTY, "capture", source.path, "-o", str(out), "--yes", "--json", "--level", "19"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
         if event.get("phase") == "capture" and event.get("kind") == "progress" and event["bytes_out"] > 0:
-            break  # frames are being written to the partial file
-    else:
-        raise AssertionError("the capture ended before it was writing")
-    assert out.with_name(out.name + ".partial").exists()
+            return proc
+    raise AssertionError(f"the capture ended before it was writing: {proc.communicate()[1]}")
+
+
+def test_nobody_can_mount_the_disk_while_it_is_captured(tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    source = make_loop(256 * MiB)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(random_bytes(32 * MiB))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), source.path], check=True)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proc = start_slow_capture(source, tmp_path / "held.img.zst")
+    try:
+        mounted = subprocess.run(["mount", "-o", "ro", source.path, str(mountpoint)], capture_output=True, text=True)
+        assert mounted.returncode != 0 and "busy" in mounted.stderr + mounted.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert subprocess.run(["mount", "-o", "ro", source.path, str(mountpoint)]).returncode == 0  # released
+    subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def random_bytes(size: int) -> bytes:
+    return random.Random(12).randbytes(size)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_mid_capture_leaves_neither_the_image_nor_the_partial_file(
+        sig: signal.Signals, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    source = disk_holding(make_loop, raw_image, 256 * MiB)
+    subprocess.run(["dd", "if=/dev/urandom", f"of={source.path}", "bs=4M", "count=8", "seek=32", "oflag=direct",
+                    "status=none"], check=True)  # 32 MiB of random data: seconds at --level 19
+    out = tmp_path / "stopped.img.zst"
+    proc = start_slow_capture(source, out)
+    assert out.with_name(out.name + ".partial").exists()  # frames are being written to it
 
     proc.send_signal(sig)
     rest, err = proc.communicate(timeout=60)
