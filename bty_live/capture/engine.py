@@ -66,6 +66,8 @@ class _Run:
         plan = self.plan
         try:
             self.info(f"capturing {plan.disk.path} ({format_size(plan.length)}) into {plan.output}")
+            for note in plan.notes:
+                self.info(note)
             self.reader = DiskReader.open(plan.disk.path)
             self._recheck(self.reader)
             copy = self._capture(self.reader)

@@ -143,6 +143,18 @@ def test_the_manifest_names_the_os_its_root_filesystem_says(tmp_path: Path,
     assert manifest is not None and manifest.os == "debian-12" and manifest.description == "a Debian disk"
 
 
+def test_a_disk_is_chosen_by_selector_as_for_a_flash(tmp_path: Path, raw_image: Path,
+                                                      make_loop: Callable[..., LoopDevice]) -> None:
+    source = disk_holding(make_loop, raw_image)
+    out = tmp_path / "selected.img.zst"
+
+    done = bty("capture", f"path={source.path},tran=loop", "-o", str(out), "--yes")
+
+    assert done.returncode == 0, done.stderr
+    manifest = load_manifest(out)
+    assert manifest is not None and manifest.extra["captured"]["disk"] == source.path
+
+
 def test_progress_is_reported_in_a_capture_phase_with_rate(tmp_path: Path, raw_image: Path,
                                                            make_loop: Callable[..., LoopDevice]) -> None:
     source = disk_holding(make_loop, raw_image)
