@@ -19,7 +19,7 @@ from bty_live.render.streams import dropping_std_streams
 from bty_live.signals import exit_code_for_signal, interrupt_signal, stop_signals_raise
 
 #: the subcommands, in `bty --help` order; each is a module of bty_live.commands
-COMMANDS = ("images", "inspect", "disks", "flash", "tui", "unattended", "ledger", "agent", "serve")
+COMMANDS = ("images", "inspect", "disks", "flash", "capture", "tui", "unattended", "ledger", "agent", "serve")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from bty_live.capture.receipt import CaptureReceipt
     from bty_live.flash.ledger import LedgerRecord
     from bty_live.flash.receipt import Receipt
 
@@ -21,8 +22,9 @@ class BtyError(Exception):
     kind = "error"
     #: what was done about it afterwards (e.g. "the target was wiped"), shown after the message
     aftermath: str = ""
-    #: the failed run's receipt, when the engine had opened the disk (saved like a good one)
-    receipt: Receipt | None = None
+    #: the failed run's receipt, when the engine had opened the disk (saved like a good one);
+    #: a failed `bty capture`'s is a CaptureReceipt
+    receipt: Receipt | CaptureReceipt | None = None
     #: the failed run's ledger record, when the engine had started the run
     record: LedgerRecord | None = None
 

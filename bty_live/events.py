@@ -20,6 +20,9 @@ class Phase(StrEnum):
     VERIFY = "verify"  # read-back of the target
     FIXUP = "fixup"  # partition-table fix-ups
     TUNE = "tune"  # post-flash tuning (CIJOE)
+    #: `bty capture`: read the disk -> hash + compress -> write the image file; bytes_out counts
+    #: the disk's bytes captured, bytes_in the image file's bytes written
+    CAPTURE = "capture"
     DONE = "done"
     FAILED = "failed"
 

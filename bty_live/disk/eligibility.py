@@ -4,16 +4,18 @@ Each rule looks at one disk and returns a human reason naming the thing in the w
 partition, the mount point, the holder), or None. A disk is eligible when no rule objects.
 The I/O these rules need (mounts, holders, swap, open file descriptors) is collected by
 `bty_live.disk.discovery`; which disks hold / and the images by `bty_live.disk.boot_medium`, called from
-`context_for`, the one helper here that reads anything.
+`context_for` and `capture_context`, the helpers here that read anything. The read rules
+(`READ_RULES`, for `bty capture`) are at the end.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bty_live.disk.boot_medium import protect
+from bty_live.disk.boot_medium import boot_medium_devnums, protect
 from bty_live.disk.model import Devnum, Disk, Protected
 from bty_live.errors import TargetRefusedError
 from bty_live.units import format_sizes
@@ -199,3 +201,77 @@ def require_eligible(disk: Disk, ctx: EligibilityContext) -> None:
     found = reasons(disk, ctx)
     if found:
         raise refusal(disk, found)
+
+
+# -- reading a disk (`bty capture`): the same rules, read the other way ----------------------------
+#
+# A capture writes nothing to the disk, so read-only disks and disks too small for an image are
+# fine, and the boot medium is not refused as such: what would make the image inconsistent is
+# a filesystem, swap area or holder (dm, md, bcache) that writes to the disk while it is read,
+# and each of those is refused by name. The boot medium in use always has one of them (its /
+# or its images partition is mounted), so only an idle one can be captured. The one new rule:
+# the output file must not live on the disk being read.
+
+
+def capture_context(output: Path) -> EligibilityContext:
+    """What a capture must not read: the disk(s) the output file's directory lives on, and a loop
+    device backed by the output file itself."""
+    real = Path(os.path.realpath(output))
+    try:
+        st = real.stat()
+        files = frozenset({(st.st_dev, st.st_ino)})
+    except OSError:
+        files = frozenset()
+    entry = Protected(path=str(real), what="the output file", devnums=boot_medium_devnums([real.parent]),
+                      files=files)
+    return EligibilityContext(protected=(entry,))
+
+
+def _holds_output(disk: Disk, ctx: EligibilityContext) -> str | None:
+    hits = [entry for entry in ctx.protected if _devnums(disk) & entry.devnums]
+    if not hits:
+        return None
+    return "; ".join(f"holds {entry.what} {entry.path} (its filesystem is on this disk): write the capture "
+                     "to another disk" for entry in hits)
+
+
+def _mounted_while_read(disk: Disk, ctx: EligibilityContext) -> str | None:
+    mounts = disk.mounts()
+    if not mounts:
+        return None
+    where = ", ".join(f"{mountpoint} mounted (from {node})" for node, mountpoint in mounts)
+    return (f"has {where}; unmount {'it' if len(mounts) == 1 else 'them'} first, "
+            "a mounted filesystem changes while it is read")
+
+
+def _swap_while_read(disk: Disk, ctx: EligibilityContext) -> str | None:
+    nodes = disk.swap_nodes()
+    if not nodes:
+        return None
+    return (f"has active swap on {', '.join(nodes)}; swapoff {' '.join(f'/dev/{n}' for n in nodes)} first, "
+            "swap changes while it is read")
+
+
+def _held_while_read(disk: Disk, ctx: EligibilityContext) -> str | None:
+    held = _held(disk, ctx)
+    if held is None:
+        return None
+    return (f"{held}; release it first (vgchange -an, dmsetup remove, mdadm --stop), "
+            "a holder writes to the disk while it is read")
+
+
+#: the rules for reading a disk, in the order reasons are reported
+READ_RULES: tuple[Rule, ...] = (_holds_output, _backs_protected, _no_medium, _mounted_while_read,
+                               _held_while_read, _open_for_writing, _swap_while_read)
+
+
+def read_reasons(disk: Disk, ctx: EligibilityContext) -> tuple[str, ...]:
+    """Why `disk` must not be captured (read into an image); the empty tuple means it may be."""
+    return tuple(reason for rule in READ_RULES if (reason := rule(disk, ctx)) is not None)
+
+
+def require_readable(disk: Disk, ctx: EligibilityContext) -> None:
+    """Raise TargetRefusedError naming every reason when `disk` must not be captured."""
+    found = read_reasons(disk, ctx)
+    if found:
+        raise TargetRefusedError(f"refusing to capture {disk.path}: " + "; ".join(found))

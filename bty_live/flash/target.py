@@ -101,6 +101,11 @@ class BlockTarget:
         return cls(path, fd, info)
 
     @staticmethod
+    def probe(fd: int, rdev: int) -> TargetInfo:
+        """Size and block sizes of the open block device `fd` (`bty capture` reads disks with it)."""
+        return BlockTarget._probe(fd, rdev)
+
+    @staticmethod
     def _probe(fd: int, rdev: int) -> TargetInfo:
         size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
         logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]

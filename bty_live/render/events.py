@@ -21,6 +21,9 @@ from rich.progress import (
 from bty_live.events import Event, Kind, Phase
 from bty_live.units import format_duration, format_rate, format_size
 
+#: the phases that move bytes: a progress bar each, a summary line when they end
+_BAR_PHASES = (Phase.WRITE, Phase.VERIFY, Phase.CAPTURE)
+
 
 class JsonLines:
     """`--json`: one event per line on stdout, flushed, for programs to follow."""
@@ -63,7 +66,7 @@ class MilestoneLines:
                 eta = f", {format_duration(event.eta)} left" if event.eta is not None else ""
                 self._line(f"{label}: {fraction:4.0%}  {format_size(event.bytes_out)} of "
                            f"{format_size(event.total or 0)}, {format_rate(event.rate)}{eta}")
-        elif event.kind == Kind.END and event.phase in (Phase.WRITE, Phase.VERIFY):
+        elif event.kind == Kind.END and event.phase in _BAR_PHASES:
             self._line(f"{label}: done, {format_size(event.bytes_out)} in {format_duration(event.elapsed)} "
                        f"({format_rate(event.rate)})" + (f", {event.message}" if event.message else ""))
         elif event.kind == Kind.INFO:
@@ -100,7 +103,7 @@ class ProgressBars:
 
     def __call__(self, event: Event) -> None:
         label = event.phase.label
-        if event.kind == Kind.START and event.phase in (Phase.WRITE, Phase.VERIFY):
+        if event.kind == Kind.START and event.phase in _BAR_PHASES:
             self.tasks[event.phase] = self.progress.add_task(label, total=event.total)
         elif event.kind in (Kind.PROGRESS, Kind.END) and event.phase in self.tasks:
             task = self.tasks[event.phase]

@@ -25,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "image": {"system", "protocol"},
     "tune": {"system", "image"},
     "flash": {"system", "image", "disk", "tune", "protocol"},
+    # `bty capture`: a disk read into an image, through the flash's pipeline, target and receipts
+    "capture": {"system", "image", "disk", "flash"},
     "render": set(),
     # front-ends: everything below, never one another
     "stick": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
@@ -32,8 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "agent": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
     "server": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
     # the CLI's dispatch reaches every front-end
-    "commands": {"system", "image", "disk", "tune", "flash", "render", "protocol", "stick", "tui", "agent",
-                 "server", "cli"},
+    "commands": {"system", "image", "disk", "tune", "flash", "capture", "render", "protocol", "stick", "tui",
+                 "agent", "server", "cli"},
     "cli": {"render", "commands"},
 }
 #: the documented front doors from a front-end into the CLI's command module

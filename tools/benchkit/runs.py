@@ -23,6 +23,7 @@ class RunResult:
     wait4_rss_kib: int = 0
     error: str | None = None  # the tool failed, timed out, or wrote the wrong bytes
     mismatch: bool = False
+    output_size: int | None = None  # bytes of the file a capture run wrote
 
 
 @dataclass
