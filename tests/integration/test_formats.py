@@ -97,11 +97,15 @@ def test_a_name_that_lies_about_compression_is_refused(files: dict[str, Path], t
         detect_compression(fake)
 
 
-def test_virtual_disk_containers_are_refused_with_the_conversion_command(tmp_path: Path) -> None:
-    qcow = tmp_path / "vm.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "16M"], check=True)
-    with pytest.raises(ImageError, match="qcow2 .*qemu-img convert -O raw"):
-        detect_compression(qcow)
+def test_a_vmdk_descriptor_and_a_7z_archive_are_refused_with_the_conversion_command(tmp_path: Path) -> None:
+    descriptor = tmp_path / "split.vmdk"
+    descriptor.write_text("# Disk DescriptorFile\nversion=1\nRW 32768 FLAT \"split-flat.vmdk\" 0\n")
+    with pytest.raises(ImageError, match="VMDK descriptor .*qemu-img convert -O vmdk"):
+        detect_compression(descriptor)
+    archive = tmp_path / "disk.7z"
+    archive.write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(1000))
+    with pytest.raises(ImageError, match="7-zip archive, not a disk image; extract it"):
+        detect_compression(archive)
 
 
 def test_empty_file_is_refused(tmp_path: Path) -> None:
