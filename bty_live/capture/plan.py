@@ -35,6 +35,8 @@ from bty_live.units import format_size
 TRIM_ALIGN = 1 << 20
 #: zstd levels `--level` accepts
 LEVELS = range(1, 23)
+#: what the refusal for too little free space tells `bty capture`'s user to do
+SPACE_FIX = "free space or write elsewhere (--force tries anyway: the data may compress enough)"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class CaptureOptions:
     arch: str | None = None
     receipt: Path | None = None  # where to save the receipt (default: the receipts directory)
     receipts_dir: Path | None = None
+    space_fix: str = SPACE_FIX  # the fix the too-little-space refusal names (a front-end's own words)
 
 
 @dataclass(frozen=True)
@@ -140,15 +143,15 @@ def worst_case_bytes(length: int) -> int:
     return length + (length >> 8) + frames * 1024
 
 
-def space_verdict(space: Space, force: bool) -> str | None:
-    """A warning when the image may not fit; raises TargetIOError when it most likely will not."""
+def space_verdict(space: Space, force: bool, fix: str = SPACE_FIX) -> str | None:
+    """A warning when the image may not fit; raises TargetIOError (naming `fix`) when it most
+    likely will not."""
     if space.free >= space.worst_case:
         return None
     if space.in_use is not None and space.free < space.in_use and not force:
         raise TargetIOError(
             f"only {format_size(space.free)} free for the output, less than the {format_size(space.in_use)} the "
-            "disk's filesystems hold; free space or write elsewhere (--force tries anyway: the data may "
-            "compress enough)"
+            f"disk's filesystems hold; {fix}"
         )
     return (f"{format_size(space.free)} free for the output, less than the worst case "
             f"{format_size(space.worst_case)}: it fits only if the disk compresses (if the space runs out, "
@@ -176,7 +179,7 @@ def make_capture_plan(
     in_use = _in_use(disk)
     space = Space(free=free, worst_case=worst_case_bytes(length),
                   in_use=min(in_use, length) if in_use is not None else None)
-    warning = space_verdict(space, options.force)
+    warning = space_verdict(space, options.force, options.space_fix)
     more = [warning] if warning else []
     if options.trim and length == disk_size:
         more.append("--trim: the partitions reach the end of the disk; the whole disk is captured")

@@ -33,7 +33,13 @@ def prepare_capture(disk_spec: str, output: Path, options: CaptureOptions) -> Ca
     """Plan capturing the disk `disk_spec` (node, link, name or selector) into `output`."""
     output = check_output(output, options.force)
     ctx = capture_context(output)
-    disk = choose_disk_to_read(disk_spec, ctx)
+    return plan_capture(choose_disk_to_read(disk_spec, ctx), output, options, ctx)
+
+
+def plan_capture(disk: Disk, output: Path, options: CaptureOptions, ctx: EligibilityContext) -> CapturePlan:
+    """Plan capturing `disk`, already chosen, into `output`, already checked (`check_output`)
+    against the context `capture_context(output)`: for a front-end that names the output after
+    the disk (unattended capture)."""
     require_readable(disk, ctx)
     with DiskReader.open(disk.path, exclusive=False) as reader:  # planning: the engine claims it
         disk_size = reader.size

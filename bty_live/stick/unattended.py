@@ -1,8 +1,10 @@
 """Unattended mode: the kernel command line names the image and the disk, bty flashes, then
-reboots, powers off, or hands over to the TUI.
+reboots, powers off, or hands over to the TUI. Or it names a disk to capture into the stick's
+images partition (`stick/unattended_capture.py`).
 
     bty.image=NAME|BLAKE3-PREFIX  bty.disk=SELECTOR  bty.verify=readback|stream|off
     bty.tune=TASK|off  bty.after=reboot|poweroff|shell|tui  bty.dry_run=1
+    bty.capture=SELECTOR  bty.capture_name=NAME  bty.capture_trim=1  (with bty.after=, bty.dry_run=)
 
 Fail closed: an unknown `bty.` key (a typo such as `bty.dsik=`), a missing disk selector, a
 selector matching zero or several disks, any flash failure: a clear message on every console,
@@ -17,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -31,7 +34,6 @@ from bty_live.errors import SHELL_EXIT_CODE, BtyError, UsageError
 from bty_live.flash import engine
 from bty_live.flash.plan import FlashOptions, VerifyMode
 from bty_live.flash.prepare import prepare_plan
-from bty_live.flash.receipt import Receipt
 from bty_live.render.events import MilestoneLines
 from bty_live.system.actions import SystemActions
 from bty_live.system.machine import MachineIdentity, read_machine_identity
@@ -48,8 +50,13 @@ class After(StrEnum):
     TUI = "tui"
 
 
-
-KEYS = ("image", "disk", "verify", "tune", "after", "dry_run")
+KEYS = ("image", "disk", "verify", "tune", "after", "dry_run", "capture", "capture_name", "capture_trim")
+#: the keys of a flash that mean nothing to a capture, and the other way round
+FLASH_ONLY = ("image", "disk", "verify", "tune")
+CAPTURE_ONLY = ("capture_name", "capture_trim")
+#: a capture's name: a safe file name on any filesystem (exFAT included), room left for its suffixes
+CAPTURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
+IMAGE_SUFFIX = ".img.zst"
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,41 @@ class UnattendedRequest:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_cmdline(cmdline: str) -> UnattendedRequest | None:
-    """The request on a kernel command line; None when it holds no `bty.image=`."""
+@dataclass(frozen=True)
+class CaptureRequest:
+    """`bty.capture=SELECTOR`: read that disk into NAME.img.zst on the stick's images partition."""
+
+    disk: str  # the disk to read, as bty.disk= selects one
+    name: str | None = None  # None: made from the disk's model and serial and the UTC date
+    trim: bool = False
+    after: After = After.POWEROFF
+    dry_run: bool = False
+
+    def key(self) -> str:
+        """What makes two requests the same, for the already-done marker (never a flash's key)."""
+        fields = {"capture": asdict(self)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+Request = UnattendedRequest | CaptureRequest
+
+
+def parse_cmdline(cmdline: str) -> Request | None:
+    """The request on a kernel command line; None when it holds neither `bty.image=` nor `bty.capture=`."""
+    values = _bty_values(cmdline)
+    if "capture" in values:
+        return _capture_request(values)
+    stray = [key for key in CAPTURE_ONLY if key in values]
+    if stray:
+        raise UsageError(f"bty.{stray[0]}= is set but bty.capture= is not: name the disk to capture "
+                         "(e.g. bty.capture=serial=ABC123) or remove it at the boot menu; nothing was written")
+    if "image" not in values:
+        return None
+    return _flash_request(values)
+
+
+def _bty_values(cmdline: str) -> dict[str, str]:
+    """Our `bty.` keys and their values; an unknown key or one without a value is refused."""
     values: dict[str, str] = {}
     for word in shlex.split(cmdline):
         if not word.startswith("bty."):
@@ -81,8 +121,10 @@ def parse_cmdline(cmdline: str) -> UnattendedRequest | None:
         if not sep:
             raise UsageError(f"bty.{key} needs a value (bty.{key}=...); fix it at the boot menu")
         values[key] = value
-    if "image" not in values:
-        return None
+    return values
+
+
+def _flash_request(values: dict[str, str]) -> UnattendedRequest:
     if not values.get("disk"):
         raise UsageError("bty.image= is set but bty.disk= is not: unattended mode needs a disk selector "
                          "(e.g. bty.disk=serial=ABC123 or bty.disk=tran=nvme,size>=100G); nothing was written")
@@ -91,9 +133,54 @@ def parse_cmdline(cmdline: str) -> UnattendedRequest | None:
         after = After(values.get("after", After.POWEROFF.value))
     except ValueError as exc:
         raise UsageError(f"bad value on the kernel command line: {exc}; fix it at the boot menu") from exc
-    dry_run = values.get("dry_run", "0").lower() in ("1", "yes", "true", "on")
     return UnattendedRequest(image=values["image"], disk=values["disk"], verify=verify,
-                             tune=values.get("tune"), after=after, dry_run=dry_run)
+                             tune=values.get("tune"), after=after, dry_run=_dry_run(values))
+
+
+def _capture_request(values: dict[str, str]) -> CaptureRequest:
+    if "image" in values:
+        raise UsageError("bty.capture= and bty.image= are both set: a boot either captures a disk or flashes "
+                         "one; remove one of them at the boot menu; nothing was read or written")
+    flash_keys = [key for key in FLASH_ONLY if key in values]
+    if flash_keys:
+        raise UsageError(f"bty.{flash_keys[0]}= is for flashing, not for bty.capture= (which names the disk to "
+                         "read); remove it at the boot menu; nothing was read or written")
+    if not values["capture"]:
+        raise UsageError("bty.capture= needs a disk selector (e.g. bty.capture=serial=ABC123); "
+                         "fix it at the boot menu; nothing was read or written")
+    name = values.get("capture_name")
+    return CaptureRequest(disk=values["capture"], name=check_capture_name(name) if name is not None else None,
+                          trim=_flag("capture_trim", values.get("capture_trim", "0")), after=_after(values),
+                          dry_run=_dry_run(values))
+
+
+def check_capture_name(name: str) -> str:
+    """bty.capture_name=, without a trailing .img.zst; refused unless it is a safe file name."""
+    stem = name.removesuffix(IMAGE_SUFFIX)
+    if not CAPTURE_NAME.fullmatch(stem):
+        raise UsageError(f"bty.capture_name={name} is not a usable file name: use up to 120 letters, digits, "
+                         "'.', '_', '+' or '-', starting with a letter or digit; fix it at the boot menu")
+    return stem
+
+
+def _after(values: dict[str, str]) -> After:
+    try:
+        return After(values.get("after", After.POWEROFF.value))
+    except ValueError as exc:
+        raise UsageError(f"bad value on the kernel command line: {exc}; fix it at the boot menu") from exc
+
+
+def _flag(key: str, value: str) -> bool:
+    """A yes/no key; anything else is refused rather than guessed."""
+    if value.lower() in ("1", "yes", "true", "on"):
+        return True
+    if value.lower() in ("0", "no", "false", "off"):
+        return False
+    raise UsageError(f"bty.{key}={value} is neither 1 nor 0; fix it at the boot menu")
+
+
+def _dry_run(values: dict[str, str]) -> bool:
+    return values.get("dry_run", "0").lower() in ("1", "yes", "true", "on")
 
 
 class Consoles:
@@ -158,7 +245,8 @@ def active_consoles(path: Path = ACTIVE_CONSOLES) -> list[str]:
     return devices
 
 
-def marker_path(images_dir: Path, machine: MachineIdentity, request: UnattendedRequest) -> Path:
+def marker_path(images_dir: Path, machine: MachineIdentity, request: Request) -> Path:
+    """Where a request that was carried out on this machine is remembered (its already-done marker)."""
     who = machine.uuid or machine.serial or machine.primary_mac or "unknown-machine"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in who)
     return images_dir / MARKERS_DIR / f"{safe}-{request.key()}.json"
@@ -200,26 +288,32 @@ def run_unattended(
     saved = Path(receipt.saved_to) if receipt.saved_to else None
     for line in receipt.summary():
         say(line)
-    _remember(marker, receipt, saved, say)
-    say(f"bty unattended: done; {request.after}")
-    if request.after == After.REBOOT:
+    remember(marker, {"image": receipt.image_name, "target": receipt.target_path,
+                      "finished_at": receipt.finished_at, "receipt": str(saved) if saved else None},
+             say, again="flashed again")
+    return finish(request.after, actions, say)
+
+
+def finish(after: After, actions: SystemActions, say: Callable[[str], None]) -> int:
+    """Do what bty.after= asks once the run succeeded; SHELL_EXIT_CODE asks the session for a shell."""
+    say(f"bty unattended: done; {after}")
+    if after == After.REBOOT:
         actions.reboot()
-    elif request.after == After.POWEROFF:
+    elif after == After.POWEROFF:
         actions.poweroff()
-    elif request.after == After.SHELL:
+    elif after == After.SHELL:
         return SHELL_EXIT_CODE
     return 0
 
 
-def _remember(marker: Path, receipt: Receipt, saved: Path | None, say: Callable[[str], None]) -> None:
+def remember(marker: Path, record: dict[str, str | None], say: Callable[[str], None], *, again: str) -> None:
+    """Write the already-done marker; a stick that cannot take it is a warning, not a failure."""
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"image": receipt.image_name, "target": receipt.target_path,
-                                      "finished_at": receipt.finished_at,
-                                      "receipt": str(saved) if saved else None}) + "\n")
+        marker.write_text(json.dumps(record) + "\n")
     except OSError as exc:
         say(f"bty unattended: warning: could not record the run on the stick ({exc}); if this machine boots "
-            "the stick again it will be flashed again")
+            f"the stick again it will be {again}")
 
 
 def log_path(images_dir: Path) -> Path:

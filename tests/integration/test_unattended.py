@@ -11,7 +11,7 @@ import pytest
 from bty_live import cli
 from bty_live.errors import SelectorError, UsageError
 from bty_live.flash.plan import VerifyMode
-from bty_live.stick.unattended import After, Consoles, parse_cmdline, run_unattended
+from bty_live.stick.unattended import After, Consoles, UnattendedRequest, parse_cmdline, run_unattended
 from bty_live.system.actions import SystemActions
 from bty_live.system.machine import MachineIdentity
 from tests.conftest import LoopDevice
@@ -36,13 +36,13 @@ def test_a_command_line_without_bty_image_asks_for_nothing() -> None:
 
 def test_the_command_line_keys_are_parsed_with_their_defaults() -> None:
     request = parse_cmdline("quiet bty.image=demo bty.disk=serial=TARGET1 console=ttyS0")
-    assert request is not None
+    assert isinstance(request, UnattendedRequest)
     assert (request.image, request.disk) == ("demo", "serial=TARGET1")
     assert (request.verify, request.after, request.dry_run, request.tune) == (VerifyMode.READBACK, After.POWEROFF,
                                                                               False, None)
     request = parse_cmdline("bty.image=demo bty.disk=tran=nvme,size>=100G bty.verify=stream bty.after=reboot "
                             "bty.tune=off bty.dry_run=1")
-    assert request is not None and request.disk == "tran=nvme,size>=100G"
+    assert isinstance(request, UnattendedRequest) and request.disk == "tran=nvme,size>=100G"
     assert (request.verify, request.after, request.tune, request.dry_run) == (VerifyMode.STREAM, After.REBOOT,
                                                                               "off", True)
 
@@ -81,7 +81,7 @@ def test_unattended_flash_lands_saves_the_receipt_and_powers_off(images: Path, r
     loop = make_loop(IMAGE_SIZE)
     recorder = Recorder()
     request = parse_cmdline(f"bty.image=demo bty.disk=name={loop.name}")
-    assert request is not None
+    assert isinstance(request, UnattendedRequest)
     consoles = Consoles(devices=[], log=images / "logs" / "run.log")
     code = run_unattended(request, images_dir=images, consoles=consoles, actions=recorder.actions(),
                           machine=_machine())
@@ -98,7 +98,7 @@ def test_a_machine_already_flashed_by_the_same_request_is_not_flashed_again(
         images: Path, make_loop: Callable[..., LoopDevice]) -> None:
     loop = make_loop(IMAGE_SIZE)
     request = parse_cmdline(f"bty.image=demo bty.disk=name={loop.name} bty.after=reboot")
-    assert request is not None
+    assert isinstance(request, UnattendedRequest)
     first = Recorder()
     run_unattended(request, images_dir=images, consoles=Consoles(devices=[]), actions=first.actions(),
                    machine=_machine())
@@ -120,7 +120,7 @@ def test_an_ambiguous_selector_writes_nothing_and_does_not_reboot(images: Path,
     before = read_device(first.path, 0, MiB), read_device(second.path, 0, MiB)
     recorder = Recorder()
     request = parse_cmdline(f"bty.image=demo bty.disk=tran=loop,size>={size},size<={size} bty.after=reboot")
-    assert request is not None
+    assert isinstance(request, UnattendedRequest)
     with pytest.raises(SelectorError):
         run_unattended(request, images_dir=images, consoles=Consoles(devices=[]), actions=recorder.actions(),
                        machine=_machine())

@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "capture": {"system", "image", "disk", "flash"},
     "render": set(),
     # front-ends: everything below, never one another
-    "stick": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
+    "stick": {"system", "image", "disk", "tune", "flash", "capture", "render", "protocol"},
     "tui": {"system", "image", "disk", "tune", "flash", "render", "stick"},
     "agent": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
     "server": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
