@@ -227,6 +227,14 @@ def capture_context(output: Path) -> EligibilityContext:
     return EligibilityContext(protected=(entry,))
 
 
+def capture_into_context(directory: Path) -> EligibilityContext:
+    """What a capture into `directory` must not read, before the file is named (the TUI lists
+    the disks that may be captured into its images directory): the disk(s) it lives on."""
+    real = Path(os.path.realpath(directory))
+    entry = Protected(path=str(real), what="the images directory", devnums=boot_medium_devnums([real]))
+    return EligibilityContext(protected=(entry,))
+
+
 def _holds_output(disk: Disk, ctx: EligibilityContext) -> str | None:
     hits = [entry for entry in ctx.protected if _devnums(disk) & entry.devnums]
     if not hits:

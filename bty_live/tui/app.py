@@ -2,6 +2,7 @@
 
     Images -> Disks -> Confirm -> Progress -> Done
                  \\________\\__________\\-> Error
+    Images -c-> Capture: disk -> name and trim -> confirm -> Progress -> Captured -> (Disks)
 
 The screens only show data and post what the user chose; this module decides what comes next,
 runs the blocking work (planning, the flash) in thread workers and forwards the engine's events
@@ -27,6 +28,7 @@ from textual.screen import Screen
 from textual.scrollbar import ScrollBar
 from textual.timer import Timer
 
+from bty_live.capture.plan import CaptureOptions, CapturePlan
 from bty_live.disk.hotplug import DiskEvent
 from bty_live.disk.model import Disk
 from bty_live.events import Event
@@ -34,10 +36,26 @@ from bty_live.flash.plan import FlashOptions, FlashPlan
 from bty_live.image.catalog import CatalogEntry, resolve_images_dir
 from bty_live.signals import STOP_SIGNALS, call_on_stop_signals, exit_code_for_signal, signal_name
 from bty_live.tui.backend import Backend, Watcher, real_backend
-from bty_live.tui.messages import DiskHotplug, FlashEvent, FlashFinished, NextStep, Planned, StepChosen
+from bty_live.tui.capture_name import default_image_name
+from bty_live.tui.messages import (
+    CapturedListed,
+    CaptureFinished,
+    CapturePlanned,
+    DiskHotplug,
+    FlashEvent,
+    FlashFinished,
+    NextStep,
+    Planned,
+    StepChosen,
+)
 from bty_live.tui.progress import EventThrottle
 from bty_live.tui.screens import (
     CancelDialog,
+    CaptureConfirmScreen,
+    CaptureDisksScreen,
+    CaptureDoneScreen,
+    CaptureFormScreen,
+    CaptureProgressScreen,
     ConfirmScreen,
     DisksScreen,
     DoneScreen,
@@ -47,6 +65,7 @@ from bty_live.tui.screens import (
     LogScreen,
     PowerDialog,
     ProgressScreen,
+    RunProgressScreen,
 )
 from bty_live.tui.text import error_cause, log_line
 from bty_live.tui.widgets import CellScrollBarRender
@@ -104,9 +123,14 @@ class BtyApp(App[int]):
         #: the log view's lines: the engine's events and the app's own notes
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.flashing = False
+        #: a capture is running (its worker holds the disk and writes the image file)
+        self.capturing = False
         self._cancel = threading.Event()
-        self._progress: ProgressScreen | None = None
+        self._progress: RunProgressScreen | None = None
         self._planning: DisksScreen | None = None
+        self._capture_planning: CaptureFormScreen | None = None
+        #: the image the last capture made, highlighted in the images list afterwards
+        self._captured: Path | None = None
         self._watcher: Watcher | None = None
         self._rescan_timer: Timer | None = None
         self._quit_when_finished = False
@@ -136,6 +160,11 @@ class BtyApp(App[int]):
         """The active screen, or None while the app shuts down (a late timer or message must
         not fail on the empty screen stack)."""
         return self.screen_stack[-1] if self.screen_stack else None
+
+    @property
+    def busy(self) -> bool:
+        """A flash or a capture is running: quitting cancels it first, no shell."""
+        return self.flashing or self.capturing
 
     def _unwind(self, depth: int = 1) -> None:
         """Pop screens until `depth` remain (1: the Images screen)."""
@@ -208,11 +237,12 @@ class BtyApp(App[int]):
             return  # already stopping: a second signal must not cut the wipe short
         self.stop_signal = signum
         code = exit_code_for_signal(signum)
-        if not self.flashing:
+        if not self.busy:
             self.stop_note = f"bty tui: stopped by {signal_name(signum)}; no flash was running, nothing was written"
             self.exit(code, return_code=code)
             return
-        self.note(f"{signal_name(signum)} received: cancelling the flash, then exiting")
+        what = "capture" if self.capturing else "flash"
+        self.note(f"{signal_name(signum)} received: cancelling the {what}, then exiting")
         self._quit_when_finished = True
         self._request_cancel()
 
@@ -239,7 +269,7 @@ class BtyApp(App[int]):
             self.push_screen(LogScreen(self.log_lines))
 
     async def action_quit(self) -> None:
-        if not self.flashing:
+        if not self.busy:
             self.exit(0)
             return
 
@@ -248,12 +278,12 @@ class BtyApp(App[int]):
                 self._quit_when_finished = True
                 self._request_cancel()
 
-        self.push_screen(CancelDialog(self._progress.plan.disk.path if self._progress else "the disk"), answered)
+        self.push_screen(self._progress.cancel_dialog() if self._progress else CancelDialog("the disk"), answered)
 
     def action_shell(self) -> None:
         from bty_live.errors import SHELL_EXIT_CODE
 
-        if not self.flashing:
+        if not self.busy:
             self.exit(SHELL_EXIT_CODE, return_code=SHELL_EXIT_CODE)
 
     # -- the flow: image -> disk -> plan -> confirm -> flash ---------------------------------------
@@ -344,13 +374,14 @@ class BtyApp(App[int]):
         if self._progress is not None:
             self._progress.show_event(message.event)
 
-    @on(ProgressScreen.CancelRequested)
+    @on(RunProgressScreen.CancelRequested)
     def _cancel_requested(self) -> None:
         self._request_cancel()
 
     def _request_cancel(self) -> None:
-        if self.flashing and not self._cancel.is_set():
-            self.note("cancel requested: the engine stops, then wipes the target")
+        if self.busy and not self._cancel.is_set():
+            self.note("cancel requested: the capture stops, then removes its partial image" if self.capturing
+                      else "cancel requested: the engine stops, then wipes the target")
             self._cancel.set()
             if self._progress is not None:
                 self._progress.show_cancelling()
@@ -386,17 +417,26 @@ class BtyApp(App[int]):
     def _step_chosen(self, message: StepChosen) -> None:
         step = message.step
         if step == NextStep.ANOTHER_IMAGE:
-            self._unwind(1)
-            images = self.top
-            if isinstance(images, ImagesScreen):
-                images.action_reload()
+            self._back_to_images()
         elif step == NextStep.ANOTHER_DISK and self._entry is not None:
             self._unwind(1)
             self.push_screen(self._disks_screen(self._entry))
+        elif step == NextStep.CAPTURE_DISK:
+            self._unwind(1)
+            self.action_capture()
+        elif step == NextStep.FLASH_CAPTURED and self._captured is not None:
+            self._list_captured(self._captured)
         elif step == NextStep.SHELL:
             self.action_shell()
         elif step in (NextStep.REBOOT, NextStep.POWEROFF):
             self._ask_power(step)
+
+    def _back_to_images(self) -> None:
+        """The Images screen, its list read again (the image a capture made highlighted)."""
+        self._unwind(1)
+        images = self.top
+        if isinstance(images, ImagesScreen):
+            images.reload(highlight=str(self._captured) if self._captured is not None else None)
 
     def _ask_power(self, step: NextStep) -> None:
         """Reboot or power off once the user says yes (a stray key must not take the machine down)."""
@@ -417,6 +457,147 @@ class BtyApp(App[int]):
             return
         self.notify(f"{verb.capitalize()}: asked the system to {verb}...")
 
+    # -- capture: disk -> name and trim -> plan -> confirm -> capture -> the new image ---------------
+
+    def action_capture(self) -> None:
+        """Capture a disk of this machine into the images directory (from the Images screen)."""
+        if self.busy or not isinstance(self.top, ImagesScreen):
+            return
+        self.push_screen(CaptureDisksScreen(lambda: self.backend.assess_for_capture(self.images_dir),
+                                            where=str(self.images_dir)))
+
+    @on(CaptureDisksScreen.Chosen)
+    def _capture_disk_chosen(self, message: CaptureDisksScreen.Chosen) -> None:
+        self.push_screen(CaptureFormScreen(message.disk, self.images_dir,
+                                           default_image_name(message.disk, self.clock())))
+
+    @on(CaptureFormScreen.Submitted)
+    def _capture_submitted(self, message: CaptureFormScreen.Submitted) -> None:
+        screen = self.top
+        if not isinstance(screen, CaptureFormScreen):
+            return
+        self._capture_planning = screen
+        screen.show_planning(True)
+        self.note(f"planning the capture of {message.disk.path} into {message.output}"
+                  + (" (trimmed)" if message.trim else ""))
+        self._plan_capture(message.disk, message.output, CaptureOptions(trim=message.trim))
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _plan_capture(self, disk: Disk, output: Path, options: CaptureOptions) -> None:
+        """`prepare_capture`, as `bty capture` calls it: the disk judged by the read rules, its
+        head, partition table and filesystems read, the free space measured."""
+        try:
+            draft = self.backend.plan_capture(disk, output, options)
+        except Exception as exc:  # noqa: BLE001 - shown on the Error screen, whatever it is
+            self.post_message(CapturePlanned(None, exc))
+            return
+        self.post_message(CapturePlanned(draft, None))
+
+    @on(CapturePlanned)
+    def _capture_planned(self, message: CapturePlanned) -> None:
+        screen, self._capture_planning = self._capture_planning, None
+        top = self.top
+        if not isinstance(top, CaptureFormScreen) or top is not screen:
+            return  # the user went back meanwhile
+        top.show_planning(False)
+        if message.error is not None or message.draft is None:
+            error = message.error or RuntimeError("no capture plan")
+            self.note(f"refused: {error}")
+            self.push_screen(ErrorScreen(error, list(self.log_lines)[-6:], can_retry_disk=True, capture=True))
+            return
+        if message.draft.no_room:
+            self.note(f"refused: {message.draft.no_room}")
+        self.push_screen(CaptureConfirmScreen(message.draft))
+
+    @on(CaptureConfirmScreen.Confirmed)
+    def _capture_confirmed(self, message: CaptureConfirmScreen.Confirmed) -> None:
+        self.start_capture(message.plan)
+
+    def start_capture(self, plan: CapturePlan) -> None:
+        self._unwind(1)
+        self._cancel = threading.Event()
+        self._quit_when_finished = False
+        self.capturing = True
+        self._captured = None
+        for line in plan.describe():
+            self.note(f"plan: {line}")
+        self._progress = CaptureProgressScreen(plan, clock=self.clock)
+        self.push_screen(self._progress)
+        self._capture(plan, self._cancel)
+
+    @work(thread=True, exclusive=True, group="flash", exit_on_error=False)
+    def _capture(self, plan: CapturePlan, cancel: threading.Event) -> None:
+        """The capture engine, on this worker's thread; its events reach the Progress screen as
+        the flash's do. It saves its receipt itself."""
+        def forward(event: Event) -> None:
+            self.post_message(FlashEvent(event))
+
+        try:
+            result = self.backend.capture(plan, EventThrottle(forward), cancel)
+        except Exception as exc:  # noqa: BLE001 - every failure is shown on the Error screen
+            self.post_message(CaptureFinished(None, exc))
+            return
+        self.post_message(CaptureFinished(result, None))
+
+    @on(CaptureFinished)
+    def _capture_finished(self, message: CaptureFinished) -> None:
+        self.capturing = False
+        progress, self._progress = self._progress, None
+        if self._quit_when_finished:  # quit during the capture: it was cancelled, as Ctrl-C in the CLI
+            code = CANCELLED_EXIT_CODE
+            if self.stop_signal is not None:
+                code = exit_code_for_signal(self.stop_signal)
+                self.stop_note = self._capture_stopped_note(message)
+            self.exit(code, return_code=code)
+            return
+        if self.top is None:
+            return  # shutting down
+        if progress is not None:
+            while self.top is not progress and len(self.screen_stack) > 1:
+                self.pop_screen()  # a dialog, the help or the log over the Progress screen
+        if message.result is not None:
+            receipt = message.result.receipt
+            self._captured = Path(receipt.output)
+            self.note(f"captured {receipt.output}; manifest {message.result.manifest}"
+                      + (f"; receipt saved to {receipt.saved_to}" if receipt.saved_to else ""))
+            self.switch_screen(CaptureDoneScreen(message.result))
+            images = self.screen_stack[0]
+            if isinstance(images, ImagesScreen):
+                images.reload(highlight=receipt.output)  # listed by the time the user goes back
+        else:
+            error = message.error or RuntimeError("the capture ended without a result")
+            self.switch_screen(ErrorScreen(error, list(self.log_lines)[-6:], can_retry_disk=True, capture=True))
+
+    def _capture_stopped_note(self, message: CaptureFinished) -> str:
+        name = signal_name(self.stop_signal or signal.SIGTERM)
+        if message.result is not None:
+            return f"bty tui: stopped by {name} after the capture had finished: {message.result.receipt.output}"
+        cause = error_cause(message.error) if message.error is not None else "the capture ended without a result"
+        return f"bty tui: stopped by {name}: {cause}"
+
+    @work(thread=True, exclusive=True, group="images-lookup", exit_on_error=False)
+    def _list_captured(self, output: Path) -> None:
+        """"Flash it now": the new image as the catalog describes it (its frames walked)."""
+        try:
+            entries = self.backend.list_images(self.images_dir)
+        except Exception as exc:  # noqa: BLE001 - told on the Images screen
+            self.post_message(CapturedListed(output, None, str(exc)))
+            return
+        entry = next((e for e in entries if e.path.resolve() == output.resolve()), None)
+        problem = f"it is not listed in {self.images_dir}" if entry is None else entry.problem
+        self.post_message(CapturedListed(output, entry, problem))
+
+    @on(CapturedListed)
+    def _captured_listed(self, message: CapturedListed) -> None:
+        if not isinstance(self.top, CaptureDoneScreen):
+            return  # the user went elsewhere meanwhile
+        self._back_to_images()
+        if message.entry is None or message.problem:
+            self.notify(f"{message.output.name} cannot be flashed: {message.problem}", severity="error")
+            return
+        self._entry = message.entry
+        self.push_screen(self._disks_screen(message.entry))
+
     # -- hot-plug --------------------------------------------------------------------------------
 
     @on(DiskHotplug)
@@ -425,18 +606,18 @@ class BtyApp(App[int]):
         if event.action != "changed":
             self.note(f"disk {event.action}: {event.path}")
         screen = self.top
-        if isinstance(screen, DisksScreen):
+        if isinstance(screen, (DisksScreen, CaptureDisksScreen)):
             if self._rescan_timer is not None:
                 self._rescan_timer.stop()
             self._rescan_timer = self.set_timer(RESCAN_DELAY, self._rescan_disks)
-        elif isinstance(screen, ConfirmScreen) and event.name == screen.plan.disk.name \
+        elif isinstance(screen, (ConfirmScreen, CaptureConfirmScreen)) and event.name == screen.plan.disk.name \
                 and event.action != "changed":
             screen.disk_changed()
 
     def _rescan_disks(self) -> None:
         self._rescan_timer = None
         screen = self.top
-        if isinstance(screen, DisksScreen):
+        if isinstance(screen, (DisksScreen, CaptureDisksScreen)):
             screen.rescan()
 
 

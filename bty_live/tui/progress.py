@@ -51,6 +51,8 @@ class EventThrottle:
 #: the phases a flash goes through, in order, as the progress checklist shows them (tuning is
 #: added when the plan has a task)
 STEPS: tuple[Phase, ...] = (Phase.WRITE, Phase.VERIFY, Phase.FIXUP, Phase.TUNE)
+#: the phases whose PROGRESS and END events carry byte counts: a flash's two, a capture's one
+_COUNTED = (Phase.WRITE, Phase.VERIFY, Phase.CAPTURE)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class FlashProgress:
     total: int | None = None
     rate: float = 0.0
     eta: float | None = None
-    #: of the write phase: data bytes written, and bytes zero-filled with BLKZEROOUT
+    #: of the write phase: data bytes written, and bytes zero-filled with BLKZEROOUT; of a
+    #: capture: the image file's bytes written, and the disk's bytes in all-zero MiB
     written: int = 0
     zeroed: int = 0
     #: time.time() of the first event: elapsed time counts from here
@@ -74,21 +77,27 @@ class FlashProgress:
     cancelling: bool = False
     #: the plan runs a tuning task after the fix-ups
     tuning: bool = False
+    #: a capture (`bty capture`), not a flash: one step, reading the disk into the image
+    capture: bool = False
 
     @property
     def steps(self) -> tuple[Phase, ...]:
+        if self.capture:
+            return (Phase.CAPTURE,)
         return STEPS if self.tuning else tuple(p for p in STEPS if p != Phase.TUNE)
 
     def apply(self, event: Event) -> FlashProgress:
         state = self if self.started is not None else replace(self, started=event.timestamp)
         if event.kind == Kind.START:
             state = replace(state, phase=event.phase, done=0, total=event.total, rate=0.0, eta=None)
-        elif event.kind in (Kind.PROGRESS, Kind.END) and event.phase in (Phase.WRITE, Phase.VERIFY):
+        elif event.kind in (Kind.PROGRESS, Kind.END) and event.phase in _COUNTED:
             state = replace(state, phase=event.phase, done=event.bytes_out, total=event.total or state.total,
                             rate=event.rate, eta=event.eta)
             if event.phase == Phase.WRITE:
                 state = replace(state, written=event.bytes_out - event.zero_bytes, zeroed=event.zero_bytes)
-        if event.kind == Kind.END and event.phase in STEPS:
+            elif event.phase == Phase.CAPTURE:
+                state = replace(state, written=event.bytes_in, zeroed=event.zero_bytes)
+        if event.kind == Kind.END and event.phase in self.steps:
             state = replace(state, finished={**state.finished, event.phase: event.elapsed})
         if event.kind == Kind.END and event.phase == Phase.DONE:
             state = replace(state, phase=Phase.DONE, eta=0.0)

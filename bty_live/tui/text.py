@@ -114,8 +114,9 @@ def disk_ids(item: Assessed) -> str:
     return "  ".join(parts) or "no ids reported"
 
 
-def disk_prompt(item: Assessed) -> Text:
-    """Name, size, transport, model, serial; then the ids, or why the disk must not be written."""
+def disk_prompt(item: Assessed, refused: str = "not eligible") -> Text:
+    """Name, size, transport, model, serial; then the ids, or why the disk must not be written
+    (or read, for a capture: `refused` says which)."""
     disk = item.disk
     model = " ".join(part for part in (disk.vendor, disk.model) if part) or "-"
     text = Text()
@@ -126,7 +127,7 @@ def disk_prompt(item: Assessed) -> Text:
     if item.eligible:
         text.append("  " + clip(disk_ids(item), ROW_WIDTH - 2).rstrip(), style="dim")
     else:
-        text.append(indented("not eligible: " + "; ".join(item.reasons)), style="red")
+        text.append(indented(f"{refused}: " + "; ".join(item.reasons)), style="red")
     return text
 
 
@@ -163,6 +164,7 @@ _HEADINGS = {
     Phase.VERIFY: "Verifying: reading the disk back",
     Phase.FIXUP: "Fixing up the partition table",
     Phase.TUNE: "Tuning the written system (CIJOE)",
+    Phase.CAPTURE: "Capturing: reading the disk into the image",
     Phase.DONE: "Done",
     Phase.FAILED: "Failed",
 }
@@ -187,15 +189,19 @@ class ProgressParts(NamedTuple):
 def progress_parts(state: FlashProgress, *, now: float, width: int = ROW_WIDTH) -> ProgressParts:
     heading = _HEADINGS.get(state.phase, str(state.phase))
     if state.cancelling and state.phase not in (Phase.DONE, Phase.FAILED):
-        heading = "Cancelling: stopping, then wiping the disk"
+        heading = ("Cancelling: stopping, then removing the partial image" if state.capture
+                   else "Cancelling: stopping, then wiping the disk")
     fraction = state.fraction
     percent = f"{fraction:4.0%}" if fraction is not None else "    "
     bar_line = Text(bar(fraction, width - 6), style="green")
     bar_line.append(f" {percent}", style="bold")
     total = format_size(state.total) if state.total else "?"
     numbers = (f"{format_size(state.done)} of {total}   {format_rate(state.rate)}   "
-               f"ETA {format_clock(state.eta)}   elapsed {format_clock(state.elapsed(now))}\n"
-               f"written {format_size(state.written)}   zero-filled {format_size(state.zeroed)}")
+               f"ETA {format_clock(state.eta)}   elapsed {format_clock(state.elapsed(now))}\n")
+    if state.capture:
+        numbers += f"image file {format_size(state.written)}   all-zero MiB {format_size(state.zeroed)}"
+    else:
+        numbers += f"written {format_size(state.written)}   zero-filled {format_size(state.zeroed)}"
     marks = []
     for step in state.steps:
         if step in state.finished:
@@ -258,15 +264,40 @@ _ADVICE: tuple[tuple[type[BaseException], str, str], ...] = (
 )
 
 
-def error_heading(exc: BaseException) -> str:
-    for cls, heading, _ in _ADVICE:
+#: the same for a capture (`bty capture`): the disk is only read, the image file is what is at stake
+_CAPTURE_ADVICE: tuple[tuple[type[BaseException], str, str], ...] = (
+    (errors.Cancelled, "Cancelled",
+     "The capture stopped and its partial image was removed; the disk was not changed."),
+    (errors.SelectorError, "The disk was not found",
+     "Choose the disk again from the list."),
+    (errors.TargetRefusedError, "This disk may not be captured",
+     "Choose another disk, or free this one (unmount it, stop what uses it) from the shell."),
+    (errors.TargetVanishedError, "The disk disappeared",
+     "Plug the disk back in (check its cable and power), then capture it again."),
+    (errors.TargetIOError, "Reading the disk or writing the image failed",
+     "The cause says which: make room in the images directory, or check the disk (dmesg) from the shell."),
+    (ToolError, "A required tool is missing or failed",
+     "Open the shell to investigate; the tool's own words are in the details."),
+    (errors.UsageError, "The capture cannot be done this way",
+     "Go back and change the name or the trim option; the cause says what was wrong."),
+    (errors.BtyError, "The capture failed",
+     "See the details and the log, then try again."),
+)
+
+
+def _advice(capture: bool) -> tuple[tuple[type[BaseException], str, str], ...]:
+    return _CAPTURE_ADVICE if capture else _ADVICE
+
+
+def error_heading(exc: BaseException, *, capture: bool = False) -> str:
+    for cls, heading, _ in _advice(capture):
         if isinstance(exc, cls):
             return heading
     return "Internal error"
 
 
-def next_steps(exc: BaseException) -> str:
-    for cls, _, advice in _ADVICE:
+def next_steps(exc: BaseException, *, capture: bool = False) -> str:
+    for cls, _, advice in _advice(capture):
         if isinstance(exc, cls):
             return advice
     return "This is a bug: open the shell, rerun with BTY_DEBUG=1 and report it with the details below."
@@ -279,10 +310,11 @@ def error_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def error_details(exc: BaseException, log_tail: Sequence[str]) -> str:
+def error_details(exc: BaseException, log_tail: Sequence[str], *, capture: bool = False) -> str:
     from bty_live.errors import exit_code_for
 
-    lines = [f"`bty flash` exit code: {exit_code_for(exc)} ({type(exc).__name__}, kind {getattr(exc, 'kind', '-')})"]
+    command = "bty capture" if capture else "bty flash"
+    lines = [f"`{command}` exit code: {exit_code_for(exc)} ({type(exc).__name__}, kind {getattr(exc, 'kind', '-')})"]
     if isinstance(exc, errors.BtyError) and exc.aftermath:
         lines.append(f"afterwards: {exc.aftermath}")
     if not isinstance(exc, errors.BtyError):

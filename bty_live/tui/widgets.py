@@ -26,12 +26,12 @@ class CellScrollBarRender(ScrollBarRender):
 
 
 class TitleBar(Static):
-    """One line: the product, the screen's name, and where the user is."""
+    """One line: the product, the screen's name, and where the user is (cut at the edge)."""
 
     def __init__(self, screen_name: str, detail: str = "") -> None:
         text = Text.assemble(("bty-live", "bold"), " \u00b7 ", (screen_name, "bold"))
         if detail:
-            text.append(f"   {detail}")
+            text.append(f"   {detail}")  # cut at the screen's edge (.title), never wrapped out of sight
         super().__init__(text, classes="title")
 
 

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "render": set(),
     # front-ends: everything below, never one another
     "stick": {"system", "image", "disk", "tune", "flash", "capture", "render", "protocol"},
-    "tui": {"system", "image", "disk", "tune", "flash", "render", "stick"},
+    "tui": {"system", "image", "disk", "tune", "flash", "capture", "render", "stick"},
     "agent": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
     "server": {"system", "image", "disk", "tune", "flash", "render", "protocol"},
     # the CLI's dispatch reaches every front-end

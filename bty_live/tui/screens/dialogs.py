@@ -65,6 +65,22 @@ class CancelDialog(YesNoDialog):
         self.target = target
 
 
+class CaptureCancelDialog(YesNoDialog):
+    """Asks before cancelling a capture (nothing on the disk is at stake, only the image file)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes, cancel"),
+        Binding("n,escape", "answer(False)", "No", key_display="n"),
+    ]
+
+    def __init__(self, partial: str) -> None:
+        super().__init__("Cancel the capture?",
+                         f"The capture stops and {partial} is removed: no image is made. The disk is "
+                         "not changed.",
+                         "No, keep capturing", "Yes, cancel the capture")
+        self.partial = partial
+
+
 class PowerDialog(YesNoDialog):
     """Asks before a reboot or power-off."""
 
@@ -87,6 +103,10 @@ bty-live writes a disk image onto a disk and proves it landed.
                failed flash wipes the disk so it never looks bootable.
   5. Done      the receipt. a flashes another, b reboots, o powers off (both
                ask first: y/n), s opens a shell.
+
+  c on the Images screen captures a disk of this machine into the images
+  directory: choose the disk, name the image, confirm; the new image is
+  listed, ready to flash.
 
 Keys:  arrows move, Enter chooses, Esc goes back, l (or F2) shows the log of
 the engine's events, ? (or F1) shows this help, s opens a shell, ^q quits.

@@ -25,22 +25,28 @@ class ErrorScreen(NextStepsScreen):
         Binding("s", "step('shell')", "Shell"),
     ]
 
-    def __init__(self, error: BaseException, log_tail: list[str], *, can_retry_disk: bool) -> None:
+    def __init__(self, error: BaseException, log_tail: list[str], *, can_retry_disk: bool,
+                 capture: bool = False) -> None:
         super().__init__()
         self.error = error
         self.log_tail = log_tail
         self.can_retry_disk = can_retry_disk
+        #: a capture failed, not a flash: its advice, and "choose another disk" means one to read
+        self.capture = capture
 
     def compose(self) -> ComposeResult:
-        yield TitleBar("Error")
+        capture = self.capture
+        yield TitleBar("Error", "capture" if capture else "")
         with VerticalScroll(id="cause"):
-            text = Text(error_heading(self.error) + "\n", style="bold red")
+            text = Text(error_heading(self.error, capture=capture) + "\n", style="bold red")
             text.append(error_cause(self.error) + "\n\n")
             text.append("What to do: ", style="bold")
-            text.append(next_steps(self.error))
+            text.append(next_steps(self.error, capture=capture))
             yield Static(text)
-            yield Static(error_details(self.error, self.log_tail), id="details", classes="details")
-        steps = [Option("Choose another disk", id=NextStep.ANOTHER_DISK)] if self.can_retry_disk else []
+            yield Static(error_details(self.error, self.log_tail, capture=capture), id="details",
+                         classes="details")
+        retry = NextStep.CAPTURE_DISK if capture else NextStep.ANOTHER_DISK
+        steps = [Option("Choose another disk", id=retry)] if self.can_retry_disk else []
         steps += [
             Option("Start over: choose an image", id=NextStep.ANOTHER_IMAGE),
             Option("Show the details", id=NextStep.DETAILS),

@@ -27,6 +27,7 @@ class ImagesScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "reload", "Reload"),
+        Binding("c", "app.capture", "Capture"),
         Binding("s", "app.shell", "Shell"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -51,6 +52,10 @@ class ImagesScreen(Screen[None]):
         self.known_good = known_good
         self.where = where
         self.entries: dict[str, CatalogEntry] = {}
+        #: the image to highlight once the list is read again (a capture just made it)
+        self.prefer: str | None = None
+        #: how many times the list has been shown (tests wait on this, not on time)
+        self.loads = 0
 
     def compose(self) -> ComposeResult:
         yield TitleBar("Images", self.where)
@@ -64,6 +69,11 @@ class ImagesScreen(Screen[None]):
         self.action_reload()
 
     def action_reload(self) -> None:
+        self._read()
+
+    def reload(self, highlight: str | None = None) -> None:
+        """Read the images directory again, then highlight `highlight` (a path) if it is listed."""
+        self.prefer = highlight
         self._read()
 
     @work(thread=True, exclusive=True, group="images")
@@ -83,19 +93,20 @@ class ImagesScreen(Screen[None]):
     @on(Loaded)
     def _show(self, message: Loaded) -> None:
         choices = self.query_one(Choices)
-        keep = choices.highlighted_id
+        keep, self.prefer = self.prefer or choices.highlighted_id, None
         self.entries = {str(entry.path): entry for entry, _ in message.rows}
         choices.set_options(
             Option(image_prompt(entry, good), id=str(entry.path), disabled=entry.problem is not None)
             for entry, good in message.rows
         )
         choices.highlight_id(keep)
+        self.loads += 1
         status = self.query_one("#status", Static)
         if message.problem:
             status.update(message.problem)
         elif not message.rows:
             status.update(f"No images in {self.where}: copy some there (`bty images add FILE` writes "
-                          "their manifests), then press r.")
+                          "their manifests) and press r, or press c to capture a disk.")
         else:
             usable = sum(1 for entry, _ in message.rows if entry.problem is None)
             status.update(f"{usable} of {len(message.rows)} images can be flashed. "

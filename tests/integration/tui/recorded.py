@@ -7,9 +7,12 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bty_live.capture.engine import CaptureResult
+from bty_live.capture.plan import CaptureOptions, CapturePlan, Space, worst_case_bytes
+from bty_live.capture.receipt import CaptureReceipt
 from bty_live.disk.eligibility import Assessed
 from bty_live.disk.model import Disk, Partition
-from bty_live.errors import DigestMismatchError
+from bty_live.errors import Cancelled, DigestMismatchError
 from bty_live.events import Event, EventSink, Kind, Phase
 from bty_live.flash.plan import FlashOptions, FlashPlan, make_plan
 from bty_live.flash.receipt import Receipt
@@ -20,7 +23,7 @@ from bty_live.image.partitions import Partition as ImagePartition
 from bty_live.image.partitions import PartitionTable
 from bty_live.image.source import ImageSource
 from bty_live.image.sources import RawStream
-from bty_live.tui.backend import Backend, Watcher
+from bty_live.tui.backend import Backend, CaptureDraft, Watcher
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -211,5 +214,66 @@ def recorded_backend() -> Backend:
         flash=_replay,
         save_receipt=_no_save,
         watch_disks=_no_watcher,
+        assess_for_capture=lambda directory: list(CAPTURE_ASSESSED),
+        plan_capture=lambda disk, output, options: CAPTURE_DRAFT,
+        capture=_capture_replay,
     )
 
+
+
+# -- a capture of the NVMe disk into the stick's images partition ---------------------------------
+
+CAPTURE_ASSESSED = [
+    Assessed(NVME, ()),
+    Assessed(SDA, ("has /srv mounted (from sda1); unmount it first, a mounted filesystem changes while it is read",)),
+    Assessed(STICK, ("holds the images directory /run/bty/images (its filesystem is on this disk): write the "
+                     "capture to another disk",
+                     "has /run/bty/live mounted (from sdb1), /run/bty/images mounted (from sdb2); unmount them "
+                     "first, a mounted filesystem changes while it is read")),
+    Assessed(CARD, ()),
+]
+CAPTURE_NAME = "WD_Blue_SN570_1TB-22413F801234-2026-11-25"
+CAPTURE_OUTPUT = IMAGES_DIR / f"{CAPTURE_NAME}.img.zst"
+CAPTURE_LENGTH = 918 * GiB
+CAPTURE_TABLE = PartitionTable(scheme="gpt", sector_size=512, partitions=(
+    ImagePartition(1, MiB, 512 * MiB, "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "EFI System"),
+    ImagePartition(2, 513 * MiB, 900 * GiB, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "Linux root (x86-64)"),
+    ImagePartition(3, 901 * GiB, 16 * GiB, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", "Linux swap"),
+))
+CAPTURE_PLAN = CapturePlan(
+    disk=NVME, disk_size=NVME.size, output=CAPTURE_OUTPUT, options=CaptureOptions(trim=True), length=CAPTURE_LENGTH,
+    head=b"", table=CAPTURE_TABLE, filesystems={}, patches=(), name=CAPTURE_NAME, os="debian-12", arch="x86_64",
+    space=Space(free=180 * GiB, worst_case=worst_case_bytes(CAPTURE_LENGTH), in_use=118 * GiB + 31 * MiB),
+)
+CAPTURE_DRAFT = CaptureDraft(CAPTURE_PLAN, no_room=None)
+
+
+def capture_events() -> list[Event]:
+    """A capture of the NVMe disk, recorded at a third of the way."""
+    return [
+        Event(Phase.PLAN, Kind.INFO, message=f"capturing /dev/nvme0n1 (918 GiB) into {CAPTURE_OUTPUT}", timestamp=T0),
+        Event(Phase.CAPTURE, Kind.START, total=CAPTURE_LENGTH,
+              message=f"reading /dev/nvme0n1 into {CAPTURE_OUTPUT.name}.partial", timestamp=T0 + 0.1),
+        Event(Phase.CAPTURE, Kind.PROGRESS, bytes_in=41 * GiB, bytes_out=306 * GiB, total=CAPTURE_LENGTH,
+              zero_bytes=212 * GiB, rate=1.31e9, eta=502.0, elapsed=251.0, timestamp=T0 + 4.9),
+    ]
+
+
+def _capture_replay(plan: CapturePlan, sink: EventSink, cancel: threading.Event) -> CaptureResult:
+    """The recorded capture, then a stall until cancelled: the Progress screen stays at a third."""
+    for event in capture_events():
+        sink(event)
+    cancel.wait()
+    raise Cancelled("cancelled by the user")
+
+
+CAPTURE_RECEIPT = CaptureReceipt(
+    result="ok", disk_path="/dev/nvme0n1", disk_model=NVME.model, disk_serial=NVME.serial, disk_wwn=NVME.wwn,
+    disk_size=NVME.size, disk_transport="nvme", disk_by_id=list(NVME.by_id), output=str(CAPTURE_OUTPUT),
+    manifest=f"{CAPTURE_OUTPUT}.toml", image_name=CAPTURE_NAME, image_size=CAPTURE_LENGTH, trimmed=True,
+    partition_table="gpt", bytes_read=CAPTURE_LENGTH, zero_bytes=790 * GiB, compressed_size=52 * GiB,
+    frames=117504, blake3=DIGEST, sha256="5d" * 32, level=3, seconds=742.0,
+    started_at="2026-11-25T12:00:00+00:00", finished_at="2026-11-25T12:12:22+00:00", host="lab-pc-17",
+    saved_to=str(IMAGES_DIR / "receipts" / f"20261125T121222-capture-{CAPTURE_NAME}-nvme0n1.json"),
+)
+CAPTURE_RESULT = CaptureResult(CAPTURE_RECEIPT, Path(f"{CAPTURE_OUTPUT}.toml"))

@@ -10,6 +10,12 @@ from textual.pilot import Pilot
 from bty_live.tui.app import BtyApp, make_app
 from bty_live.tui.screens import (
     CancelDialog,
+    CaptureCancelDialog,
+    CaptureConfirmScreen,
+    CaptureDisksScreen,
+    CaptureDoneScreen,
+    CaptureFormScreen,
+    CaptureProgressScreen,
     ConfirmScreen,
     DisksScreen,
     DoneScreen,
@@ -127,6 +133,54 @@ async def log_view(pilot: Pilot[int]) -> None:
     await pilot.pause()
 
 
+async def capture_disks(pilot: Pilot[int]) -> None:
+    await images(pilot)
+    await pilot.press("c")
+    await wait_for_screen(pilot, CaptureDisksScreen)
+    screen = pilot.app.screen
+    assert isinstance(screen, CaptureDisksScreen)
+    await wait_for(pilot, lambda: screen.scans > 0, "the disks")
+    await pilot.pause()
+
+
+async def capture_form(pilot: Pilot[int]) -> None:
+    await capture_disks(pilot)
+    await pilot.press("enter")  # the first disk that can be captured
+    await wait_for_screen(pilot, CaptureFormScreen)
+    await pilot.pause()
+
+
+async def capture_confirm(pilot: Pilot[int]) -> None:
+    await capture_form(pilot)
+    await pilot.press("enter")
+    await wait_for_screen(pilot, CaptureConfirmScreen)
+    await pilot.pause()
+
+
+async def capture_progress(pilot: Pilot[int]) -> None:
+    await capture_confirm(pilot)
+    await pilot.press("enter")
+    await wait_for_screen(pilot, CaptureProgressScreen)
+    screen = pilot.app.screen
+    assert isinstance(screen, CaptureProgressScreen)
+    await wait_for(pilot, lambda: screen.progress.done > 0, "the recorded progress")
+    await pilot.pause()
+
+
+async def capture_cancel(pilot: Pilot[int]) -> None:
+    await capture_progress(pilot)
+    await pilot.press("escape")
+    await wait_for_screen(pilot, CaptureCancelDialog)
+    await pilot.pause()
+
+
+async def capture_done(pilot: Pilot[int]) -> None:
+    await images(pilot)
+    pilot.app.push_screen(CaptureDoneScreen(recorded.CAPTURE_RESULT))
+    await wait_for_screen(pilot, CaptureDoneScreen)
+    await pilot.pause()
+
+
 SCREENS: dict[str, Setup] = {
     "images": images,
     "disks": disks,
@@ -139,6 +193,12 @@ SCREENS: dict[str, Setup] = {
     "error-details": error_details,
     "help": help_screen,
     "log": log_view,
+    "capture-disks": capture_disks,
+    "capture-form": capture_form,
+    "capture-confirm": capture_confirm,
+    "capture-progress": capture_progress,
+    "capture-cancel-dialog": capture_cancel,
+    "capture-done": capture_done,
 }
 
 
