@@ -9,16 +9,13 @@ a run of an image on a machine; flashing the capture is.
 from __future__ import annotations
 
 import json
-import os
-import re
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bty_live import __version__
-from bty_live.system.state_dirs import default_receipts_dir
+from bty_live.flash.receipt import receipt_path, write_receipt
 from bty_live.units import format_duration, format_rate, format_size
 
 
@@ -78,16 +75,7 @@ class CaptureReceipt:
 
 
 def save_capture_receipt(receipt: CaptureReceipt, directory: Path | None = None, path: Path | None = None) -> Path:
-    """Write the receipt as JSON (atomically) and remember where it went."""
+    """Write the receipt as JSON (atomically) beside the flash receipts, and remember where it went."""
     if path is None:
-        directory = directory or default_receipts_dir()
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        disk = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(receipt.disk_path))
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", receipt.image_name)
-        path = directory / f"{stamp}-capture-{name}-{disk}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    receipt.saved_to = str(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(receipt.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        path = receipt_path(directory, receipt.image_name, receipt.disk_path, kind="capture")
+    return write_receipt(receipt, path)

@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bty_live import __version__
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
@@ -101,12 +101,28 @@ class Receipt:
 
 def save_receipt(receipt: Receipt, directory: Path | None = None, path: Path | None = None) -> Path:
     """Write the receipt as JSON (atomically) and remember where it went."""
-    if path is None:
-        directory = directory or default_receipts_dir()
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(receipt.target_path))
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", receipt.image_name)
-        path = directory / f"{stamp}-{name}-{target}.json"
+    return write_receipt(receipt, receipt_path(directory, receipt.image_name, receipt.target_path) if path is None
+                         else path)
+
+
+class SavedJson(Protocol):
+    """A receipt of any kind (a flash's, a capture's): JSON, and where it was saved."""
+
+    saved_to: str | None
+
+    def to_json(self) -> str: ...
+
+
+def receipt_path(directory: Path | None, image_name: str, disk_path: str, kind: str = "") -> Path:
+    """DIR/STAMP-[KIND-]IMAGE-DISK.json, in `directory` or the default receipts directory."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    disk = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(disk_path))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", image_name)
+    return (directory or default_receipts_dir()) / f"{stamp}-{kind + '-' if kind else ''}{name}-{disk}.json"
+
+
+def write_receipt(receipt: SavedJson, path: Path) -> Path:
+    """Write `receipt` to `path` atomically (a temporary file renamed) and remember where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)
     receipt.saved_to = str(path)
     tmp = path.with_name(f".{path.name}.tmp")
