@@ -147,6 +147,3 @@ def open_virtual_disk(disk: VirtualDisk) -> ToolStream:
             "]", "-"]
     return ToolStream(argv)
 
-
-def describe(disk: VirtualDisk) -> str:
-    return f"{disk.format} virtual disk of {format_size(disk.virtual_size)}"
