@@ -146,4 +146,3 @@ def open_virtual_disk(disk: VirtualDisk) -> ToolStream:
             "nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", QEMU_DRIVERS[disk.format], str(disk.path),
             "]", "-"]
     return ToolStream(argv)
-
