@@ -119,3 +119,14 @@ def restore_signal_mask(mask: set[int]) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Stop signals wait (blocked, not lost) until the block ends: for a wipe, a rename, a record
+    that a second Ctrl-C must not cut short."""
+    mask = block_stop_signals()
+    try:
+        yield
+    finally:
+        restore_signal_mask(mask)

@@ -31,7 +31,7 @@ from bty_live.disk.eligibility import capture_context, require_readable
 from bty_live.errors import BtyError, TargetRefusedError, stopped_by
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.image.manifest import manifest_path_for, write_manifest
-from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
+from bty_live.signals import interrupt_signal, stop_signals_blocked
 from bty_live.units import format_size
 
 
@@ -81,11 +81,8 @@ class _Run:
             return CaptureResult(receipt, manifest)
         except BaseException as exc:
             error = _as_error(exc)
-            mask = block_stop_signals()  # a second signal must not cut the clean-up short
-            try:
+            with stop_signals_blocked():  # a second signal must not cut the clean-up short
                 self._fail(exc, error)
-            finally:
-                restore_signal_mask(mask)
             if error is not None and error is not exc:
                 raise error from exc
             raise
@@ -160,16 +157,14 @@ class _Run:
         plan = self.plan
         manifest = capture_manifest(plan, blake3=copy.digest, sha256=copy.sha256,
                                     captured_at=self.started_at.isoformat(timespec="seconds"))
-        mask = block_stop_signals()
-        try:
-            os.replace(plan.partial, plan.output)
-            self.renamed = True
-            path = write_manifest(plan.output, manifest)
-            _fsync_dir(plan.output.parent)
-        except OSError as exc:
-            raise output_error(plan.output.name, exc) from exc
-        finally:
-            restore_signal_mask(mask)
+        with stop_signals_blocked():
+            try:
+                os.replace(plan.partial, plan.output)
+                self.renamed = True
+                path = write_manifest(plan.output, manifest)
+                _fsync_dir(plan.output.parent)
+            except OSError as exc:
+                raise output_error(plan.output.name, exc) from exc
         self.info(f"wrote {plan.output.name} and its manifest {path.name}", Phase.DONE)
         return path
 

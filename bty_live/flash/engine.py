@@ -45,7 +45,7 @@ from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
 from bty_live.image.source import FILE_DIGEST_ONLY
-from bty_live.signals import block_stop_signals, interrupt_signal, restore_signal_mask
+from bty_live.signals import interrupt_signal, stop_signals_blocked
 from bty_live.system.machine import read_machine_identity
 from bty_live.tune import TuneResult, run_tuning
 from bty_live.units import format_size
@@ -120,11 +120,8 @@ class _Run:
             return FlashResult(receipt, record)
         except BaseException as exc:
             error = self._as_error(exc)
-            mask = block_stop_signals()  # a second signal must not cut the wipe or the record short
-            try:
+            with stop_signals_blocked():  # a second signal must not cut the wipe or the record short
                 self._fail(exc, error)
-            finally:
-                restore_signal_mask(mask)
             if error is not None and error is not exc:
                 raise error from exc
             raise
