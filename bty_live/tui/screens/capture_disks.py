@@ -6,15 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from textual.app import ComposeResult
 from textual.message import Message
-from textual.widgets import Static
 
 from bty_live.disk.eligibility import Assessed
 from bty_live.disk.model import Disk
 from bty_live.tui.screens.disk_list import DiskListScreen
-from bty_live.tui.text import DISK_COLUMNS
-from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 
 
 class CaptureDisksScreen(DiskListScreen):
@@ -31,12 +27,8 @@ class CaptureDisksScreen(DiskListScreen):
         super().__init__(assess)
         self.where = where
 
-    def compose(self) -> ComposeResult:
-        yield TitleBar("Capture", f"the disk to read into {self.where}")
-        yield Static(DISK_COLUMNS, classes="columns")
-        yield Choices(id="disks")
-        yield Static("Looking for disks...", id="status")
-        yield KeyHints()
+    def heading(self) -> tuple[str, str]:
+        return "Capture", f"the disk to read into {self.where}"
 
     def status(self, usable: int, total: int) -> str:
         if not usable:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from textual import on, work
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
@@ -16,8 +17,8 @@ from textual.widgets.option_list import Option
 
 from bty_live.disk.eligibility import Assessed
 from bty_live.errors import BtyError
-from bty_live.tui.text import disk_prompt
-from bty_live.tui.widgets import Choices
+from bty_live.tui.text import DISK_COLUMNS, disk_prompt
+from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 
 
 class DiskListScreen(Screen[None]):
@@ -40,6 +41,17 @@ class DiskListScreen(Screen[None]):
         self.disks: dict[str, Assessed] = {}
         #: how many scans have been shown (tests wait on this, not on time)
         self.scans = 0
+
+    def compose(self) -> ComposeResult:
+        yield TitleBar(*self.heading())
+        yield Static(DISK_COLUMNS, classes="columns")
+        yield Choices(id="disks")
+        yield Static("Looking for disks...", id="status")
+        yield KeyHints()
+
+    def heading(self) -> tuple[str, str]:
+        """The title bar: the screen's name and what the disk is for."""
+        raise NotImplementedError
 
     def on_mount(self) -> None:
         self.query_one(Choices).focus()  # now, not once scanned: the key hints are right from the first frame

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import Static
 
@@ -13,8 +12,6 @@ from bty_live.disk.eligibility import Assessed
 from bty_live.disk.model import Disk
 from bty_live.image.catalog import CatalogEntry
 from bty_live.tui.screens.disk_list import DiskListScreen
-from bty_live.tui.text import DISK_COLUMNS
-from bty_live.tui.widgets import Choices, KeyHints, TitleBar
 from bty_live.units import format_size
 
 
@@ -33,13 +30,9 @@ class DisksScreen(DiskListScreen):
         #: set by the app while it plans the chosen disk: further choices are ignored meanwhile
         self.planning = False
 
-    def compose(self) -> ComposeResult:
+    def heading(self) -> tuple[str, str]:
         size = format_size(self.entry.size) if self.entry.size is not None else "size unknown"
-        yield TitleBar("Disks", f"for {self.entry.name} ({size})")
-        yield Static(DISK_COLUMNS, classes="columns")
-        yield Choices(id="disks")
-        yield Static("Looking for disks...", id="status")
-        yield KeyHints()
+        return "Disks", f"for {self.entry.name} ({size})"
 
     def status(self, usable: int, total: int) -> str:
         if not usable:
