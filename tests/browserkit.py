@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -23,6 +24,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = None if CHROMIUM and CHROMEDRIVER else "chromium and chromium-driver are not installed (make setup)"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "ui-screenshots"
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -41,8 +43,11 @@ def chromium() -> Iterator[WebDriver]:
 
 
 def wait_until(driver: WebDriver, what: str, check: Callable[[WebDriver], object], timeout: float = 15) -> None:
+    """Poll `check` until it is true. The event stream swaps rows in whole, so an element read a
+    moment ago may be gone (stale): that poll is simply tried again."""
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
+        WebDriverWait(driver, timeout, poll_frequency=0.1,
+                      ignored_exceptions=[StaleElementReferenceException]).until(check)
     except TimeoutException:
         raise AssertionError(f"{what} within {timeout:.0f} s; the page shows: "
                              f"{driver.find_element(By.TAG_NAME, 'body').text[:1500]!r}") from None
@@ -66,12 +71,22 @@ def log_in(driver: WebDriver, url: str, token: str) -> None:
     wait_until(driver, "the machines page", lambda d: d.title.startswith("Machines"))
 
 
+def fresh(read: Callable[[], T]) -> T:
+    """`read()`, again when a row was swapped in while it ran (a stale element)."""
+    for _ in range(20):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return read()
+
+
 def tick(driver: WebDriver, mac: str) -> None:
-    driver.find_element(By.CSS_SELECTOR, f"#{row_id(mac)} input[type=checkbox]").click()
+    fresh(lambda: driver.find_element(By.CSS_SELECTOR, f"#{row_id(mac)} input[type=checkbox]").click())
 
 
 def ticked(driver: WebDriver, mac: str) -> bool:
-    return driver.find_element(By.CSS_SELECTOR, f"#{row_id(mac)} input[type=checkbox]").is_selected()
+    return fresh(lambda: driver.find_element(By.CSS_SELECTOR, f"#{row_id(mac)} input[type=checkbox]").is_selected())
 
 
 def assign(driver: WebDriver, image: str, disk: str, machines: int) -> None:
@@ -85,13 +100,17 @@ def assign(driver: WebDriver, image: str, disk: str, machines: int) -> None:
 
 
 def row_text(driver: WebDriver, mac: str) -> str:
-    rows = driver.find_elements(By.ID, row_id(mac))
-    return rows[0].text if rows else ""
+    def read() -> str:
+        rows = driver.find_elements(By.ID, row_id(mac))
+        return rows[0].text if rows else ""
+    return fresh(read)
 
 
 def status_of(driver: WebDriver, mac: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, f"#{row_id(mac)} .status")
-    return found[0].text if found else ""
+    def read() -> str:
+        found = driver.find_elements(By.CSS_SELECTOR, f"#{row_id(mac)} .status")
+        return found[0].text if found else ""
+    return fresh(read)
 
 
 def progress_of(driver: WebDriver, mac: str) -> int | None:
