@@ -20,6 +20,7 @@ The live stick carries `qemu-utils` (qemu-img, qemu-nbd) and `libnbd-bin` (nbdco
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,22 @@ class VirtualDisk:
 
 
 def inspect_virtual_disk(path: Path, fmt: str) -> VirtualDisk:
-    """What `qemu-img info` says of the file, refusing what would make QEMU open other files."""
+    """What `qemu-img info` says of the file, refusing what would make QEMU open other files.
+    Listing, planning, the head, the partition table and the copy all ask: the qemu-img runs are
+    made once per version of the file (its size and mtime); a refusal is not remembered."""
+    try:
+        st = path.stat()
+    except OSError:
+        return _inspect(path, fmt)
+    return _inspected(path, fmt, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _inspected(path: Path, fmt: str, size: int, mtime_ns: int) -> VirtualDisk:
+    return _inspect(path, fmt)
+
+
+def _inspect(path: Path, fmt: str) -> VirtualDisk:
     info = _qemu_img_info(path, fmt)
     name = path.name
     backing = info.get("backing-filename") or info.get("full-backing-filename")
