@@ -337,15 +337,39 @@ class BtyApp(App[int]):
         self.start_flash(message.plan)
 
     def start_flash(self, plan: FlashPlan) -> None:
+        self.flashing = True
+        self._flash(plan, self._begin_run(plan.describe(), ProgressScreen(plan, clock=self.clock)))
+
+    def _begin_run(self, plan_lines: list[str], progress: RunProgressScreen) -> threading.Event:
+        """A flash or a capture starts: back to the first screen, a fresh cancel event, the plan
+        in the log, the Progress screen on top. Returns the cancel event for the worker."""
         self._unwind(1)
         self._cancel = threading.Event()
         self._quit_when_finished = False
-        self.flashing = True
-        for line in plan.describe():
+        for line in plan_lines:
             self.note(f"plan: {line}")
-        self._progress = ProgressScreen(plan, clock=self.clock)
-        self.push_screen(self._progress)
-        self._flash(plan, self._cancel)
+        self._progress = progress
+        self.push_screen(progress)
+        return self._cancel
+
+    def _end_run(self, stopped_note: Callable[[], str]) -> bool:
+        """A flash or a capture ended: exit when the user quit (or a signal stopped it) meanwhile,
+        else close what covers the Progress screen. False when there is nothing left to show
+        (exiting, shutting down): the caller then shows no result."""
+        progress, self._progress = self._progress, None
+        if self._quit_when_finished:  # quit during the run: it was cancelled, as Ctrl-C in the CLI
+            code = CANCELLED_EXIT_CODE
+            if self.stop_signal is not None:
+                code = exit_code_for_signal(self.stop_signal)
+                self.stop_note = stopped_note()
+            self.exit(code, return_code=code)
+            return False
+        if self.top is None:
+            return False  # shutting down
+        if progress is not None:
+            while self.top is not progress and len(self.screen_stack) > 1:
+                self.pop_screen()  # a dialog, the help or the log over the Progress screen
+        return True
 
     @work(thread=True, exclusive=True, group="flash", exit_on_error=False)
     def _flash(self, plan: FlashPlan, cancel: threading.Event) -> None:
@@ -389,19 +413,8 @@ class BtyApp(App[int]):
     @on(FlashFinished)
     def _flash_finished(self, message: FlashFinished) -> None:
         self.flashing = False
-        progress, self._progress = self._progress, None
-        if self._quit_when_finished:  # quit during the flash: it was cancelled, as Ctrl-C in the CLI
-            code = CANCELLED_EXIT_CODE
-            if self.stop_signal is not None:
-                code = exit_code_for_signal(self.stop_signal)
-                self.stop_note = self._stopped_note(message)
-            self.exit(code, return_code=code)
+        if not self._end_run(lambda: self._stopped_note(message)):
             return
-        if self.top is None:
-            return  # shutting down
-        if progress is not None:
-            while self.top is not progress and len(self.screen_stack) > 1:
-                self.pop_screen()  # a dialog, the help or the log over the Progress screen
         if message.receipt is not None:
             note = (f"receipt saved to {message.saved_to}" if message.saved_to
                     else f"the receipt could not be saved ({message.save_error})")
@@ -514,16 +527,9 @@ class BtyApp(App[int]):
         self.start_capture(message.plan)
 
     def start_capture(self, plan: CapturePlan) -> None:
-        self._unwind(1)
-        self._cancel = threading.Event()
-        self._quit_when_finished = False
         self.capturing = True
         self._captured = None
-        for line in plan.describe():
-            self.note(f"plan: {line}")
-        self._progress = CaptureProgressScreen(plan, clock=self.clock)
-        self.push_screen(self._progress)
-        self._capture(plan, self._cancel)
+        self._capture(plan, self._begin_run(plan.describe(), CaptureProgressScreen(plan, clock=self.clock)))
 
     @work(thread=True, exclusive=True, group="flash", exit_on_error=False)
     def _capture(self, plan: CapturePlan, cancel: threading.Event) -> None:
@@ -542,19 +548,8 @@ class BtyApp(App[int]):
     @on(CaptureFinished)
     def _capture_finished(self, message: CaptureFinished) -> None:
         self.capturing = False
-        progress, self._progress = self._progress, None
-        if self._quit_when_finished:  # quit during the capture: it was cancelled, as Ctrl-C in the CLI
-            code = CANCELLED_EXIT_CODE
-            if self.stop_signal is not None:
-                code = exit_code_for_signal(self.stop_signal)
-                self.stop_note = self._capture_stopped_note(message)
-            self.exit(code, return_code=code)
+        if not self._end_run(lambda: self._capture_stopped_note(message)):
             return
-        if self.top is None:
-            return  # shutting down
-        if progress is not None:
-            while self.top is not progress and len(self.screen_stack) > 1:
-                self.pop_screen()  # a dialog, the help or the log over the Progress screen
         if message.result is not None:
             receipt = message.result.receipt
             self._captured = Path(receipt.output)
