@@ -405,3 +405,27 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
+
+
+# -- `bty flash` of a network image, as the URL and OCI tests run it -------------------------------
+
+
+def bty_flash(image: str, target: Any, tmp_path: Path, *extra: str) -> int:
+    """`bty flash IMAGE TARGET --yes`, its receipt and ledger in `tmp_path`; `target` is a path or a
+    loop device (anything with `.path`)."""
+    from bty_live import cli
+
+    return cli.main(["flash", image, str(getattr(target, "path", target)), "--yes",
+                     "--receipt", str(tmp_path / "receipt.json"), "--ledger", str(tmp_path / "ledger.jsonl"), *extra])
+
+
+def receipt_of(tmp_path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((tmp_path / "receipt.json").read_text())
+    return data
+
+
+def one_line(err: str) -> str:
+    """The whole of stderr, which must be one line (a failure before the plan was printed)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]

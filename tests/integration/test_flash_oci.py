@@ -24,7 +24,7 @@ from bty_live.image.manifest import load_manifest
 from bty_live.image.source import FILE_DIGEST_ONLY
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file
-from tests.netkit import CutProxy
+from tests.netkit import CutProxy, bty_flash, one_line, receipt_of
 from tests.ocikit import GATE_TOKEN, AuthFile, Registry, running_gate, running_registry
 
 pytestmark = pytest.mark.skipif(not shutil.which("docker-registry") and not os.path.exists("/usr/bin/docker-registry"),
@@ -71,22 +71,6 @@ def target_file(tmp_path: Path, size: int = IMAGE_SIZE) -> Path:
     path = tmp_path / "target.img"
     path.write_bytes(OLD * size)
     return path
-
-
-def bty_flash(ref: str, target: Path | str, tmp_path: Path, *extra: str) -> int:
-    return cli.main(["flash", ref, str(target), "--yes", "--receipt", str(tmp_path / "receipt.json"),
-                     "--ledger", str(tmp_path / "ledger.jsonl"), *extra])
-
-
-def receipt_of(tmp_path: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads((tmp_path / "receipt.json").read_text())
-    return data
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def equals(target: Path, raw: Path) -> bool:

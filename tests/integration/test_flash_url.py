@@ -5,7 +5,6 @@ presigned URL's query string never leaves the request; TLS is verified."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from bty_live.flash.ledger import read_ledger
 from bty_live.image.manifest import load_manifest
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, looks_blank, read_device
-from tests.netkit import CutProxy, FileServer, self_signed_certificate, serving_files
+from tests.netkit import CutProxy, FileServer, bty_flash, one_line, receipt_of, self_signed_certificate, serving_files
 
 IMAGE_SIZE = 64 * MiB
 OLD_DATA = b"\xa5"  # what the loop devices hold before a flash: a wipe must zero it
@@ -71,23 +70,6 @@ def publish(site: Path, image: Path, *, manifest: bool) -> Path:
     if manifest:
         assert cli.main(["images", "add", str(served)]) == 0
     return served
-
-
-def bty_flash(url: str, loop: LoopDevice, tmp_path: Path, *extra: str) -> int:
-    return cli.main(["flash", url, loop.path, "--yes", "--receipt", str(tmp_path / "receipt.json"),
-                     "--ledger", str(tmp_path / "ledger.jsonl"), *extra])
-
-
-def receipt_of(tmp_path: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads((tmp_path / "receipt.json").read_text())
-    return data
-
-
-def one_line(err: str) -> str:
-    """The whole of stderr, which must be one line (a failure before the plan was printed)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def last_line(err: str) -> str:
