@@ -21,10 +21,9 @@ from bty_live.image.manifest import load_manifest
 from bty_live.stick import unattended_capture
 from bty_live.stick.unattended import After, CaptureRequest, Consoles, UnattendedRequest, parse_cmdline
 from bty_live.stick.unattended_capture import default_capture_name, run_unattended_capture
-from bty_live.system.actions import SystemActions
-from bty_live.system.machine import MachineIdentity
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image
+from tests.integration.test_unattended import Recorder, _machine
 
 IMAGE_SIZE = 32 * MiB
 NOW = datetime(2026, 12, 3, 23, 30, tzinfo=UTC)
@@ -49,19 +48,6 @@ def golden(raw_image: Path, make_loop: Callable[..., LoopDevice]) -> LoopDevice:
     loop = make_loop(IMAGE_SIZE)
     subprocess.run(["dd", f"if={raw_image}", f"of={loop.path}", "bs=4M", "oflag=direct", "status=none"], check=True)
     return loop
-
-
-def _machine() -> MachineIdentity:
-    return MachineIdentity(vendor="QEMU", product="Standard PC", serial="SN1", uuid="uuid-1", board=None)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def actions(self) -> SystemActions:
-        return SystemActions(reboot=lambda: self.calls.append("reboot"),
-                             poweroff=lambda: self.calls.append("poweroff"))
 
 
 def capture_request(cmdline: str) -> CaptureRequest:
