@@ -48,7 +48,8 @@ requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loo
 
 @pytest.fixture
 def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
-    """Factory: make_loop(size, *, read_only=False, sector_size=512, backing_dir=None, fill=None).
+    """Factory: make_loop(size, *, read_only=False, sector_size=512, backing_dir=None, fill=None,
+    direct_io=False).
 
     Creates a sparse backing file (or one filled with `fill` bytes repeated) and attaches it.
     Every device is detached at the end of the test, by path: a test must not detach a
@@ -64,6 +65,7 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
         backing_dir: Path | None = None,
         fill: bytes | None = None,
         name: str | None = None,
+        direct_io: bool = False,
     ) -> LoopDevice:
         directory = backing_dir or tmp_path
         backing = directory / (name or f"disk{len(created)}.img")
@@ -78,6 +80,8 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
         args = ["-f", "--show", "--sector-size", str(sector_size)]
         if read_only:
             args.append("--read-only")
+        if direct_io:  # the loop reads and writes its file with O_DIRECT, as a disk would: no page cache
+            args.append("--direct-io=on")
         path = _losetup(*args, str(backing))
         loop = LoopDevice(path=path, backing_file=backing)
         created.append(loop)

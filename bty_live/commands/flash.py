@@ -70,7 +70,9 @@ What happens:
      ranges are zeroed by the device (BLKZEROOUT) instead of written, so holes read back as
      zeroes too. The disk is opened exclusively and its identity re-checked before the first write.
   4. verify: the stream digest must equal the manifest's; then (default) the disk is read back
-     with O_DIRECT and must hash the same (--verify readback|stream|off).
+     with O_DIRECT and must hash the same (--verify readback|stream|off). The read-back runs
+     behind the write: every 256 MiB written, the disk is flushed and that window read back
+     while the next one is written (--readback-after: one pass after the whole write).
   5. fix-ups: a GPT image on a larger disk gets its backup GPT moved to the disk's end;
      --grow extends the last partition to the end of the disk (not its filesystem).
   6. tune: when the manifest names a CIJOE task (or --tune TASK), the written system's root
@@ -106,6 +108,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--verify", choices=[m.value for m in VerifyMode], default=VerifyMode.READBACK.value,
                         help="readback (default): stream digest + O_DIRECT read-back; stream: digest of the "
                         "decompressed stream only; off: no comparison")
+    parser.add_argument("--readback-after", action="store_true",
+                        help="read the disk back in one pass after the whole write, instead of window by window "
+                        "behind it (each window flushed first)")
     parser.add_argument("--grow", action="store_true", help="grow the last partition to the end of the disk")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--dry-run", "-n", action="store_true",
@@ -133,6 +138,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def build_plan(args: argparse.Namespace) -> FlashPlan:
     options = FlashOptions(
         verify=VerifyMode(args.verify),
+        readback_behind=not args.readback_after,
         grow=args.grow,
         zeroout=False if args.no_zeroout else None,
         preflight=False if args.no_preflight else None,

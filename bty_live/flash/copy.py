@@ -32,6 +32,7 @@ import zstandard
 
 from bty_live.errors import DigestMismatchError, SourceCorruptError, TargetRefusedError
 from bty_live.flash.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
+from bty_live.flash.profile import StageTime, since_start, waiting
 from bty_live.flash.target import ZEROOUT_PIECE, TargetInfo
 from bty_live.image.formats import ImageReader
 from bty_live.image.sources import RawStream
@@ -65,6 +66,10 @@ class CopyResult:
     digest: str  # blake3 of the decompressed image
     seconds: float
     parallel_frames: bool
+    #: each stage's busy and waiting time, and when the first image byte was written
+    #: (seconds since the process started; bty_live.flash.profile)
+    stages: tuple[StageTime, ...] = ()
+    first_write: float | None = None
 
 
 class WriteTarget(Protocol):
@@ -119,7 +124,11 @@ class WritePass:
         extra_consumer: StreamConsumer | None = None,
         cancel: threading.Event | None = None,
         workers: int | None = None,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_written(end)` is called by the writer each time every byte of the image before
+        `end` has been handed to the target (pwrite or BLKZEROOUT returned): the read-back
+        behind the write (bty_live.flash.readback.ReadbackPass.release) follows it."""
         self.reader = reader
         self.target = target
         self.expected_size = expected_size
@@ -140,6 +149,8 @@ class WritePass:
         self._zero_start = 0  # pending zero extent [start, start + length)
         self._zero_length = 0
         self._size = 0
+        self._on_written = on_written
+        self._first_write: float | None = None
 
     @property
     def name(self) -> str:
@@ -165,6 +176,8 @@ class WritePass:
             digest=self._hasher.hexdigest(),
             seconds=time.monotonic() - started,
             parallel_frames=self.frames is not None,
+            stages=tuple(self.runner.stages),
+            first_write=self._first_write,
         )
 
     # -- stage 1: the source ------------------------------------------------------------------
@@ -237,6 +250,8 @@ class WritePass:
             padded = length + (-length) % block
             if padded != length:  # the image ends mid-sector: pad the last write with zeroes
                 buf.view[length:padded] = bytes(padded - length)
+            if self._first_write is None:
+                self._first_write = since_start()
             if self.use_zeroout:
                 self._write_sparse(buf, padded)
             else:
@@ -244,6 +259,8 @@ class WritePass:
                 self.counters.written += padded
             self.counters.bytes_out = buf.offset + length
             self._pool.release(buf)
+            if self._on_written is not None:  # a zero extent still pending is not written yet
+                self._on_written(self._zero_start if self._zero_length else buf.offset + length)
         self._flush_zeroes()
         self.target.flush()
 
@@ -337,7 +354,7 @@ class _ParallelFrames:
             self._put(None)
 
     def _put(self, job: _FrameJob | None) -> None:
-        with self.jobs_lock:
+        with self.jobs_lock, waiting("output"):
             while len(self.jobs) >= self.owner.workers * 2:
                 if self.owner.runner.abort.is_set():
                     raise Aborted
@@ -346,7 +363,7 @@ class _ParallelFrames:
             self.jobs_lock.notify_all()
 
     def _take(self) -> _FrameJob | None:
-        with self.jobs_lock:
+        with self.jobs_lock, waiting("input"):
             while not self.jobs:
                 if self.owner.runner.abort.is_set():
                     raise Aborted
@@ -387,10 +404,11 @@ class _ParallelFrames:
 
     def _emit_in_order(self, job: _FrameJob) -> None:
         with self.emit_lock:
-            while self.next_seq != job.seq:
-                if self.owner.runner.abort.is_set():
-                    raise Aborted
-                self.emit_lock.wait(POLL)
+            with waiting("output"):  # a frame before this one is still being decompressed
+                while self.next_seq != job.seq:
+                    if self.owner.runner.abort.is_set():
+                        raise Aborted
+                    self.emit_lock.wait(POLL)
             self.owner._emit(job.buf)
             self.next_seq += 1
             self.emit_lock.notify_all()

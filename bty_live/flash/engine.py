@@ -38,9 +38,10 @@ from bty_live.flash.fixups import check_partition_table, fix_partition_table
 from bty_live.flash.ledger import LedgerRecord, PhaseTracker, append_record, make_record
 from bty_live.flash.plan import FlashPlan, VerifyMode
 from bty_live.flash.preflight import preflight_if_wanted
-from bty_live.flash.readback import readback_digest
+from bty_live.flash.profile import FlashProfile
+from bty_live.flash.readback import ReadbackPass, readback_digest
 from bty_live.flash.receipt import Receipt, save_receipt
-from bty_live.flash.target import BlockTarget
+from bty_live.flash.target import BlockTarget, zeroout_pays
 from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
@@ -88,6 +89,9 @@ class _Run:
         #: the image's first and last MiB, held until everything else is written and verified
         self.deferred: list[DeferredRegion] = []
         self.copy: CopyResult | None = None  # the write pass's result, once it is done
+        #: the read-back running behind the write (verify readback, unless the plan says after)
+        self.readback: ReadbackPass | None = None
+        self.profile = FlashProfile()
         #: the file's digest as computed while it streamed (when the image has one to match)
         self.file_hash: str | None = None
         #: the receipt's file_check: None without a file digest, else "not reached" until checked
@@ -126,6 +130,8 @@ class _Run:
                 raise error from exc
             raise
         finally:
+            if self.readback is not None:  # before the regions it lays over are released
+                self.readback.stop()
             release(self.deferred)
             if self.target is not None:
                 self.target.close()
@@ -208,6 +214,7 @@ class _Run:
         # here until the commit, a power cut leaves a disk that no firmware or tool takes as whole
         target.wipe_signatures((image.size,) if image.size else ())
         self.deferred = plan_regions(image.size, target.info.logical_block_size)
+        self.readback = self._readback_behind(target)
         # the file's own digest is taken from the bytes the reader reads: one sequential reader
         file_hasher = None
         if image.file_digest is not None and plan.options.verify != VerifyMode.OFF:
@@ -219,9 +226,11 @@ class _Run:
                 DeferringTarget(target, self.deferred),
                 expected_size=image.size,
                 frames=None if file_hasher else image.frames,
-                use_zeroout=plan.options.zeroout,
+                use_zeroout=(zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
+                             if plan.options.zeroout is None else plan.options.zeroout),
                 extra_consumer=extra,
                 cancel=self.cancel,
+                on_written=self.readback.release if self.readback is not None else None,
             )
             result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
             if file_hasher is not None:
@@ -229,6 +238,8 @@ class _Run:
                 self.file_hash = file_hasher.hexdigest()
         self.phases["write"] = result.seconds
         self.copy = result
+        self.profile.first_write = result.first_write
+        self.profile.add(list(result.stages))
         meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
                   message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
         return result
@@ -283,21 +294,38 @@ class _Run:
                                 f"({expected[:16]}...)")
         return "match"
 
+    def _readback_behind(self, target: BlockTarget) -> ReadbackPass | None:
+        """The read-back that follows the write window by window, when the plan wants one."""
+        options = self.plan.options
+        if options.verify != VerifyMode.READBACK or not options.readback_behind:
+            return None
+        target.drop_cache()
+        return ReadbackPass(target.path, cancel=self.cancel, overlay=lambda: overlay(self.deferred)).start()
+
     def _readback(self, copy: CopyResult) -> str:
         if self.plan.options.verify != VerifyMode.READBACK:
             return "skipped"
         assert self.target is not None
-        self.target.drop_cache()
+        started = time.monotonic()
         meter = ProgressMeter(self.sink, Phase.VERIFY, copy.size)
-        meter.start(f"reading back {format_size(copy.size)} from {self.target.path}")
-        result = readback_digest(
-            self.target.path,
-            copy.size,
-            tick=lambda c: meter.update(0, c.bytes_hashed),
-            cancel=self.cancel,
-            overlay=overlay(self.deferred),
-        )
-        self.phases["verify"] = result.seconds
+        if self.readback is not None:
+            done = self.readback.counters.bytes_hashed
+            meter.start(f"reading back {format_size(copy.size)} from {self.target.path} "
+                        f"({format_size(done)} already, behind the write)")
+            self.readback.finish(copy.size)
+            result = self.readback.wait(lambda c: meter.update(0, c.bytes_hashed))
+        else:
+            self.target.drop_cache()
+            meter.start(f"reading back {format_size(copy.size)} from {self.target.path}")
+            result = readback_digest(
+                self.target.path,
+                copy.size,
+                tick=lambda c: meter.update(0, c.bytes_hashed),
+                cancel=self.cancel,
+                overlay=overlay(self.deferred),
+            )
+        self.phases["verify"] = time.monotonic() - started  # behind the write: what it added after it
+        self.profile.add(list(result.stages))
         meter.end(0, result.size, digest=result.digest)
         if result.digest != copy.digest:
             raise VerifyError(
@@ -415,4 +443,5 @@ class _Run:
             download=plan.image.download(copy.bytes_in if copy else 0),
             file_digest=plan.image.file_digest.text if plan.image.file_digest else None,
             file_check=self.file_check,
+            profile=self.profile.to_dict(),
         )

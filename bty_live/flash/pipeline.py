@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bty_live.errors import Cancelled, stopped_by
+from bty_live.flash.profile import StageTime, stage_clock, waiting
 from bty_live.signals import interrupt_signal
 
 POLL = 0.05  # seconds a blocked stage waits before re-checking the abort flag
@@ -49,15 +50,16 @@ class BufferPool:
             self._free.put(buf)
 
     def acquire(self, abort: threading.Event, consumers: int) -> Buffer:
-        while True:
-            if abort.is_set():
-                raise Aborted
-            try:
-                buf = self._free.get(timeout=POLL)
-            except queue.Empty:
-                continue
-            buf.pending = consumers
-            return buf
+        with waiting("output"):  # every buffer is still downstream: the consumers are slower
+            while True:
+                if abort.is_set():
+                    raise Aborted
+                try:
+                    buf = self._free.get(timeout=POLL)
+                except queue.Empty:
+                    continue
+                buf.pending = consumers
+                return buf
 
     def release(self, buf: Buffer) -> None:
         with buf.lock:
@@ -83,26 +85,32 @@ class Channel:
         self._abort = abort
 
     def put(self, item: Buffer | None) -> None:
-        while True:
-            if self._abort.is_set():
-                raise Aborted
-            try:
-                self._queue.put(item, timeout=POLL)
-                return
-            except queue.Full:
-                continue
+        with waiting("output"):
+            while True:
+                if self._abort.is_set():
+                    raise Aborted
+                try:
+                    self._queue.put(item, timeout=POLL)
+                    return
+                except queue.Full:
+                    continue
 
     def __iter__(self) -> Iterator[Buffer]:
         while True:
-            if self._abort.is_set():
-                raise Aborted
-            try:
-                item = self._queue.get(timeout=POLL)
-            except queue.Empty:
-                continue
+            with waiting("input"):
+                item = self._get()
             if item is None:
                 return
             yield item
+
+    def _get(self) -> Buffer | None:
+        while True:
+            if self._abort.is_set():
+                raise Aborted
+            try:
+                return self._queue.get(timeout=POLL)
+            except queue.Empty:
+                continue
 
 
 class StageRunner:
@@ -114,15 +122,20 @@ class StageRunner:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: each stage's busy and waiting time (bty_live.flash.profile)
+        self.stages: list[StageTime] = []
 
     def start(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=self._guard, args=(target,), name=f"bty-{name}", daemon=True)
+        stage = StageTime(name)
+        self.stages.append(stage)
+        thread = threading.Thread(target=self._guard, args=(target, stage), name=f"bty-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
 
-    def _guard(self, target: Callable[[], None]) -> None:
+    def _guard(self, target: Callable[[], None], stage: StageTime) -> None:
         try:
-            target()
+            with stage_clock(stage):
+                target()
         except Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
@@ -133,6 +146,11 @@ class StageRunner:
             if self._error is None:
                 self._error = exc
         self.abort.set()
+
+    def join(self, timeout: float = 5) -> None:
+        """Wait for the stages to end (after an abort, each ends within POLL seconds)."""
+        for thread in self._threads:
+            thread.join(timeout)
 
     def wait(self, tick: Callable[[], None], interval: float = 0.1) -> None:
         """Block until every stage ends, calling `tick` every `interval` seconds.

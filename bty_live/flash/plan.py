@@ -29,6 +29,8 @@ class VerifyMode(StrEnum):
 @dataclass(frozen=True)
 class FlashOptions:
     verify: VerifyMode = VerifyMode.READBACK
+    #: read back behind the write, a window at a time (bty_live.flash.readback); False: one pass after it
+    readback_behind: bool = True
     grow: bool = False
     #: None: use BLKZEROOUT when the device zeroes by itself; True/False force it
     zeroout: bool | None = None

@@ -59,6 +59,9 @@ class Receipt:
     #: that digest against the file's bytes as they streamed: "match", "mismatch", "skipped",
     #: "not reached"; None without a file digest
     file_check: str | None = None
+    #: where the time went (bty_live.flash.profile): {"first_write": seconds from the process start
+    #: to the first image byte written, "stages": [{name, start, end, busy, wait_input, wait_output}]}
+    profile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

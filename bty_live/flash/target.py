@@ -53,6 +53,22 @@ class TargetInfo:
     zeroout_offloaded: bool
     #: a regular file standing in for a disk (tests only: bty_live.disk.file_target)
     regular_file: bool = False
+    #: a loop device over a file without direct I/O: what it holds lives in the file's page cache
+    page_cached: bool = False
+
+
+def zeroout_pays(info: TargetInfo, *, read_back: bool) -> bool:
+    """Whether zero ranges should be zeroed by the device (BLKZEROOUT) rather than written.
+
+    Yes when the device zeroes by itself, except on a loop device over a page-cached file when
+    the disk is read back: there BLKZEROOUT punches holes in the file, and reading them back
+    makes the kernel allocate and clear a page-cache page for every 4 KiB of them, after the
+    write, where writing the zeroes costs the same allocation while the decompressor runs
+    (measured on a 1 GiB image half zeroes: 2.7-2.9 s with BLKZEROOUT, 2.0-2.1 s without).
+    """
+    if not info.zeroout_offloaded:
+        return False
+    return not (info.page_cached and read_back)
 
 
 class BlockTarget:
@@ -112,8 +128,9 @@ class BlockTarget:
         queue = sysfs.block_dir(sysfs.devnum_of(rdev)) / "queue"
         physical = sysfs.read_int(queue / "physical_block_size") or logical
         zeroes = sysfs.read_int(queue / "write_zeroes_max_bytes") or 0
+        loop_dio = sysfs.read_int(queue.parent / "loop" / "dio")
         return TargetInfo(size=size, logical_block_size=logical, physical_block_size=physical,
-                          rdev=rdev, zeroout_offloaded=zeroes > 0)
+                          rdev=rdev, zeroout_offloaded=zeroes > 0, page_cached=loop_dio == 0)
 
     # -- writing -----------------------------------------------------------------------------
 
