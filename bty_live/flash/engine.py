@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bty_live.disk.discovery import find_disk, read_identity
 from bty_live.disk.eligibility import context_for, require_eligible
@@ -34,7 +35,6 @@ from bty_live.errors import (
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.flash.copy import CopyResult, StreamConsumer, WritePass
 from bty_live.flash.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
-from bty_live.flash.fixups import check_partition_table, fix_partition_table
 from bty_live.flash.ledger import LedgerRecord, PhaseTracker, append_record, make_record
 from bty_live.flash.plan import FlashPlan, VerifyMode
 from bty_live.flash.preflight import preflight_if_wanted
@@ -48,8 +48,13 @@ from bty_live.image.remote import NO_DIGEST, UNVERIFIED
 from bty_live.image.source import FILE_DIGEST_ONLY
 from bty_live.signals import interrupt_signal, stop_signals_blocked
 from bty_live.system.machine import read_machine_identity
-from bty_live.tune import TuneResult, run_tuning
 from bty_live.units import format_size
+
+if TYPE_CHECKING:
+    from bty_live.tune import TuneResult
+
+# the fix-ups (pyparted) and tuning (CIJOE, yaml) are imported when they run, after the write:
+# not before the first byte is written (start-up is part of a flash's time)
 
 
 class _BmapConsumer(StreamConsumer):
@@ -344,6 +349,8 @@ class _Run:
                                 + (" and read them back: they match" if check else ""))
 
     def _fixups(self, target: BlockTarget) -> list[str]:
+        from bty_live.flash.fixups import check_partition_table, fix_partition_table
+
         plan = self.plan
         started = time.monotonic()
         self.sink(Event(Phase.FIXUP, Kind.START, message="partition table"))
@@ -370,6 +377,8 @@ class _Run:
         request = self.plan.tune
         if request is None:
             return None
+        from bty_live.tune import run_tuning
+
         assert self.target is not None
         self.target.close()
         result = run_tuning(replace(request, disk=self.plan.target.path, image_blake3=copy.digest), self.sink)
