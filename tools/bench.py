@@ -14,9 +14,11 @@ always exits 0 (unless it cannot run at all). `make bench` runs
 The matrix: every --size x every setup (--loop) is one cell, with its own table, its own checks
 and its own entry in results.json (size and setup named in each heading); the rows of a cell run
 interleaved (the order rotated each round), --runs times each; a cell's figures are medians.
---runs defaults to 3, and `make bench` keeps 3: the user's reference asks for medians of 5, but
-1G + 4G x two setups x ~40 rows takes well over an hour at 3 runs on a 2-core machine already
-(roughly 10 s a row-run at 1G and 4x that at 4G); pass --runs 5 for a reference run.
+--runs defaults to 3, and `make bench` keeps 3: the user's reference asks for medians of 5, but on
+a 2-core machine one round of the 37 rows takes about 3.5 min at 1G (measured, plain loop) and
+about four times that at 4G, so a round of the whole matrix (1G + 4G, both setups) is ~35 min:
+3 runs take ~1 h 45 min, 5 would take ~3 h (plus building the artifacts once). Pass --runs 5 (and
+one --size, one --loop) for a reference run.
 
 Setups (--loop; --buffered-loop is --loop buffered):
   direct    targets attached with `losetup --direct-io=on`: writes reach the storage as on a
