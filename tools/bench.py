@@ -125,6 +125,12 @@ def size_label(size: int) -> str:
     return f"{size}B"
 
 
+def default_bty() -> Path:
+    own = REPO / ".venv" / "bin" / "bty"
+    beside = Path(sys.executable).with_name("bty")
+    return own if own.exists() or not beside.exists() else beside
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=parse_size, nargs="+", default=[parse_size("1G")],
@@ -147,7 +153,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the cached image and its derivatives")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a run is killed")
-    parser.add_argument("--bty", type=Path, default=REPO / ".venv" / "bin" / "bty", help="the bty to measure")
+    parser.add_argument("--bty", type=Path, default=default_bty(),
+                        help="the bty to measure (default: the repository's .venv/bin/bty, else the bty beside "
+                        "this Python, e.g. a git worktree run with the main checkout's venv)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -60,7 +60,11 @@ def print_table(cell: Cell) -> None:
     header = (f"{'tool':<52} {'median s':>9} {'MB/s':>6} {'RSS MiB':>8} {'fsync s':>8} {'write s':>8} "
               f"{'1st wr s':>8} {'/stream':>8} {'/readback':>9}  status")
     print(header + "\n" + "-" * len(header))
+    previous = rows[0].contender.fmt if rows else None
     for row in rows:
+        if row.contender.fmt != previous:  # a thin line between the formats
+            print("  " + "." * (len(header) - 2))
+            previous = row.contender.fmt
         suffix = format_suffix(row, cell.formats)
         stream = row_by_key(rows, f"bty-stream{suffix}") if suffix is not None else None
         readback = row_by_key(rows, f"bty-readback{suffix}") if suffix is not None else None
