@@ -27,7 +27,7 @@ lint: setup
 
 bench: setup
 	$(PY) -m compileall -q bty_live  # bytecode as installed: startup is part of what is measured
-	$(PY) tools/bench.py
+	$(PY) tools/bench.py --size 1G 4G --loop both --runs 3 --markdown bench-out/table.md
 	$(PY) tools/bench_tui.py
 
 bench-server: setup

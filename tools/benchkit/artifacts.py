@@ -1,10 +1,24 @@
-"""What the tools write: the cached image, its zstd files, manifest and bmap, built when missing."""
+"""What the tools write: the cached image, its compressed files with their manifests, and a bmap,
+built when missing.
+
+The formats (`formats` of prepare_artifacts; the single-frame zstd file is always built):
+  zst     X.img.zst, `zstd -T0 -3`: one frame, which only one core can decompress
+  packed  X.packed.img.zst, `bty images pack`: independent 8 MiB frames (still plain zstd)
+  xz      X.img.xz, `xz -T0 -3`: -3, not xz's default -6, to keep the build short (-6 takes
+          several times as long for a few percent); with -T0 xz writes independent blocks, which
+          `xz -dc` (5.4 and later) decompresses on every core, while Python's lzma (bty) uses one
+  gz      X.img.gz, `pigz -6` when installed, else `gzip -6` (Debian's gzip is single-threaded;
+          decompression is single-threaded either way)
+  qcow2   X.qcow2, `qemu-img convert -O qcow2 -c`: compressed clusters, as cloud images ship
+Each compressed file gets its bty manifest (`bty images add FILE` writes FILE.toml).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +42,25 @@ class Artifacts:
     packed_size: int = 0
     qcow2: Path | None = None  # `qemu-img convert -O qcow2 -c`: compressed clusters, as cloud images ship
     qcow2_size: int = 0
+    xz: Path | None = None  # `xz -T0 -3`
+    xz_size: int = 0
+    gz: Path | None = None  # `pigz -6` or `gzip -6` (gz_tool says which)
+    gz_size: int = 0
+    gz_tool: str = "gzip"
 
 
-def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild: bool) -> Artifacts:
+#: what prepare_artifacts builds unless told otherwise (what tools/bench_tui.py needs, and the
+#: bench before xz and gz)
+DEFAULT_FORMATS = ("zst", "packed", "qcow2")
+
+
+def gzip_tool() -> str:
+    """pigz when installed (compresses on every core), else gzip."""
+    return "pigz" if shutil.which("pigz") else "gzip"
+
+
+def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild: bool,
+                      formats: Collection[str] = DEFAULT_FORMATS) -> Artifacts:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{size // MIB}M-fill{round(fill * 100)}"
     image = out_dir / f"{stem}.img"
@@ -39,8 +69,8 @@ def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild:
     bmap = out_dir / f"{stem}.img.bmap"
     built: dict[str, float] = {}
     if rebuild or not image.exists():
-        for stale in (image, zst, manifest, bmap):
-            stale.unlink(missing_ok=True)
+        for stale in out_dir.glob(f"{stem}.*"):  # the image and everything made from it
+            stale.unlink()
         step(f"building {image.name}: {size / MIB:.0f} MiB GPT + ESP + ext4 {fill:.0%} full of host files")
         info = build_disk_image(image, size, fill=fill)
         built["image"] = info.build_seconds
@@ -64,14 +94,14 @@ def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild:
         except (RuntimeError, OSError) as exc:
             print(f"    WARNING: no manifest: {exc}", flush=True)
     packed = out_dir / f"{stem}.packed.img.zst"
-    if not packed.exists() or not packed.with_name(packed.name + ".toml").exists():
+    if "packed" in formats and (not packed.exists() or not packed.with_name(packed.name + ".toml").exists()):
         step(f"bty images pack {image.name} -o {packed.name}")
         try:
             built["pack"] = timed(lambda: run_quiet([str(bty), "images", "pack", str(image), "-o", str(packed)]))
         except (RuntimeError, OSError) as exc:
             print(f"    WARNING: no packed image: {exc}", flush=True)
     qcow2 = out_dir / f"{stem}.qcow2"
-    if not qcow2.exists() or not qcow2.with_name(qcow2.name + ".toml").exists():
+    if "qcow2" in formats and (not qcow2.exists() or not qcow2.with_name(qcow2.name + ".toml").exists()):
         step(f"qemu-img convert -O qcow2 -c {image.name} {qcow2.name}; bty images add {qcow2.name}")
         partial = qcow2.with_name(f".{qcow2.name}.partial")
         try:
@@ -81,12 +111,46 @@ def prepare_artifacts(out_dir: Path, size: int, fill: float, bty: Path, rebuild:
             built["qcow2 manifest"] = timed(lambda: run_quiet([str(bty), "images", "add", str(qcow2)]))
         except (RuntimeError, OSError) as exc:
             print(f"    WARNING: no qcow2 image: {exc}", flush=True)
+    xz = out_dir / f"{stem}.img.xz"
+    if "xz" in formats:
+        built |= compressed_with_manifest(image, xz, ["xz", "-T0", "-3", "-k", "-c", "-q"], bty)
+    gz_tool = gzip_tool()
+    gz = out_dir / f"{stem}.img.gz"
+    if "gz" in formats:
+        built |= compressed_with_manifest(image, gz, [gz_tool, "-6", "-c"], bty)
     return Artifacts(image=image, zst=zst, manifest=manifest, bmap=bmap, image_size=image.stat().st_size,
                      zst_size=zst.stat().st_size, build_seconds=built,
                      packed=packed if packed.exists() else None,
                      packed_size=packed.stat().st_size if packed.exists() else 0,
                      qcow2=qcow2 if qcow2.exists() else None,
-                     qcow2_size=qcow2.stat().st_size if qcow2.exists() else 0)
+                     qcow2_size=qcow2.stat().st_size if qcow2.exists() else 0,
+                     xz=xz if xz.exists() else None, xz_size=xz.stat().st_size if xz.exists() else 0,
+                     gz=gz if gz.exists() else None, gz_size=gz.stat().st_size if gz.exists() else 0,
+                     gz_tool=gz_tool)
+
+
+def compressed_with_manifest(image: Path, out: Path, argv: list[str], bty: Path) -> dict[str, float]:
+    """`argv IMAGE > OUT` and `bty images add OUT`, each when its output is missing; build times."""
+    built: dict[str, float] = {}
+    manifest = out.with_name(out.name + ".toml")
+    if not out.exists():
+        manifest.unlink(missing_ok=True)
+        step(f"compressing: {' '.join(argv)} {image.name} > {out.name}")
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            built[argv[0]] = timed(lambda: run_quiet([*argv, str(image)], stdout=partial))
+            os.replace(partial, out)
+        except (RuntimeError, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            print(f"    WARNING: no {out.name}: {exc}", flush=True)
+            return built
+    if not manifest.exists():
+        step(f"bty images add {out.name}")
+        try:
+            built[f"{argv[0]} manifest"] = timed(lambda: run_quiet([str(bty), "images", "add", str(out)]))
+        except (RuntimeError, OSError) as exc:
+            print(f"    WARNING: no manifest for {out.name}: {exc}", flush=True)
+    return built
 
 
 def compress(image: Path, zst: Path) -> None:

@@ -1,7 +1,8 @@
 """The capture scenario: `bty capture` against `dd iflag=direct | zstd -T0 -3` reading the same disk.
 
-The source is a loop device over the bench image (read-only; --direct-io=on unless the bench
-runs with --buffered-loop, so reads come from the storage as from a real disk). Each run writes
+The source is a loop device over the bench image (read-only; --direct-io=on, so reads come from
+the storage as from a real disk, unless the bench runs with --loop buffered). It runs once per
+image size, on the bench's first setup. Each run writes
 a fresh output file, removed afterwards; the output is checked by decompressing it: it must
 hash (blake3) like the image, and bty's manifest must say that digest.
 """

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tools.mkdiskimage import MIB
 
 TARGET_SLACK = 64 * MIB  # the target is this much larger than the image
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the targets are attached: what a run writes through."""
+
+    name: str  # for --loop, keys and file names
+    direct_io: bool
+    label: str  # spelled out, for table headings
+    markdown: str  # the same, short, for the Markdown table
+
+
+SETUPS = {
+    "direct": Setup("direct", True, "loop --direct-io=on (writes reach the backing file's storage)",
+                    "loop device with `--direct-io=on`"),
+    "buffered": Setup("buffered", False, "plain loop (losetup -f --show FILE: writes land in the page cache)",
+                      "plain loop device (`losetup -f --show FILE`)"),
+}
 
 
 class LoopTargets:
@@ -29,6 +50,20 @@ class LoopTargets:
                                  str(backing)], check=True, capture_output=True, text=True).stdout.strip()
         self.attached[device] = backing
         return device
+
+    def make_durable(self, device: str) -> float:
+        """fsync the device's backing file (what `sync FILE` does); the seconds it took.
+
+        Every run that writes ends with this, whatever the tool did: on a plain loop device the
+        written data sits in the backing file's page cache until then; with --direct-io=on it
+        costs next to nothing, and both setups are measured alike."""
+        started = time.perf_counter()
+        fd = os.open(self.attached[device], os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return time.perf_counter() - started
 
     def release(self, device: str) -> None:
         backing = self.attached.pop(device, None)
