@@ -45,6 +45,8 @@ ZERO_GRANULE = 1 << 20
 MAX_WORKERS = 4
 
 _ZEROS = bytearray(ZERO_GRANULE)
+#: with flush_behind, the target is flushed each time this much more has been written
+FLUSH_WINDOW = 256 << 20
 
 
 @dataclass
@@ -125,10 +127,16 @@ class WritePass:
         cancel: threading.Event | None = None,
         workers: int | None = None,
         on_written: Callable[[int], None] | None = None,
+        flush_behind: bool = False,
     ) -> None:
         """`on_written(end)` is called by the writer each time every byte of the image before
         `end` has been handed to the target (pwrite or BLKZEROOUT returned): the read-back
-        behind the write (bty_live.flash.readback.ReadbackPass.release) follows it."""
+        behind the write (bty_live.flash.readback.ReadbackPass.release) follows it.
+
+        `flush_behind`: a thread flushes the target every FLUSH_WINDOW written, so what a
+        page-cached target (a loop device over a file) holds is written out while the rest is
+        decompressed, not all at the final flush. The read-back behind the write flushes each
+        window itself."""
         self.reader = reader
         self.target = target
         self.expected_size = expected_size
@@ -151,6 +159,10 @@ class WritePass:
         self._size = 0
         self._on_written = on_written
         self._first_write: float | None = None
+        self._flush_behind = flush_behind
+        self._written_end = 0  # every image byte before it has been handed to the target
+        self._writer_done = False
+        self._progress = threading.Condition()
 
     @property
     def name(self) -> str:
@@ -164,6 +176,8 @@ class WritePass:
             _ParallelFrames(self).start()
         self.runner.start("hash", self._hash)
         self.runner.start("write", self._write)
+        if self._flush_behind:
+            self.runner.start("flush", self._flush_windows)
         try:
             self.runner.wait(lambda: tick(self.counters))
         finally:
@@ -259,10 +273,31 @@ class WritePass:
                 self.counters.written += padded
             self.counters.bytes_out = buf.offset + length
             self._pool.release(buf)
-            if self._on_written is not None:  # a zero extent still pending is not written yet
-                self._on_written(self._zero_start if self._zero_length else buf.offset + length)
+            written_end = self._zero_start if self._zero_length else buf.offset + length  # pending zeroes: not yet
+            if self._on_written is not None:
+                self._on_written(written_end)
+            if self._flush_behind:
+                with self._progress:
+                    self._written_end = written_end
+                    self._progress.notify_all()
         self._flush_zeroes()
+        with self._progress:
+            self._writer_done = True
+            self._progress.notify_all()
         self.target.flush()
+
+    def _flush_windows(self) -> None:
+        flushed = 0
+        while True:
+            with self._progress, waiting("input"):
+                while not self._writer_done and self._written_end - flushed < FLUSH_WINDOW:
+                    if self.runner.abort.is_set():
+                        raise Aborted
+                    self._progress.wait(POLL)
+                if self._writer_done:
+                    return  # the writer's own final flush covers the rest
+                flushed = self._written_end
+            self.target.flush()
 
     def _write_sparse(self, buf: Buffer, length: int) -> None:
         view = buf.view

@@ -236,6 +236,7 @@ class _Run:
                 extra_consumer=extra,
                 cancel=self.cancel,
                 on_written=self.readback.release if self.readback is not None else None,
+                flush_behind=self.readback is None,
             )
             result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
             if file_hasher is not None:
