@@ -103,10 +103,6 @@ class FlashProfile:
     def add(self, stages: list[StageTime]) -> None:
         self.stages.extend(stages)
 
-    def wrote(self) -> None:
-        if self.first_write is None:
-            self.first_write = since_start()
-
     def to_dict(self) -> dict[str, Any]:
         return {"first_write": None if self.first_write is None else round(self.first_write, 4),
                 "stages": [stage.to_dict() for stage in self.stages]}
