@@ -122,7 +122,7 @@ class WritePass:
         *,
         expected_size: int | None = None,
         frames: Sequence[Frame] | None = None,
-        use_zeroout: bool | None = None,
+        use_zeroout: bool,
         extra_consumer: StreamConsumer | None = None,
         cancel: threading.Event | None = None,
         workers: int | None = None,
@@ -143,7 +143,7 @@ class WritePass:
         parallel = frames is not None and frames_allow_parallel(frames, target.info.logical_block_size)
         self.frames = list(frames) if frames is not None and parallel else None
         self.workers = workers or max(1, min(MAX_WORKERS, os.cpu_count() or 1))
-        self.use_zeroout = target.info.zeroout_offloaded if use_zeroout is None else use_zeroout
+        self.use_zeroout = use_zeroout  # the caller's choice (bty_live.flash.target.zeroout_pays)
         self.extra_consumer = extra_consumer
         self.counters = CopyCounters()
         self.runner = StageRunner(cancel)

@@ -224,6 +224,9 @@ class _Run:
         file_hasher = None
         if image.file_digest is not None and plan.options.verify != VerifyMode.OFF:
             file_hasher = hashlib.new(image.file_digest.algorithm)
+        zeroout = plan.options.zeroout  # --no-zeroout, else what pays on this target
+        if zeroout is None:
+            zeroout = zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
         with ImageReader(image.source, image.compression, expected_size=image.size,
                          observer=file_hasher.update if file_hasher else None) as reader:
             copy = WritePass(
@@ -231,8 +234,7 @@ class _Run:
                 DeferringTarget(target, self.deferred),
                 expected_size=image.size,
                 frames=None if file_hasher else image.frames,
-                use_zeroout=(zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
-                             if plan.options.zeroout is None else plan.options.zeroout),
+                use_zeroout=zeroout,
                 extra_consumer=extra,
                 cancel=self.cancel,
                 on_written=self.readback.release if self.readback is not None else None,

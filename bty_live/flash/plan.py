@@ -32,7 +32,7 @@ class FlashOptions:
     #: read back behind the write, a window at a time (bty_live.flash.readback); False: one pass after it
     readback_behind: bool = True
     grow: bool = False
-    #: None: use BLKZEROOUT when the device zeroes by itself; True/False force it
+    #: None: BLKZEROOUT where it pays (bty_live.flash.target.zeroout_pays); True/False force it
     zeroout: bool | None = None
     #: post-flash tuning: None = the manifest's task, "off" = none, else a CIJOE task file
     tune: str | None = None

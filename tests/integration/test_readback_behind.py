@@ -38,9 +38,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def images(tmp_path: Path, raw_image: Path) -> Path:
-    directory = images_dir_with(tmp_path, raw_image)
-    assert cli.main(["images", "add", str(directory / "disk.img")]) == 0
-    return directory
+    return images_dir_with(tmp_path, raw_image, manifest=True)
 
 
 @pytest.fixture
