@@ -41,12 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import zstandard
 
-try:  # the constants of the bty being measured, when it is importable
-    from bty_live.flash.copy import CHUNK, MAX_WORKERS, ZERO_GRANULE
-    from bty_live.flash.target import BLKZEROOUT, ZEROOUT_PIECE
-except Exception:  # not importable (or broken mid-edit): the values of bty_live at the time of writing
-    CHUNK, MAX_WORKERS, ZERO_GRANULE = 8 << 20, 4, 1 << 20
-    BLKZEROOUT, ZEROOUT_PIECE = 0x127F, 128 << 20
+from bty_live.flash.copy import CHUNK, MAX_WORKERS, ZERO_GRANULE  # the bty being measured: its own sizes
+from bty_live.flash.target import BLKZEROOUT, ZEROOUT_PIECE
 
 Runs = list[tuple[int, int]]  # (offset, length)
 
