@@ -28,6 +28,7 @@ import blake3
 from bty_live.capture.reader import DiskReader
 from bty_live.errors import TargetIOError
 from bty_live.flash.pipeline import Buffer, BufferPool, Channel, StageRunner
+from bty_live.image.block_index import BlockIndex, BlockIndexer
 from bty_live.image.gpt_resize import Patch
 from bty_live.image.pack import FRAME_SIZE, FramePacker, PackedStream
 from bty_live.units import format_size
@@ -59,6 +60,7 @@ class CaptureCopy:
     digest: str  # blake3 of the image (the disk's bytes with the patches laid over)
     sha256: str  # of the image file
     seconds: float
+    index: BlockIndex  # a blake3 per frame, for differential flashes of the image
 
 
 class CapturePass:
@@ -84,6 +86,7 @@ class CapturePass:
         self.counters = CaptureCounters()
         self.runner = StageRunner(cancel)
         self._hasher = blake3.blake3()
+        self._indexer = BlockIndexer(FRAME_SIZE)  # fed whole frames: one block per frame
         # the packer keeps up to workers * 2 frames in flight; the hash and the reader a few more
         self._pool = BufferPool(self.workers * 2 + 4, FRAME_SIZE)
         self._to_hash = Channel(self.runner.abort)
@@ -104,7 +107,7 @@ class CapturePass:
         return CaptureCopy(size=packed.size, compressed_size=packed.compressed_size, frames=packed.frames,
                            zero_frames=packed.zero_frames, zero_bytes=self.counters.zero_bytes,
                            digest=self._hasher.hexdigest(), sha256=packed.sha256,
-                           seconds=time.monotonic() - started)
+                           seconds=time.monotonic() - started, index=self._indexer.finish())
 
     # -- stage 1: read the disk ---------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class CapturePass:
         for buf in self._to_hash:
             data = buf.view[: buf.length]
             self._hasher.update(data)
+            self._indexer.feed(data)
             counters.zero_bytes += _zero_bytes(data)
             data.release()
             counters.bytes_hashed = buf.offset + buf.length

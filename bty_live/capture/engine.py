@@ -155,7 +155,7 @@ class _Run:
     def _finish(self, copy: CaptureCopy) -> Path:
         """OUT.partial becomes OUT, then the manifest beside it; stop signals wait until both are done."""
         plan = self.plan
-        manifest = capture_manifest(plan, blake3=copy.digest, sha256=copy.sha256,
+        manifest = capture_manifest(plan, blake3=copy.digest, sha256=copy.sha256, index=copy.index,
                                     captured_at=self.started_at.isoformat(timespec="seconds"))
         with stop_signals_blocked():
             try:

@@ -24,6 +24,7 @@ from typing import Any
 
 from bty_live.disk.model import Disk
 from bty_live.errors import TargetIOError, UsageError
+from bty_live.image.block_index import BlockIndex
 from bty_live.image.fsprobe import FsInfo
 from bty_live.image.gpt_resize import Patch, backup_gpt_bytes, resize_gpt
 from bty_live.image.manifest import Manifest
@@ -196,7 +197,8 @@ def _in_use(disk: Disk) -> int | None:
     return sum(known) if known else None
 
 
-def capture_manifest(plan: CapturePlan, *, blake3: str, sha256: str, captured_at: str) -> Manifest:
+def capture_manifest(plan: CapturePlan, *, blake3: str, sha256: str, captured_at: str,
+                     index: BlockIndex | None = None) -> Manifest:
     """The image's manifest: as `bty images add` writes it, plus where the image came from."""
     disk = plan.disk
     ids = ", ".join(x for x in (disk.model, f"serial {disk.serial}" if disk.serial else None) if x)
@@ -211,7 +213,7 @@ def capture_manifest(plan: CapturePlan, *, blake3: str, sha256: str, captured_at
         captured["partition_table"] = plan.table.scheme
         captured["partitions"] = [_partition_summary(p.number, plan) for p in plan.table.partitions]
     return Manifest(name=plan.name, size=plan.length, blake3=blake3, sha256=sha256, description=description,
-                    os=plan.os, arch=plan.arch, extra={"captured": captured})
+                    os=plan.os, arch=plan.arch, index=index, extra={"captured": captured})
 
 
 def _partition_summary(number: int, plan: CapturePlan) -> dict[str, Any]:

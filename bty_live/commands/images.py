@@ -15,6 +15,7 @@ from rich.text import Text
 from bty_live.errors import ImageError
 from bty_live.flash.known_good import BADGE_UNVERIFIED, known_good_for_entry, unverified_models
 from bty_live.flash.ledger import default_ledger_path, read_ledger
+from bty_live.image.block_index import BlockIndex
 from bty_live.image.catalog import CatalogEntry, compute_digests, image_stem, list_images, resolve_images_dir
 from bty_live.image.formats import RAW_SUFFIXES, detect_compression
 from bty_live.image.manifest import Manifest, load_manifest, write_manifest
@@ -177,13 +178,14 @@ def _arch_from_image(path: Path) -> str:
     return (table.arch_hint if table else None) or ""
 
 
-def build_manifest(path: Path, args: argparse.Namespace, size: int, blake3: str, sha256: str) -> Manifest:
+def build_manifest(path: Path, args: argparse.Namespace, size: int, blake3: str, sha256: str,
+                   index: BlockIndex) -> Manifest:
     old = load_manifest(path)
     if old is not None:
-        manifest = old.with_digests(size, blake3, sha256)
+        manifest = old.with_digests(size, blake3, sha256, index)
     else:
         manifest = Manifest(name=image_stem(path), size=size, blake3=blake3, sha256=sha256,
-                            arch=_arch_from_image(path))
+                            arch=_arch_from_image(path), index=index)
     updates = {"name": args.name, "description": args.description, "os": args.os_name, "arch": args.arch}
     from dataclasses import replace
 
@@ -204,7 +206,7 @@ def run_add(args: argparse.Namespace) -> int:
 
             digests = compute_digests(path, advance)
         old = load_manifest(path)
-        manifest = build_manifest(path, args, digests.size, digests.blake3, digests.sha256)
+        manifest = build_manifest(path, args, digests.size, digests.blake3, digests.sha256, digests.index)
         written = write_manifest(path, manifest)
         change = ""
         if old is not None and old.blake3 != digests.blake3:
@@ -226,7 +228,7 @@ def run_pack(args: argparse.Namespace) -> int:
         task = progress.add_task(f"packing {source.name}", total=source.stat().st_size)
         result = pack_image(source, output, level=args.level,
                             progress=lambda read, _: progress.update(task, completed=read))
-    manifest = build_manifest(output, args, result.size, result.blake3, result.sha256)
+    manifest = build_manifest(output, args, result.size, result.blake3, result.sha256, result.index)
     written = write_manifest(output, manifest)
     ratio = result.compressed_size / result.size if result.size else 0
     print(f"{output}: {result.frames} frames, {format_size(result.size)} -> {format_size(result.compressed_size)} "

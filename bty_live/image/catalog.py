@@ -18,6 +18,7 @@ from pathlib import Path
 import blake3
 
 from bty_live.errors import ImageError, SourceCorruptError
+from bty_live.image.block_index import BlockIndex, BlockIndexer
 from bty_live.image.bmap import find_bmap_sidecar
 from bty_live.image.formats import (
     SUFFIXES,
@@ -181,15 +182,17 @@ class Digests:
     size: int
     blake3: str  # of the decompressed image
     sha256: str  # of the file as shipped
+    index: BlockIndex  # a blake3 per block, for differential flashes
 
 
 def compute_digests(path: Path, progress: Callable[[int, int], None] | None = None) -> Digests:
-    """Decompress the whole image once: its size, its blake3, and the file's sha256.
+    """Decompress the whole image once: its size, its blake3, its block index and the file's sha256.
 
     `progress(file_bytes_read, image_bytes)` is called after every buffer.
     """
     file_hash = hashlib.sha256()
     image_hash = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    indexer = BlockIndexer()
     buffer = bytearray(16 << 20)
     view = memoryview(buffer)
     size = 0
@@ -197,6 +200,7 @@ def compute_digests(path: Path, progress: Callable[[int, int], None] | None = No
     with ImageReader(path, observer=file_hash.update) as reader:
         while n := reader.readinto(view):
             image_hash.update(view[:n])
+            indexer.feed(view[:n])
             size += n
             if progress:
                 progress(reader.bytes_in, size)
@@ -206,4 +210,4 @@ def compute_digests(path: Path, progress: Callable[[int, int], None] | None = No
                 file_hash.update(view[:n])
     if size == 0:
         raise ImageError(f"image {path.name} decompresses to nothing; re-copy it")
-    return Digests(size=size, blake3=image_hash.hexdigest(), sha256=file_hash.hexdigest())
+    return Digests(size=size, blake3=image_hash.hexdigest(), sha256=file_hash.hexdigest(), index=indexer.finish())

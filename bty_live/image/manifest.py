@@ -9,6 +9,9 @@
     size = 268435456            # bytes of the decompressed image
     blake3 = "9f2c...64 hex"    # of the decompressed image: what lands on the disk
     sha256 = "..."              # optional, of the file as shipped
+    [index]                     # optional: a blake3 per 8 MiB block (bty_live.image.block_index)
+    block_size = 8388608
+    blocks = ["...", "zero", ...]
     [tune]                      # optional, used by post-flash tuning
     task = "demo.task.yaml"
     config = "demo.config.toml"
@@ -26,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from bty_live.errors import ImageError
+from bty_live.image.block_index import BlockIndex, parse_index
 
 MANIFEST_SUFFIX = ".toml"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -50,11 +54,14 @@ class Manifest:
     arch: str = ""
     sha256: str | None = None
     tune: TuneSpec = field(default_factory=TuneSpec)
+    #: a blake3 per block of the decompressed image, for differential flashes (None: older manifests)
+    index: BlockIndex | None = None
     #: keys this version does not know, kept so a rewrite does not drop them
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_digests(self, size: int, blake3: str, sha256: str | None) -> Manifest:
-        return replace(self, size=size, blake3=blake3, sha256=sha256)
+    def with_digests(self, size: int, blake3: str, sha256: str | None,
+                     index: BlockIndex | None = None) -> Manifest:
+        return replace(self, size=size, blake3=blake3, sha256=sha256, index=index)
 
     def to_toml(self) -> str:
         data: dict[str, Any] = {"name": self.name}
@@ -73,6 +80,8 @@ class Manifest:
                                   ("root", self.tune.root)) if v}
         if tune:
             data["tune"] = tune
+        if self.index is not None:  # last: a long list, after what people read
+            data["index"] = self.index.to_toml()
         return tomli_w.dumps(data)
 
 
@@ -117,12 +126,22 @@ def parse_manifest(text: str, source: str) -> Manifest:
         raise bad("tune.root", "must be a partition number, a partition name or a filesystem label")
     tune = TuneSpec(task=tune_data.get("task"), config=tune_data.get("config"),
                     root=str(root) if root is not None else None)
+    index = None
+    if "index" in data:
+        try:
+            index = parse_index(data.pop("index"))
+        except ValueError as exc:
+            raise bad("index", str(exc)) from exc
+        if not index.covers(size):
+            raise bad("index", f"has {len(index)} blocks of {index.block_size} bytes, which is not an image of "
+                               f"{size} bytes")
     return Manifest(
         name=name.strip(),
         size=size,
         blake3=digest.lower(),
         sha256=sha256.lower() if sha256 else None,
         tune=tune,
+        index=index,
         extra=data,
         **strings,
     )

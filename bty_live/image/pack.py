@@ -26,6 +26,7 @@ from typing import BinaryIO
 import blake3
 import zstandard
 
+from bty_live.image.block_index import BlockIndex, BlockIndexer
 from bty_live.image.formats import ImageReader
 from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
 
@@ -48,6 +49,7 @@ class PackResult:
     frames: int
     blake3: str  # of the decompressed image
     sha256: str  # of the packed file
+    index: BlockIndex  # a blake3 per frame (block i is frame i)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ def pack_image(
     """
     tmp = output.with_name(f".{output.name}.partial")
     digest = blake3.blake3()
+    indexer = BlockIndexer(FRAME_SIZE)
     try:
         with ImageReader(source) as reader, open(tmp, "wb") as out:
             report = (lambda done: progress(reader.bytes_in, done.size)) if progress else None
@@ -201,6 +204,7 @@ def pack_image(
                         break
                     data = bytes(chunk[:n])
                     digest.update(data)
+                    indexer.feed(data)
                     packer.add(data)
                     if n < FRAME_SIZE:
                         break
@@ -210,4 +214,4 @@ def pack_image(
     finally:
         tmp.unlink(missing_ok=True)
     return PackResult(output, packed.size, packed.compressed_size, packed.frames, digest.hexdigest(),
-                      packed.sha256)
+                      packed.sha256, indexer.finish())

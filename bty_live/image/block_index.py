@@ -1,0 +1,144 @@
+"""The block index of an image: a blake3 per aligned block of the decompressed image.
+
+A machine reflashed before every CI job already holds the image, or its previous version, give
+or take what the last job changed. The index lets a flash compare what the disk holds with what
+the image says, block by block, and write only the blocks that differ (bty_live.flash.differential).
+
+The manifest carries it (`[index]`, written by `bty images add`, `bty images pack` and
+`bty capture`), so it is exactly as trusted as the manifest's digest of the whole image:
+
+    [index]
+    block_size = 8388608    # the packed image's frame size: block i is frame i
+    blocks = [ "9f2c...64 hex", "zero", ... ]   # "zero": the block is all zero bytes
+
+The block size is the packed frame size (8 MiB). A finer table would not save reads: the disk
+is compared block by block anyway, and a block that differs is compared again piece by piece
+against its decompressed frame, so only the pieces that differ are written
+(bty_live.flash.differential). It would only save downloads, at 8x the index's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+
+from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
+
+BLOCK_SIZE = PACKED_FRAME_SIZE
+ZERO = "zero"
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class BlockIndex:
+    block_size: int
+    #: per block, in order: its blake3 (hex), or None when the block is all zero
+    digests: tuple[str | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def span(self, block: int, image_size: int) -> tuple[int, int]:
+        """The block's [offset, end) in an image of `image_size` bytes (the last block may be short)."""
+        start = block * self.block_size
+        return start, min(start + self.block_size, image_size)
+
+    def covers(self, image_size: int) -> bool:
+        """Whether the index has exactly the blocks of an image of this size."""
+        return len(self.digests) == -(-image_size // self.block_size) and self.block_size > 0
+
+    @property
+    def zero_blocks(self) -> int:
+        return sum(1 for d in self.digests if d is None)
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"block_size": self.block_size, "blocks": [d if d is not None else ZERO for d in self.digests]}
+
+
+def parse_index(data: object) -> BlockIndex:
+    """The manifest's [index] table; a ValueError says what is wrong (the manifest parser adds
+    the file and the fix)."""
+    if not isinstance(data, dict):
+        raise ValueError("must be a table with block_size and blocks")
+    size, blocks = data.get("block_size"), data.get("blocks")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 4096:
+        raise ValueError("block_size must be a positive multiple of 4096")
+    if not isinstance(blocks, list) or not blocks:
+        raise ValueError("blocks must be a list of blake3 digests (or \"zero\")")
+    digests: list[str | None] = []
+    for number, item in enumerate(blocks):
+        if item == ZERO:
+            digests.append(None)
+        elif isinstance(item, str) and len(item) == 64 and set(item.lower()) <= _HEX:
+            digests.append(item.lower())
+        else:
+            raise ValueError(f"block {number} is neither a 64-hex blake3 nor \"zero\"")
+    return BlockIndex(size, tuple(digests))
+
+
+class BlockIndexer:
+    """Builds a BlockIndex from the decompressed image fed in order, in any slicing."""
+
+    def __init__(self, block_size: int = BLOCK_SIZE) -> None:
+        self.block_size = block_size
+        self._digests: list[str | None] = []
+        self._hasher = blake3.blake3()
+        self._filled = 0
+        self._zero = True
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(len(view), self.block_size - self._filled)
+            piece = view[:take]
+            if self._zero:
+                self._zero = _all_zero(piece)
+            self._hasher.update(piece)
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.block_size:
+                self._close_block()
+
+    def _close_block(self) -> None:
+        self._digests.append(None if self._zero else self._hasher.hexdigest())
+        self._hasher = blake3.blake3()
+        self._filled = 0
+        self._zero = True
+
+    def finish(self) -> BlockIndex:
+        if self._filled:
+            self._close_block()
+        return BlockIndex(self.block_size, tuple(self._digests))
+
+
+_ZEROS = bytearray(1 << 20)
+
+
+def _all_zero(view: memoryview, zeros: bytearray = _ZEROS) -> bool:
+    """A memcmp against zeros (bytearray == buffer compares with memcmp), a MiB at a time."""
+    step = len(zeros)
+    for start in range(0, len(view), step):
+        piece = view[start : start + step]
+        if len(piece) < step:
+            return bytearray(len(piece)) == piece
+        if zeros != piece:
+            return False
+    return True
+
+
+def block_digest(data: bytes | bytearray | memoryview) -> str | None:
+    """What the index says for one block's bytes: None when all zero, else its blake3."""
+    view = memoryview(data).cast("B")
+    if _all_zero(view):
+        return None
+    return blake3.blake3(view).hexdigest()
+
+
+def iter_blocks(index: BlockIndex, image_size: int) -> Iterator[tuple[int, int, int, str | None]]:
+    """(number, offset, end, digest) of every block."""
+    for number, digest in enumerate(index.digests):
+        start, end = index.span(number, image_size)
+        yield number, start, end, digest
