@@ -69,6 +69,11 @@ What happens:
   3. write: decompress, blake3-hash and write with O_DIRECT in overlapping stages; all-zero
      ranges are zeroed by the device (BLKZEROOUT) instead of written, so holes read back as
      zeroes too. The disk is opened exclusively and its identity re-checked before the first write.
+     Differential (the default when the manifest has a block index and the image is a local
+     packed zstd or raw file, e.g. reflashing a CI machine): each 8 MiB block of the disk is read
+     and compared with the index first, and only the blocks that differ are decompressed and
+     written (the pieces of them that differ); a disk that holds something else is seen within
+     its first 128 MiB of data and written whole. --full always writes the whole image.
   4. verify: the stream digest must equal the manifest's; then (default) the disk is read back
      with O_DIRECT and must hash the same (--verify readback|stream|off). The read-back runs
      behind the write: every 256 MiB written, the disk is flushed and that window read back
@@ -111,6 +116,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--readback-after", action="store_true",
                         help="read the disk back in one pass after the whole write, instead of window by window "
                         "behind it (each window flushed first)")
+    parser.add_argument("--full", action="store_true",
+                        help="write the whole image, even when the disk could be compared with the manifest's "
+                        "block index and only what differs written")
     parser.add_argument("--grow", action="store_true", help="grow the last partition to the end of the disk")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--dry-run", "-n", action="store_true",
@@ -139,6 +147,7 @@ def build_plan(args: argparse.Namespace) -> FlashPlan:
     options = FlashOptions(
         verify=VerifyMode(args.verify),
         readback_behind=not args.readback_after,
+        differential=not args.full,
         grow=args.grow,
         zeroout=False if args.no_zeroout else None,
         preflight=False if args.no_preflight else None,

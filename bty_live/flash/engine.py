@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bty_live.disk.discovery import find_disk, read_identity
 from bty_live.disk.eligibility import context_for, require_eligible
@@ -35,6 +35,7 @@ from bty_live.errors import (
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.flash.copy import CopyResult, StreamConsumer, WritePass
 from bty_live.flash.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
+from bty_live.flash.differential import DiffCounters, DifferentialPass, NotThisImage, blocks_holding
 from bty_live.flash.ledger import LedgerRecord, PhaseTracker, append_record, make_record
 from bty_live.flash.plan import FlashPlan, VerifyMode
 from bty_live.flash.preflight import preflight_if_wanted
@@ -42,6 +43,7 @@ from bty_live.flash.profile import FlashProfile
 from bty_live.flash.readback import ReadbackPass, readback_digest
 from bty_live.flash.receipt import Receipt, save_receipt
 from bty_live.flash.target import BlockTarget, zeroout_pays
+from bty_live.image.block_reader import LocalBlocks, block_layout
 from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
@@ -97,6 +99,11 @@ class _Run:
         #: the read-back running behind the write (verify readback, unless the plan says after)
         self.readback: ReadbackPass | None = None
         self.profile = FlashProfile()
+        #: a differential flash (bty_live.flash.differential): the pass, the blocks it wrote, and
+        #: the receipt's `differential` (also when it fell back to a full write)
+        self.diff: DifferentialPass | None = None
+        self.diff_written: list[int] = []
+        self.diff_info: dict[str, Any] | None = None
         #: the file's digest as computed while it streamed (when the image has one to match)
         self.file_hash: str | None = None
         #: the receipt's file_check: None without a file digest, else "not reached" until checked
@@ -114,7 +121,9 @@ class _Run:
                 self.info(Phase.PLAN, f"warning: {warning}")
             self.target = BlockTarget.open(plan.target.path)
             self._recheck_target(self.target)
-            copy = self._write(self.target)
+            copy = self._write_differential(self.target) if plan.differential else None
+            if copy is None:
+                copy = self._write(self.target)
             self._check_file()
             stream_check = self._check_stream(copy)
             readback_check = self._readback(copy)
@@ -252,6 +261,64 @@ class _Run:
                   message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
         return result
 
+    def _write_differential(self, target: BlockTarget) -> CopyResult | None:
+        """Compare the disk with the block index and write what differs; None (nothing written)
+        when the disk holds something else and the image is to be written whole."""
+        plan = self.plan
+        image = plan.image
+        manifest, path, size = image.manifest, image.path, image.size
+        assert manifest is not None and manifest.index is not None and path is not None and size is not None
+        layout = block_layout(image.compression, image.frames, manifest.index, size)
+        assert not isinstance(layout, str)
+        if size % target.info.logical_block_size:
+            self.diff_info = {"mode": "full", "reason": "the image's size is not a multiple of the disk's sectors"}
+            return None
+        zeroout = plan.options.zeroout
+        if zeroout is None:
+            zeroout = zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
+        blocks = LocalBlocks(path, layout, manifest.index, size)
+        diff = DifferentialPass(target, blocks, manifest.index, size, image_name=image.file_name,
+                                expected_blake3=manifest.blake3, use_zeroout=zeroout, cancel=self.cancel)
+        meter = ProgressMeter(self.sink, Phase.WRITE, size)
+        meter.start(f"comparing {target.path} with the block index of {image.name} (--full: write it whole)")
+
+        def tick(c: DiffCounters) -> None:
+            meter.update(c.source_bytes_read, c.bytes_compared, c.bytes_zeroed)
+
+        try:
+            try:
+                differing = diff.compare(tick)
+            except NotThisImage as exc:
+                self.diff_info = {**diff.result([]).to_dict(), "mode": "fell back", "reason": str(exc)}
+                self.profile.add(list(diff.stages))
+                self.info(Phase.WRITE, str(exc))
+                return None
+            written = differing
+            if differing:
+                # as for a full write: the old partition tables go first, the image's come last
+                target.wipe_signatures((size,))
+                self.deferred = plan_regions(size, target.info.logical_block_size)
+                held = [(r.offset, min(r.end, size)) for r in self.deferred]
+                written = sorted(set(differing) | blocks_holding(held, manifest.index.block_size))
+                diff.write(written, DeferringTarget(target, self.deferred), held, tick)
+            self.diff, self.diff_written = diff, written
+        finally:
+            blocks.close()
+        result = diff.result(written)
+        self.diff_info = result.to_dict()
+        seconds = sum(result.seconds.values())
+        self.phases["write"] = seconds
+        self.profile.add(list(result.stages))
+        copy = CopyResult(bytes_in=result.source_bytes_read, size=size, written=result.bytes_written,
+                          zeroed=result.bytes_zeroed, digest=manifest.blake3, seconds=seconds, parallel_frames=False,
+                          stages=result.stages)
+        self.copy = copy
+        meter.end(result.source_bytes_read, size, result.bytes_zeroed, digest=copy.digest,
+                  message=f"compared {format_size(result.bytes_compared)}: {len(differing)} of {len(manifest.index)} "
+                          f"blocks differed; wrote {format_size(result.bytes_written)}, "
+                          f"zero-filled {format_size(result.bytes_zeroed)}")
+        return copy
+
     def _check_file(self) -> None:
         """The file as shipped against its own digest (an OCI layer's), hashed while it streamed."""
         expected = self.plan.image.file_digest
@@ -285,6 +352,10 @@ class _Run:
         if expected is None:
             self.info(Phase.VERIFY, "no manifest: the stream digest is recorded but compared with nothing")
             return "no manifest"
+        if self.diff is not None:  # every block compared on the disk, or fetched, checked and read back
+            self.info(Phase.VERIFY, f"every block of the image's extent on {plan.target.path} is compared with the "
+                                    f"manifest's block index (blake3 {expected[:16]}... of the whole image)")
+            return "match"
         given = plan.image.digest_source == "--blake3"
         if copy.digest != expected and given:
             raise DigestMismatchError(
@@ -316,6 +387,17 @@ class _Run:
         assert self.target is not None
         started = time.monotonic()
         meter = ProgressMeter(self.sink, Phase.VERIFY, copy.size)
+        if self.diff is not None:
+            total = len(self.diff_written) * self.diff.index.block_size
+            meter = ProgressMeter(self.sink, Phase.VERIFY, total)
+            meter.start(f"reading back the {len(self.diff_written)} blocks written to {self.target.path}"
+                        if self.diff_written else f"nothing differed on {self.target.path}: nothing to read back")
+            done = self.diff.verify(self.diff_written, overlay(self.deferred), lambda c: None)
+            self.phases["verify"] = time.monotonic() - started
+            meter.end(0, done)
+            if self.diff_info is not None:
+                self.diff_info["seconds"]["verify"] = round(self.phases["verify"], 3)
+            return "match"
         if self.readback is not None:
             done = self.readback.counters.bytes_hashed
             meter.start(f"reading back {format_size(copy.size)} from {self.target.path} "
@@ -347,6 +429,8 @@ class _Run:
         """Everything else has landed (and is verified, as the plan asks): now the first and last
         MiB, the partition tables and boot code, are written and read back."""
         check = self.plan.options.verify != VerifyMode.OFF
+        if not any(region.filled for region in self.deferred):  # a differential flash that wrote nothing
+            return
         written = commit(target, self.deferred, check=check)
         self.info(Phase.VERIFY, f"wrote the partition-table regions last ({format_size(written)})"
                                 + (" and read them back: they match" if check else ""))
@@ -456,4 +540,5 @@ class _Run:
             file_digest=plan.image.file_digest.text if plan.image.file_digest else None,
             file_check=self.file_check,
             profile=self.profile.to_dict(),
+            differential=self.diff_info or {"mode": "full", "reason": plan.full_reason},
         )

@@ -88,6 +88,9 @@ class LedgerRecord:
     image_file: str | None = None
     image_file_size: int | None = None
     image_file_mtime_ns: int | None = None
+    #: a differential flash's bytes (bty_live.flash.differential): compared on the disk, skipped,
+    #: written, zeroed, and read from the image file; None for a full write
+    differential: Mapping[str, int] | None = None
     bty_version: str = __version__
     schema: int = SCHEMA
 
@@ -406,7 +409,16 @@ def make_record(
         image_file=stamp.path if stamp else None,
         image_file_size=stamp.size if stamp else None,
         image_file_mtime_ns=stamp.mtime_ns if stamp else None,
+        differential=_differential_bytes(receipt),
     )
+
+
+def _differential_bytes(receipt: Receipt | None) -> dict[str, int] | None:
+    diff = receipt.differential if receipt is not None else None
+    if not diff or diff.get("mode") != "differential":
+        return None
+    return {key: int(diff.get(key) or 0) for key in
+            ("bytes_compared", "bytes_skipped", "bytes_written", "bytes_zeroed", "source_bytes_read")}
 
 
 # -- the file a passing run read ------------------------------------------------------------------
@@ -433,6 +445,8 @@ class FileStamp:
 def _verified_file(receipt: Receipt | None) -> FileStamp | None:
     """The stamp of the file a passing run streamed and hashed (none for a URL or a skipped check)."""
     if receipt is None or receipt.result != "ok" or receipt.stream_check == "skipped":
+        return None
+    if (receipt.differential or {}).get("mode") == "differential":  # the disk was proved, not the whole file
         return None
     if "://" in receipt.image_path:
         return None

@@ -14,10 +14,14 @@ from pathlib import Path
 from bty_live.disk.eligibility import refusal
 from bty_live.disk.model import Disk, DiskIdentity
 from bty_live.errors import TargetRefusedError
+from bty_live.image.block_reader import block_layout
 from bty_live.image.remote import NO_DIGEST
 from bty_live.image.source import ImageSource
 from bty_live.tune.model import TuneRequest
 from bty_live.units import format_size
+
+#: the image's size must be a multiple of this for its last block to be read with O_DIRECT
+DIRECT_IO_ALIGN = 4096
 
 
 class VerifyMode(StrEnum):
@@ -31,6 +35,9 @@ class FlashOptions:
     verify: VerifyMode = VerifyMode.READBACK
     #: read back behind the write, a window at a time (bty_live.flash.readback); False: one pass after it
     readback_behind: bool = True
+    #: compare the target with the manifest's block index and write only what differs, when the
+    #: image allows it (bty_live.flash.differential); False (`--full`): write the whole image
+    differential: bool = True
     grow: bool = False
     #: None: BLKZEROOUT where it pays (bty_live.flash.target.zeroout_pays); True/False force it
     zeroout: bool | None = None
@@ -67,6 +74,12 @@ class FlashPlan:
     ledger: Path | None = None
     receipt_path: Path | None = None
     receipts_dir: Path | None = None
+    #: why the image is written whole rather than compared block by block (None: differential)
+    full_reason: str | None = "not planned"
+
+    @property
+    def differential(self) -> bool:
+        return self.full_reason is None
 
     def describe(self) -> list[str]:
         """Human lines for --dry-run and the confirmation prompt."""
@@ -81,6 +94,12 @@ class FlashPlan:
             f"serial {disk.serial or '-'})",
             f"verify:  {self.options.verify}",
         ]
+        if self.differential:
+            index = image.manifest.index if image.manifest else None
+            lines.append(f"write:   differential: the disk is compared with the image's block index "
+                         f"({len(index) if index else 0} blocks), only what differs is written (--full: all)")
+        else:
+            lines.append(f"write:   whole image ({self.full_reason})")
         if image.table is not None:
             lines.append(f"table:   {image.table.scheme}, {len(image.table.partitions)} partitions")
         if image.frames is not None and len(image.frames) > 1:
@@ -147,4 +166,25 @@ def make_plan(
         protected_paths=protected_paths,
         notes=tuple(notes),
         warnings=image.warnings,
+        full_reason=why_not_differential(image, options),
     )
+
+
+def why_not_differential(image: ImageSource, options: FlashOptions) -> str | None:
+    """None when the image can be flashed differentially (bty_live.flash.differential), else why not."""
+    if not options.differential:
+        return "--full"
+    manifest = image.manifest
+    if manifest is None:
+        return "no manifest, so no block index to compare the disk with"
+    index = manifest.index
+    if index is None:
+        return "the manifest has no block index: rerun `bty images add` to compare the disk with it next time"
+    if image.path is None:
+        return "the image is streamed, not a local file"
+    if image.given_blake3 is not None or image.file_digest is not None:
+        return "a digest of the whole stream is to be checked"
+    if image.size is None or not index.covers(image.size) or image.size % DIRECT_IO_ALIGN:
+        return "the block index does not fit the image's size"
+    layout = block_layout(image.compression, image.frames, index, image.size)
+    return layout if isinstance(layout, str) else None

@@ -62,6 +62,10 @@ class Receipt:
     #: where the time went (bty_live.flash.profile): {"first_write": seconds from the process start
     #: to the first image byte written, "stages": [{name, start, end, busy, wait_input, wait_output}]}
     profile: dict[str, Any] | None = None
+    #: how the image was written (bty_live.flash.differential): {"mode": "differential" | "full" |
+    #: "fell back", "reason", "block_size", "blocks", "blocks_written", "bytes_compared",
+    #: "bytes_skipped", "bytes_written", "bytes_zeroed", "source_bytes_read", "seconds"}
+    differential: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +85,13 @@ class Receipt:
             f"  stream digest: {self.stream_check}; read-back: {self.readback_check}"
             + (f" ({format_duration(self.phases['verify'])})" if "verify" in self.phases else ""),
         ]
+        diff = self.differential or {}
+        if diff.get("mode") == "differential":
+            lines.append(f"  differential: compared {format_size(diff.get('bytes_compared') or 0)}, "
+                         f"wrote in {diff.get('blocks_written')} of {diff.get('blocks')} blocks, "
+                         f"read {format_size(diff.get('source_bytes_read') or 0)} of the image file")
+        elif diff.get("mode") == "fell back":
+            lines.append(f"  written whole: {diff.get('reason')}")
         if self.file_digest:
             lines.append(f"  file digest {self.file_digest[:23]}...: {self.file_check}")
         if self.fixups:

@@ -1,0 +1,102 @@
+"""The block index: a blake3 per 8 MiB block of the decompressed image, carried by the manifest,
+and which images can be flashed differentially with it (the plan's reason when not)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import blake3
+import pytest
+
+from bty_live import cli
+from bty_live.errors import ImageError
+from bty_live.flash.differential import PIECE, _differing_runs, blocks_holding
+from bty_live.flash.plan import FlashOptions, why_not_differential
+from bty_live.image.block_index import BlockIndex, BlockIndexer
+from bty_live.image.catalog import describe_image
+from bty_live.image.manifest import load_manifest, parse_manifest, write_manifest
+from bty_live.image.source import load_image_source
+
+MiB = 1 << 20
+BLOCK = 8 * MiB
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 MiB: a data block, an all-zero block, and a short last block with data at its end."""
+    path = tmp_path_factory.mktemp("raw") / "disk.img"
+    data = bytearray(20 * MiB)
+    data[: BLOCK] = os.urandom(BLOCK)
+    data[-4096:] = os.urandom(4096)
+    path.write_bytes(data)
+    return path
+
+
+def test_the_index_is_a_digest_per_block_and_none_for_zero_blocks_however_the_stream_is_cut(raw: Path) -> None:
+    data = raw.read_bytes()
+    expected = (blake3.blake3(data[:BLOCK]).hexdigest(), None, blake3.blake3(data[2 * BLOCK :]).hexdigest())
+    for step in (BLOCK, 3 * MiB + 17, 20 * MiB):
+        indexer = BlockIndexer()
+        for at in range(0, len(data), step):
+            indexer.feed(data[at : at + step])
+        assert indexer.finish() == BlockIndex(BLOCK, expected)
+
+
+def test_images_add_and_pack_write_the_index_and_the_manifest_keeps_it(raw: Path, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(raw.read_bytes())
+    assert cli.main(["images", "add", str(image)]) == 0
+    assert cli.main(["images", "pack", str(image), "-o", str(tmp_path / "packed.img.zst")]) == 0
+    added, packed = load_manifest(image), load_manifest(tmp_path / "packed.img.zst")
+    assert added is not None and packed is not None and added.index is not None
+    assert added.index == packed.index and added.index.digests[1] is None and len(added.index) == 3
+    assert '"zero"' in (tmp_path / "packed.img.zst.toml").read_text()
+    assert parse_manifest(added.to_toml(), "again.toml") == added
+
+
+@pytest.mark.parametrize(("index", "why"), [
+    ("block_size = 1000\nblocks = [\"zero\"]", "block_size must be a positive multiple of 4096"),
+    ("block_size = 8388608\nblocks = [\"nope\"]", "block 0 is neither"),
+    ("block_size = 8388608\nblocks = [\"zero\", \"zero\"]", "has 2 blocks of 8388608 bytes"),
+])
+def test_a_broken_index_names_the_manifest_the_key_and_the_fix(index: str, why: str) -> None:
+    text = f'name = "x"\nsize = 4096\nblake3 = "{"0" * 64}"\n[index]\n{index}\n'
+    with pytest.raises(ImageError, match=rf"manifest x.toml: index .*{why}.*rerun `bty images add`"):
+        parse_manifest(text, "x.toml")
+
+
+def test_only_packed_zstd_and_raw_images_with_an_index_are_flashed_differentially(raw: Path, tmp_path: Path) -> None:
+    def reason(path: Path, options: FlashOptions | None = None) -> str | None:
+        return why_not_differential(load_image_source(describe_image(path)), options or FlashOptions())
+
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(raw.read_bytes())
+    assert reason(plain) == "no manifest, so no block index to compare the disk with"
+    assert cli.main(["images", "add", str(plain)]) == 0
+    assert reason(plain) is None
+    assert reason(plain, FlashOptions(differential=False)) == "--full"
+    subprocess.run(["zstd", "-q", "-3", str(plain), "-o", str(tmp_path / "one.img.zst")], check=True)
+    subprocess.run(["xz", "-0", "-k", str(plain)], check=True)
+    for compressed in (tmp_path / "one.img.zst", tmp_path / "plain.img.xz"):
+        assert cli.main(["images", "add", str(compressed)]) == 0
+        assert "`bty images pack`" in (reason(compressed) or "")
+    manifest = load_manifest(plain)
+    assert manifest is not None
+    write_manifest(plain, replace(manifest, index=None))
+    assert "rerun `bty images add`" in (reason(plain) or "")
+
+
+def test_only_the_pieces_that_differ_are_written_and_the_held_ranges_always() -> None:
+    image = bytearray(4 * PIECE)
+    disk = bytearray(image)
+    disk[PIECE + 5] = 1  # piece 1
+    disk[2 * PIECE] = 1  # piece 2: merged with 1
+    base = 10 * PIECE
+    assert _differing_runs(memoryview(image), memoryview(disk), base, ()) == [(base + PIECE, base + 3 * PIECE)]
+    held = ((base + 3 * PIECE, base + 3 * PIECE + 512),)  # a held range inside piece 3
+    assert _differing_runs(memoryview(image), memoryview(disk), base, held) == [(base + PIECE, base + 4 * PIECE)]
+    assert blocks_holding([(0, MiB), (20 * MiB - MiB, 20 * MiB)], BLOCK) == {0, 2}
+    assert blocks_holding([(BLOCK - 512, BLOCK + 512)], BLOCK) == {0, 1}
