@@ -4,7 +4,9 @@ A plain `zstd` file is one frame: it can only be decompressed on one core, and d
 what limits a flash. `pack` cuts the decompressed image into FRAME_SIZE pieces and compresses
 each as its own frame that declares its size and carries a checksum. Any zstd tool still reads
 the result (`zstd -dc` concatenates the frames); bty decompresses the frames on all cores.
-The cost is a slightly larger file (each frame starts without history).
+The cost is a slightly larger file (each frame starts without history). A seek table (zstd's
+seekable format, a skippable frame that decoders pass over) ends the file, so other tools, and
+bty's differential flash over HTTP, find frame i without reading the frames before it.
 
 `FramePacker` is the one writer of that format: `pack_image` feeds it from an `ImageReader`,
 `bty capture` (bty_live.capture) from a disk read with O_DIRECT.
@@ -28,6 +30,7 @@ import zstandard
 
 from bty_live.image.block_index import BlockIndex, BlockIndexer
 from bty_live.image.formats import ImageReader
+from bty_live.image.seek_table import encode_seek_table
 from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
 
 FRAME_SIZE = PACKED_FRAME_SIZE
@@ -88,11 +91,13 @@ class FramePacker:
         self.abort = abort
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bty-pack")
         self._local = threading.local()
-        self._pending: deque[tuple[Future[bytes], Callable[[], None] | None]] = deque()
+        self._pending: deque[tuple[Future[bytes], int, Callable[[], None] | None]] = deque()
         self._zero_frames: dict[int, bytes] = {}
         self._zeros = bytearray(FRAME_SIZE)
         self._sha256 = hashlib.sha256()
         self.size = self.compressed_size = self.frames = self.zero_frame_count = 0
+        #: (compressed, decompressed) size of each frame written, for the seek table
+        self._sizes: list[tuple[int, int]] = []
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         cctx: zstandard.ZstdCompressor | None = getattr(self._local, "cctx", None)
@@ -129,22 +134,26 @@ class FramePacker:
             self.zero_frame_count += 1
         else:
             future = self._pool.submit(self._compress, chunk)
-        self._pending.append((future, done))
+        self._pending.append((future, length, done))
         self._drain(self.workers * 2)
 
     def _drain(self, limit: int) -> None:
         while len(self._pending) > limit:
-            future, done = self._pending[0]
+            future, length, done = self._pending[0]
             frame = self._result(future)
             self._pending.popleft()
             if done is not None:
                 done()
-            self.out.write(frame)
-            self._sha256.update(frame)
-            self.compressed_size += len(frame)
+            self._write(frame)
+            self._sizes.append((len(frame), length))
             self.frames += 1
             if self.on_frame is not None:
                 self.on_frame(self.result())
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self._sha256.update(data)
+        self.compressed_size += len(data)
 
     def _result(self, future: Future[bytes]) -> bytes:
         while self.abort is not None:
@@ -160,8 +169,10 @@ class FramePacker:
                             self.zero_frame_count)
 
     def finish(self) -> PackedStream:
-        """Write every queued frame; flush (not fsync) the output."""
+        """Write every queued frame and the seek table (bty_live.image.seek_table); flush (not
+        fsync) the output."""
         self._drain(0)
+        self._write(encode_seek_table(self._sizes))
         self.out.flush()
         return self.result()
 

@@ -18,7 +18,9 @@ from bty_live.flash.plan import FlashOptions, why_not_differential
 from bty_live.image.block_index import BlockIndex, BlockIndexer
 from bty_live.image.catalog import describe_image
 from bty_live.image.manifest import load_manifest, parse_manifest, write_manifest
+from bty_live.image.seek_table import FOOTER_SIZE, SeekTableError, parse_seek_table, table_size
 from bty_live.image.source import load_image_source
+from bty_live.image.zstd_frames import scan_content_size
 
 MiB = 1 << 20
 BLOCK = 8 * MiB
@@ -60,7 +62,6 @@ def test_images_add_and_pack_write_the_index_and_the_manifest_keeps_it(raw: Path
 @pytest.mark.parametrize(("index", "why"), [
     ("block_size = 1000\nblocks = [\"zero\"]", "block_size must be a positive multiple of 4096"),
     ("block_size = 8388608\nblocks = [\"nope\"]", "block 0 is neither"),
-    ("block_size = 8388608\nblocks = [\"zero\", \"zero\"]", "has 2 blocks of 8388608 bytes"),
 ])
 def test_a_broken_index_names_the_manifest_the_key_and_the_fix(index: str, why: str) -> None:
     text = f'name = "x"\nsize = 4096\nblake3 = "{"0" * 64}"\n[index]\n{index}\n'
@@ -100,3 +101,16 @@ def test_only_the_pieces_that_differ_are_written_and_the_held_ranges_always() ->
     assert _differing_runs(memoryview(image), memoryview(disk), base, held) == [(base + PIECE, base + 4 * PIECE)]
     assert blocks_holding([(0, MiB), (20 * MiB - MiB, 20 * MiB)], BLOCK) == {0, 2}
     assert blocks_holding([(BLOCK - 512, BLOCK + 512)], BLOCK) == {0, 1}
+
+
+def test_a_packed_image_ends_with_a_seek_table_that_zstd_passes_over(raw: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "packed.img.zst"
+    assert cli.main(["images", "pack", str(raw), "-o", str(packed)]) == 0
+    data = packed.read_bytes()
+    count, size = table_size(data[-FOOTER_SIZE:])
+    with open(packed, "rb") as f:
+        scanned = scan_content_size(f, record=True)
+    assert count == 3 and parse_seek_table(data[-size:]) == scanned.index and scanned.complete
+    assert subprocess.run(["zstd", "-dc", str(packed)], capture_output=True, check=True).stdout == raw.read_bytes()
+    with pytest.raises(SeekTableError, match="does not end with a zstd seek table"):
+        table_size(raw.read_bytes()[-FOOTER_SIZE:])
