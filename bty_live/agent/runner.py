@@ -51,8 +51,10 @@ from bty_live.flash.plan import FlashOptions, VerifyMode
 from bty_live.flash.prepare import prepare_plan_for
 from bty_live.flash.receipt import Receipt
 from bty_live.image.http_source import HttpSource, ResumeNotice
+from bty_live.image.manifest import Manifest
+from bty_live.image.remote import UrlOptions, fetch_manifest
 from bty_live.image.source import load_streamed_image_source
-from bty_live.protocol.httpconn import Backoff
+from bty_live.protocol.httpconn import Backoff, shown_url
 from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.signals import interrupt_signal
 from bty_live.units import format_size
@@ -287,7 +289,7 @@ class Agent:
                 options = FlashOptions(verify=verify, receipts_dir=workdir / "receipts",
                                        tune=tuning_option(plan.tune, workdir, sink))  # SEAM(tuning)
                 streamed = load_streamed_image_source(source, name=image.name, size=image.size or None,
-                                                      blake3=image.blake3)
+                                                      blake3=image.blake3, manifest=self._index_of(url, token, sink))
                 flash_plan = prepare_plan_for(streamed, plan.disk, options)
                 for line in flash_plan.describe():
                     sink(Event(Phase.PLAN, Kind.INFO, message=line))
@@ -313,6 +315,18 @@ class Agent:
                 stats = uplink.close()
             return FlashOutcome(receipt=result.receipt, resumes=source.resumes, uplink=stats,
                                 record=result.record.to_dict())
+
+    def _index_of(self, url: str, token: str | None, sink: EventSink) -> Manifest | None:
+        """The image's manifest from its server (URL.toml), for its block index: with it, a disk
+        that holds the image or an older version of it is compared and only what differs is
+        downloaded and written. Without it (another host, an older server) the image is written whole."""
+        try:
+            return fetch_manifest(url, UrlOptions(cafile=self.config.cafile, backoff=self.config.download_backoff),
+                                  token)
+        except BtyError as exc:
+            sink(Event(Phase.PLAN, Kind.INFO, message=f"no block index for {shown_url(url)} ({exc}): the image is "
+                                                      "written whole"))
+            return None
 
     def _reboot(self, state: AgentState, why: str, receipt: Receipt | None = None) -> AgentOutcome:
         self._enter(state)

@@ -8,7 +8,8 @@ differs.
              image's blocks where they differ are hashed in order: they must make the manifest's
              blake3 of the whole image, before anything is written
     write    for each block that differs, fetch its frame alone (block i is frame i of a packed
-             file: one pread), decompress it and check it against the index, compare it with the
+             file: one pread, or one Range request for a run of adjacent frames over HTTP, kept
+             from the comparison), decompress it and check it against the index, compare it with the
              disk piece by piece (PIECE), and write only the pieces that differ (a zero block:
              zero them); the image's first and last MiB go through the engine's held regions
              (bty_live.flash.deferred) like a full flash's, so a power cut mid-write leaves a disk
@@ -21,9 +22,10 @@ the manifest's blake3 of the whole image, so the index itself need not be truste
 stale one is refused before the first write). This is the verification of a differential flash,
 no weaker than a full flash's stream digest and read-back.
 
-A target that never held this image is found early: when most of the first DECIDE_AFTER data
-blocks differ, the pass stops before writing anything (NotThisImage) and the engine runs a full
-flash; what the comparison cost is the read of those blocks (128 MiB).
+A target that never held this image is found early: the first DECIDE_AFTER data blocks are
+compared before anything else, and when most differ the pass stops before fetching or writing
+anything (NotThisImage) and the engine runs a full flash; what the look cost is the read of
+those blocks (128 MiB), which a differential flash then reads again.
 
 What the last job wrote past the image's end (a grown partition's tail) is left as a full flash
 leaves it: the disk's last MiB (an old backup GPT) is wiped before the write, the partition-table
@@ -49,7 +51,7 @@ from bty_live.flash.pipeline import BufferPool, Channel, StageRunner
 from bty_live.flash.profile import StageTime
 from bty_live.flash.target import BlockTarget, aligned_buffer
 from bty_live.image.block_index import BlockIndex, block_digest
-from bty_live.image.block_reader import LocalBlocks
+from bty_live.image.block_reader import COALESCE, BlockSource
 from bty_live.units import format_size
 
 #: data blocks compared before judging whether the target holds this image at all
@@ -74,8 +76,6 @@ class DiffCounters:
 
     bytes_compared: int = 0
     blocks_compared: int = 0
-    data_blocks_compared: int = 0
-    data_blocks_differing: int = 0
     bytes_written: int = 0  # data pieces written (the held regions count when committed, by the engine)
     bytes_zeroed: int = 0
     source_bytes_read: int = 0
@@ -112,7 +112,7 @@ class DifferentialPass:
     ((offset, end) of the image's first and last MiB): their blocks are always written through
     `writer` when anything is, since the engine wipes them first."""
 
-    def __init__(self, target: BlockTarget, blocks: LocalBlocks, index: BlockIndex, image_size: int, *,
+    def __init__(self, target: BlockTarget, blocks: BlockSource, index: BlockIndex, image_size: int, *,
                  image_name: str, expected_blake3: str, use_zeroout: bool,
                  cancel: threading.Event | None = None) -> None:
         self.target = target
@@ -138,15 +138,24 @@ class DifferentialPass:
         pool = BufferPool(READ_BUFFERS, self.index.block_size)
         channel = Channel(runner.abort)
         differing: list[int] = []
-        # a small image is judged on all its data blocks
-        decide_at = min(DECIDE_AFTER, len(self.index) - self.index.zero_blocks)
         fd = self._open_direct()
+        try:
+            self._look_first(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+        #: block -> whether it matches the index, set by the reader (ahead of the judge)
+        verdicts: dict[int, bool] = {}
 
         def read() -> None:
             for number in range(len(self.index)):
                 start, end = self.index.span(number, self.image_size)
                 buf = pool.acquire(runner.abort, consumers=1)
-                self._read_exactly(fd, buf.view[: end - start], start)
+                view = buf.view[: end - start]
+                self._read_exactly(fd, view, start)
+                verdicts[number] = block_digest(view) == self.index.digests[number]
+                view.release()
                 buf.offset, buf.length = number, end - start
                 channel.put(buf)
             channel.put(None)
@@ -159,7 +168,7 @@ class DifferentialPass:
                 for buf in channel:
                     number, data = buf.offset, buf.view[: buf.length]
                     expected = self.index.digests[number]
-                    same = block_digest(data) == expected
+                    same = verdicts[number]
                     if same:
                         whole.update(data)
                     data.release()
@@ -168,7 +177,11 @@ class DifferentialPass:
                         wanted = memoryview(image)[: buf.length]
                         if expected is None:
                             wanted[:] = bytes(buf.length)
-                        else:
+                        else:  # with the blocks read ahead that differ too: one request over HTTP
+                            run = [number]
+                            while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
+                                run.append(run[-1] + 1)
+                            self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
                             self._fetch(number, wanted)
                         whole.update(wanted)
                         wanted.release()
@@ -176,11 +189,6 @@ class DifferentialPass:
                     with self._lock:
                         counters.bytes_compared += buf.length
                         counters.blocks_compared += 1
-                        if expected is not None:
-                            counters.data_blocks_compared += 1
-                            counters.data_blocks_differing += not same
-                    if counters.data_blocks_compared == decide_at and expected is not None:
-                        self._decide(counters.data_blocks_differing, decide_at)
             finally:
                 with contextlib.suppress(BufferError):
                     image.close()
@@ -208,10 +216,25 @@ class DifferentialPass:
                 f"names ({digest[:16]}... != {self.expected_blake3[:16]}...); nothing was written: rerun "
                 "`bty images add` for the image, or flash it with --full")
 
-    def _decide(self, differing_data: int, compared: int) -> None:
-        if differing_data > compared * FALL_BACK_SHARE:
+    def _look_first(self, fd: int) -> None:
+        """Compare the first DECIDE_AFTER data blocks (all of a small image's) before anything
+        else: NotThisImage when most differ. Nothing is fetched for them yet, so a disk that
+        holds something else costs the read of those blocks, not a download."""
+        first = [n for n, digest in enumerate(self.index.digests) if digest is not None][:DECIDE_AFTER]
+        buf = aligned_buffer(self.index.block_size)
+        differ = 0
+        try:
+            for number in first:
+                start, end = self.index.span(number, self.image_size)
+                view = memoryview(buf)[: end - start]
+                self._read_exactly(fd, view, start)
+                differ += block_digest(view) != self.index.digests[number]
+                view.release()
+        finally:
+            buf.close()
+        if differ > len(first) * FALL_BACK_SHARE:
             raise NotThisImage(
-                f"{differing_data} of the first {compared} data blocks on {self.target.path} differ from "
+                f"{differ} of the first {len(first)} data blocks on {self.target.path} differ from "
                 f"{self.image_name}: it does not hold this image, so it is written whole")
 
     # -- write --------------------------------------------------------------------------------
@@ -232,6 +255,7 @@ class DifferentialPass:
         finally:
             scratch.close()
         rest = [n for n in blocks if n not in in_held]
+        self.blocks.prefetch([n for n in rest if self.index.digests[n] is not None])  # held since the compare
         runner = StageRunner(self.cancel)
         next_block = iter(rest)
         take = threading.Lock()
@@ -291,8 +315,7 @@ class DifferentialPass:
     def _fetch(self, number: int, into: memoryview) -> None:
         """Block `number`'s image bytes into `into`, checked against the index."""
         stored = self.blocks.stored(number)
-        with self._lock:
-            self.counters.source_bytes_read += len(stored)
+        self.counters.source_bytes_read = self.blocks.bytes_read
         if self.blocks.layout.frames is None:
             into[:] = stored
         else:
@@ -353,6 +376,7 @@ class DifferentialPass:
 
     def result(self, differing: Sequence[int]) -> DifferentialResult:
         c = self.counters
+        c.source_bytes_read = self.blocks.bytes_read
         return DifferentialResult(self.index.block_size, len(self.index), tuple(differing), c.bytes_compared,
                                   c.bytes_written, c.bytes_zeroed, c.source_bytes_read, dict(self.seconds),
                                   tuple(self.stages))

@@ -43,7 +43,7 @@ from bty_live.flash.profile import FlashProfile
 from bty_live.flash.readback import ReadbackPass, readback_digest
 from bty_live.flash.receipt import Receipt, save_receipt
 from bty_live.flash.target import BlockTarget, zeroout_pays
-from bty_live.image.block_reader import LocalBlocks, block_layout
+from bty_live.image.block_reader import block_layout, block_source
 from bty_live.image.bmap import BmapRangeVerifier
 from bty_live.image.formats import ImageReader
 from bty_live.image.remote import NO_DIGEST, UNVERIFIED
@@ -266,8 +266,8 @@ class _Run:
         when the disk holds something else and the image is to be written whole."""
         plan = self.plan
         image = plan.image
-        manifest, path, size = image.manifest, image.path, image.size
-        assert manifest is not None and manifest.index is not None and path is not None and size is not None
+        manifest, size = image.manifest, image.size
+        assert manifest is not None and manifest.index is not None and size is not None
         layout = block_layout(image.compression, image.frames, manifest.index, size)
         assert not isinstance(layout, str)
         if size % target.info.logical_block_size:
@@ -276,7 +276,7 @@ class _Run:
         zeroout = plan.options.zeroout
         if zeroout is None:
             zeroout = zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
-        blocks = LocalBlocks(path, layout, manifest.index, size)
+        blocks = block_source(image.source, layout, manifest.index, size)
         diff = DifferentialPass(target, blocks, manifest.index, size, image_name=image.file_name,
                                 expected_blake3=manifest.blake3, use_zeroout=zeroout, cancel=self.cancel)
         meter = ProgressMeter(self.sink, Phase.WRITE, size)

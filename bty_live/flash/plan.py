@@ -14,7 +14,7 @@ from pathlib import Path
 from bty_live.disk.eligibility import refusal
 from bty_live.disk.model import Disk, DiskIdentity
 from bty_live.errors import TargetRefusedError
-from bty_live.image.block_reader import block_layout
+from bty_live.image.block_reader import block_layout, random_access
 from bty_live.image.remote import NO_DIGEST
 from bty_live.image.source import ImageSource
 from bty_live.tune.model import TuneRequest
@@ -180,8 +180,8 @@ def why_not_differential(image: ImageSource, options: FlashOptions) -> str | Non
     index = manifest.index
     if index is None:
         return "the manifest has no block index: rerun `bty images add` to compare the disk with it next time"
-    if image.path is None:
-        return "the image is streamed, not a local file"
+    if not random_access(image.source):
+        return "the image is streamed, not a local file or an HTTP URL"
     if image.given_blake3 is not None or image.file_digest is not None:
         return "a digest of the whole stream is to be checked"
     if image.size is None or not index.covers(image.size) or image.size % DIRECT_IO_ALIGN:

@@ -39,6 +39,7 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from bty_live import __version__
 from bty_live.errors import ImageFetchError, NotFoundError, TokenRefusedError
+from bty_live.image.sources import ByteSource
 from bty_live.protocol.httpconn import (
     Backoff,
     certificate_error,
@@ -175,21 +176,58 @@ class HttpSource:
         self.follow_redirects = follow_redirects
         #: the first answer's headers (lower-case names): e.g. a registry's Docker-Content-Digest
         self.response_headers: dict[str, str] = {}
+        #: bytes fetched by `read_range` (a differential flash's frames and seek table)
+        self.ranged_bytes = 0
 
     def open(self) -> HttpStream:
         return HttpStream(self)
+
+    def head(self, end: int | None) -> ByteSource:
+        """The file's first `end` bytes as a source of their own (all of it for None): a head
+        read that does not pull the rest of the file onto the wire."""
+        return _HeadSource(self, end) if end is not None else self
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of the file, by one bounded Range request (resumed
+        like a stream when the connection drops), from the same file every stream found."""
+        stream = HttpStream(self, start=offset, end=offset + length)
+        try:
+            data = stream.read(length)
+        finally:
+            stream.close()
+        if len(data) != length:
+            raise ImageFetchError(f"image {self.shown_url} ended at {format_size(offset + len(data))} while "
+                                  f"{format_size(offset + length)} were asked for: it changed or shrank on the server; "
+                                  f"{self.wording.again}")
+        self.ranged_bytes += length
+        return data
 
     def __repr__(self) -> str:
         return f"HttpSource({self.shown_url})"
 
 
-class HttpStream:
-    """The body of one GET, read sequentially; resumes by itself after a dropped connection."""
+class _HeadSource:
+    def __init__(self, source: HttpSource, end: int) -> None:
+        self.source = source
+        self.end = end
+        self.name = source.name
+        self.size = source.size
+        self.path: Path | None = None
 
-    def __init__(self, source: HttpSource) -> None:
+    def open(self) -> HttpStream:
+        return HttpStream(self.source, end=self.end)
+
+
+class HttpStream:
+    """The body of one GET, read sequentially; resumes by itself after a dropped connection.
+    With `start` / `end`, the bytes [start, end) of the file only (a bounded Range request)."""
+
+    def __init__(self, source: HttpSource, *, start: int = 0, end: int | None = None) -> None:
         self.source = source
         self._parts = parse_url(source.url)
-        self._delivered = 0
+        self._delivered = start  # the file offset of the next byte
+        self._end = end
+        self._ranged = start > 0 or end is not None
         self._validator: _Validator | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._response: http.client.HTTPResponse | None = None
@@ -212,6 +250,9 @@ class HttpStream:
             return 0
         while True:
             total = self._validator.total if self._validator else None
+            if self._end is not None:
+                total = self._end if total is None else min(total, self._end)
+                buffer = buffer[: max(0, self._end - self._delivered)]
             if total is not None and self._delivered >= total:
                 return 0
             if self._response is None:
@@ -312,10 +353,10 @@ class HttpStream:
         answered once by the source's Authorizer; then checked by `_check`."""
         source, offset = self.source, self._delivered
         headers = {"User-Agent": source.user_agent, "Accept-Encoding": "identity", **source.headers}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            assert self._validator is not None
-            if_range = self._validator.etag or self._validator.last_modified
+        if offset or self._ranged:
+            headers["Range"] = f"bytes={offset}-" + (str(self._end - 1) if self._end is not None else "")
+            validator = self._validator or source.validator
+            if_range = validator.etag or validator.last_modified if validator else None
             if if_range:
                 headers["If-Range"] = if_range
         url, hops, renewed = source.url, 0, False
@@ -350,9 +391,9 @@ class HttpStream:
             conn.close()
             raise
         self._conn = conn
-        if offset == 0:
+        if offset == 0 and not self._ranged:
             source.response_headers = {name.lower(): value for name, value in response.getheaders()}
-        if offset:
+        if offset and not (self._ranged and self._strikes == 0):
             source.resumes += 1
             if source.on_resume is not None:
                 source.on_resume(ResumeNotice(source.shown_url, offset, self._strikes, self._drop_reason))
@@ -405,7 +446,8 @@ class HttpStream:
         if status >= 500:
             raise _Retry(f"server error {status} {response.reason}")
         etag, modified = response.getheader("ETag"), response.getheader("Last-Modified")
-        if offset == 0:
+        if offset == 0 and (not self._ranged or status == 200):  # a server without Range: the whole
+            # file answers a head read, which stops reading at its end
             if status != 200:
                 location = response.getheader("Location")  # redirects are not followed: say where to
                 to = f" (to {shown_url(location)})" if location and 300 <= status < 400 else ""
@@ -421,10 +463,9 @@ class HttpStream:
                 )
             self._first_answer(_Validator(total, etag, modified))
             return
-        validator = self._validator
-        assert validator is not None
+        validator = self._validator or self.source.validator
         if status == 200:
-            if (etag, modified) != (validator.etag, validator.last_modified):
+            if validator is not None and (etag, modified) != (validator.etag, validator.last_modified):
                 raise self._changed()
             raise ImageFetchError(f"server of {url} ignored the Range request (answered 200, not 206), so the "
                                   "download cannot resume; serve images with `bty serve` or another server "
@@ -438,10 +479,14 @@ class HttpStream:
                                   f"{response.getheader('Content-Range')!r}; the server did not honour the Range "
                                   "request: serve images with `bty serve`")
         total = int(match.group(3))
+        if validator is None:  # the first request of the source is a ranged one: it names the file
+            self._first_answer(_Validator(total, etag, modified))
+            return
         if (validator.total is not None and total != validator.total) or \
                 (validator.etag and etag != validator.etag) or \
                 (validator.last_modified and modified != validator.last_modified):
             raise self._changed()
+        self._validator = validator
 
     def _first_answer(self, found: _Validator) -> None:
         """The file a stream starts with must be the file every stream of this source found."""

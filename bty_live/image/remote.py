@@ -36,7 +36,8 @@ NO_DIGEST = ("no digest to check: the disk is read back against what was downloa
 #: the receipt's stream_check of such an image
 UNVERIFIED = "unverified (no digest)"
 #: a manifest is a few hundred bytes; anything this large is not one
-MANIFEST_LIMIT = 1 << 20
+#: a manifest is a few KiB, its block index ~70 bytes per 8 MiB of image (9 MiB for 1 TiB)
+MANIFEST_LIMIT = 16 << 20
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -100,11 +101,11 @@ def manifest_url_for(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path + MANIFEST_SUFFIX, "", ""))
 
 
-def fetch_manifest(url: str, options: UrlOptions) -> Manifest | None:
+def fetch_manifest(url: str, options: UrlOptions, token: str | None = None) -> Manifest | None:
     """The manifest beside the image at `url`, or None when the server has none (404); any other
-    failure (refused, unreachable, not a manifest) raises."""
+    failure (refused, unreachable, not a manifest) raises. `token`: `bty serve`'s, for its images."""
     wording = PRESIGNED_MANIFEST_WORDING if urlsplit(url).query else MANIFEST_WORDING
-    source = HttpSource(manifest_url_for(url), None, None, cafile=options.cafile, backoff=options.backoff,
+    source = HttpSource(manifest_url_for(url), token, None, cafile=options.cafile, backoff=options.backoff,
                         wording=wording, user_agent="bty")
     try:
         stream = source.open()
@@ -115,7 +116,7 @@ def fetch_manifest(url: str, options: UrlOptions) -> Manifest | None:
     finally:
         stream.close()
     if len(data) > MANIFEST_LIMIT:
-        raise ImageError(f"manifest {source.shown_url} is larger than 1 MiB: it is not a manifest; "
+        raise ImageError(f"manifest {source.shown_url} is larger than 16 MiB: it is not a manifest; "
                          "publish the one `bty images add` writes, or give --blake3")
     try:
         text = data.decode("utf-8")

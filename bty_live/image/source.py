@@ -18,6 +18,7 @@ from typing import Any
 
 from bty_live.errors import DigestMismatchError, ImageError, SourceCorruptError
 from bty_live.image import zstd_frames
+from bty_live.image.block_reader import remote_frames
 from bty_live.image.bmap import Bmap, load_bmap
 from bty_live.image.catalog import CatalogEntry
 from bty_live.image.formats import (
@@ -268,11 +269,14 @@ def load_streamed_image_source(
     name: str,
     size: int | None,
     blake3: str | None,
+    manifest: Manifest | None = None,
 ) -> ImageSource:
     """An image that arrives as a stream from the PXE agent's server: what the server says it is
     (name, decompressed size, blake3), checked against its first bytes. An image on another host
-    may come with a digest but no size (`bty serve assign MAC URL --blake3 HEX`)."""
-    manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
+    may come with a digest but no size (`bty serve assign MAC URL --blake3 HEX`). `manifest`,
+    the server's manifest of the image (its block index), is used when it names the same image."""
+    if manifest is None or manifest.blake3 != blake3 or manifest.size != size:
+        manifest = Manifest(name=name, size=size, blake3=blake3) if size and blake3 else None
     return streamed_image_source(source, name=name, manifest=manifest, size=size, size_source="server",
                                  given_blake3=blake3 if manifest is None else None)
 
@@ -291,7 +295,8 @@ def streamed_image_source(
     be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped),
     frames are decompressed one after another, and an image of unknown size that turns out
     larger than the disk is stopped there (and the disk wiped)."""
-    stream = source.open()
+    http = source if isinstance(source, HttpSource) else None
+    stream = (http.head(512) if http else source).open()  # over HTTP, only the bytes asked for travel
     try:
         first = stream.read(512)
     finally:
@@ -301,7 +306,12 @@ def streamed_image_source(
         size, size_source = manifest.size, "manifest"
     if size is None and compression == Compression.RAW and source.size is not None:
         size, size_source = source.size, "file size"
-    head = read_head(source, compression, size)
+    frames = None
+    if http is not None and manifest is not None and manifest.index is not None and compression == Compression.ZSTD:
+        found = remote_frames(http)  # a differential flash fetches frames by Range requests
+        frames = None if isinstance(found, str) else found
+    head_end = frames[0].offset + frames[0].length if frames else HEAD_BYTES if compression == Compression.RAW else None
+    head = read_head(http.head(head_end) if http else source, compression, size)
     warning = optical_only_warning(head, source.name)
     return ImageSource(
         source=source,
@@ -312,7 +322,7 @@ def streamed_image_source(
         size_source=size_source if size else "unknown until decompressed",
         manifest=manifest,
         bmap=None,
-        frames=None,
+        frames=frames,
         table=parse_partition_table(head, size) if head else None,
         warnings=(warning,) if warning else (),
         given_blake3=given_blake3,

@@ -4,6 +4,7 @@
     GET  /netboot/{kernel|initrd}               public: the netboot live system (no secrets in it)
     GET  /ipxe/{mac}                            token: the iPXE script for that NIC (holds the token)
     GET  /images/{file}                         token: an image file; Range, ETag, Last-Modified, HEAD
+    GET  /images/{file}.toml                    token: its manifest (the agent's block index)
     GET  /api/v1/images                         token: what can be assigned
     GET  /api/v1/machines                       token: every machine, its status, plan, last receipt
     GET  /api/v1/machines/{mac}                 token: one machine, with its inventory
@@ -48,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bty_live.errors import BtyError, LedgerError
 from bty_live.flash.ledger import filter_records, read_ledger, summarize
+from bty_live.image.manifest import MANIFEST_SUFFIX, manifest_path_for
 from bty_live.protocol.wire import API, CREDENTIAL_HEADER, TOKEN_QUERY, Action, bearer_token, normalise_mac
 from bty_live.server import ipxe
 from bty_live.server.config import ServerConfig
@@ -260,7 +262,13 @@ def create_app(config: ServerConfig, store: Store) -> Starlette:
         return PlainTextResponse(text)
 
     async def image(request: Request) -> Response:
-        path = image_file(config.images_dir, request.path_params["file_name"])
+        name = request.path_params["file_name"]
+        if name.endswith(MANIFEST_SUFFIX):  # IMAGE.toml: the manifest of a served image (its block index)
+            served = image_file(config.images_dir, name[: -len(MANIFEST_SUFFIX)])
+            if served is None:
+                return _error(404, f"no image {name[: -len(MANIFEST_SUFFIX)]!r} on this server; see GET {API}/images")
+            return FileResponse(manifest_path_for(served), media_type="application/toml")
+        path = image_file(config.images_dir, name)
         if path is None:
             return _error(404, f"no image {request.path_params['file_name']!r} on this server; see GET {API}/images")
         return ImageResponse(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +27,7 @@ from bty_live.image.manifest import load_manifest, write_manifest
 from bty_live.image.source import _scan_zstd
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, device_equals_file, looks_blank
+from tests.netkit import CutProxy, serving_files
 
 pytestmark = pytest.mark.root
 
@@ -220,3 +222,57 @@ def test_a_disk_that_drops_writes_is_caught_by_the_read_back_and_wiped(
     with pytest.raises(VerifyError, match="does not match what was written"):
         engine.flash(plan)
     assert looks_blank(loop.path, IMAGE_SIZE)
+
+
+# -- over HTTP: only the frames that differ are downloaded ----------------------------------------
+
+
+def test_a_reflash_from_an_http_server_downloads_only_the_frames_that_differ(
+        versions: tuple[Path, Path, Path], tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    v1, v2, images = versions
+    loop = make_loop(IMAGE_SIZE)
+    flash(images / "v1.img.zst", loop, tmp_path, "--full")
+    packed = (images / "v2.img.zst").stat().st_size
+    with serving_files(images) as server:
+        proxy = CutProxy(server.address)
+        try:
+            receipt = flash_url(f"{proxy.url}/images/v2.img.zst", loop, tmp_path)
+        finally:
+            proxy.close()
+
+    assert device_equals_file(loop.path, v2)
+    assert receipt["differential"]["mode"] == "differential" and receipt["readback_check"] == "match"
+    on_the_wire = sum(s.sent for s in proxy.seen if s.request_line.startswith("GET /images/v2.img.zst "))
+    frames = _scan_zstd(images / "v2.img.zst")
+    # the head (frame 0: the partition table), the seek table, and the frames of the blocks
+    # that differ (2, 5, 8; 9 is zero: nothing to fetch) or hold the partition tables (0, 11)
+    wanted = frames[0].length + sum(frames[b].length for b in (0, 2, 5, 8, 11)) + 64 * 1024
+    assert on_the_wire <= wanted < 0.6 * packed, [(s.range, s.sent) for s in proxy.seen]
+    ranges = proxy.range_requests()
+    assert ranges and all(re.fullmatch(r"bytes=\d+-\d+", r) for r in ranges)  # bounded: never the rest of the file
+    assert receipt["download"]["bytes"] == receipt["differential"]["source_bytes_read"]
+
+
+def test_a_disk_that_holds_something_else_downloads_no_frame_before_it_is_written_whole(
+        versions: tuple[Path, Path, Path], tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    _, v2, images = versions
+    loop = make_loop(IMAGE_SIZE, fill=b"\x5a")
+    with serving_files(images) as server:
+        proxy = CutProxy(server.address)
+        try:
+            receipt = flash_url(f"{proxy.url}/images/v2.img.zst", loop, tmp_path)
+        finally:
+            proxy.close()
+
+    assert device_equals_file(loop.path, v2) and receipt["differential"]["mode"] == "fell back"
+    image_gets = [s for s in proxy.seen if s.request_line.startswith("GET /images/v2.img.zst ")]
+    # the head (frame 0, read to plan) and the seek table's two small requests: no frame fetched to compare
+    frames = [s for s in image_gets if s.range and not s.range.startswith("bytes=0-") and s.sent > 4096]
+    assert frames == [], [s.range for s in frames]
+
+
+def flash_url(url: str, loop: LoopDevice, tmp_path: Path) -> dict:
+    """`bty flash URL`, its receipt."""
+    receipt = tmp_path / f"receipt-url-{len(list(tmp_path.glob('receipt-url-*')))}.json"
+    assert cli.main(["flash", url, loop.path, "--yes", "--receipt", str(receipt)]) == 0
+    return json.loads(receipt.read_text())
