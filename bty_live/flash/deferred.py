@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class DeferringTarget:
     def __init__(self, target: BlockTarget, regions: Sequence[DeferredRegion]) -> None:
         self.target = target
         self.regions = list(regions)
+        self._lock = threading.Lock()  # a differential flash fills a region from two threads
 
     @property
     def info(self) -> TargetInfo:
@@ -86,18 +88,20 @@ class DeferringTarget:
             if region is None:
                 self.target.pwrite(piece, start)
             else:
-                at = start - region.offset
-                region.data[at : at + len(piece)] = piece
-                region.filled = max(region.filled, end - region.offset)
+                with self._lock:
+                    at = start - region.offset
+                    region.data[at : at + len(piece)] = piece
+                    region.filled = max(region.filled, end - region.offset)
 
     def zeroout(self, offset: int, length: int) -> None:
         for start, end, region in self._pieces(offset, length):
             if region is None:
                 self.target.zeroout(start, end - start)
             else:
-                at = start - region.offset
-                region.data[at : at + end - start] = bytes(end - start)
-                region.filled = max(region.filled, end - region.offset)
+                with self._lock:
+                    at = start - region.offset
+                    region.data[at : at + end - start] = bytes(end - start)
+                    region.filled = max(region.filled, end - region.offset)
 
     def flush(self) -> None:
         self.target.flush()

@@ -34,8 +34,8 @@ fix-ups then follow their own rules (bty_live.flash.fixups).
 
 from __future__ import annotations
 
-import contextlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +47,8 @@ import zstandard
 
 from bty_live.errors import Cancelled, DigestMismatchError, SourceCorruptError, TargetIOError, VerifyError
 from bty_live.flash.copy import WriteTarget
-from bty_live.flash.pipeline import BufferPool, Channel, StageRunner
-from bty_live.flash.profile import StageTime
+from bty_live.flash.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
+from bty_live.flash.profile import StageTime, waiting
 from bty_live.flash.target import BlockTarget, aligned_buffer
 from bty_live.image.block_index import BlockIndex, block_digest
 from bty_live.image.block_reader import COALESCE, BlockSource
@@ -60,10 +60,10 @@ DECIDE_AFTER = 16
 FALL_BACK_SHARE = 0.5
 #: a differing block is compared with its image bytes in pieces of this size; only differing pieces are written
 PIECE = 64 << 10
-#: buffers the compare pass reads ahead into
-READ_BUFFERS = 4
-#: blocks fetched, decompressed and written at once
-WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: buffers the comparison reads the disk ahead into (a block that differs keeps its buffer until written)
+READ_BUFFERS = 6
+#: buffers of image blocks fetched and decompressed, waiting to be written
+IMAGE_BUFFERS = 3
 
 
 class NotThisImage(Exception):
@@ -130,81 +130,116 @@ class DifferentialPass:
 
     # -- compare ------------------------------------------------------------------------------
 
-    def compare(self, tick: Callable[[DiffCounters], None]) -> list[int]:
-        """The blocks whose bytes on the target differ from the index; NotThisImage when the
-        first data blocks say the target holds something else."""
+    def run(self, writer: WriteTarget, held: Sequence[tuple[int, int]], begin_writing: Callable[[], object],
+            tick: Callable[[DiffCounters], None]) -> list[int]:
+        """Compare every block and write the pieces of those that differ; return the blocks written.
+
+        `held` are the engine's held ranges (the image's first and last MiB), which `writer`
+        keeps in memory: their bytes are always given to it (from the disk when the block
+        matches, else from the image), so they can be written last if anything else is.
+        `begin_writing` is called once, before the first write (the engine wipes the old
+        partition tables there). NotThisImage before anything is fetched or written when the
+        first data blocks differ; DigestMismatchError when the blocks do not make the
+        manifest's image (after writes: the engine then wipes the disk)."""
         started = time.monotonic()
-        runner = StageRunner(self.cancel)
-        pool = BufferPool(READ_BUFFERS, self.index.block_size)
-        channel = Channel(runner.abort)
-        differing: list[int] = []
         fd = self._open_direct()
         try:
             self._look_first(fd)
         except BaseException:
             os.close(fd)
             raise
-
+        runner = StageRunner(self.cancel)
+        disk_pool = BufferPool(READ_BUFFERS, self.index.block_size)
+        image_pool = BufferPool(IMAGE_BUFFERS, self.index.block_size)
+        to_judge = Channel(runner.abort)
+        to_write: queue.Queue[tuple[Buffer, Buffer] | None] = queue.Queue()
         #: block -> whether it matches the index, set by the reader (ahead of the judge)
         verdicts: dict[int, bool] = {}
+        written: list[int] = []
+        in_held = blocks_holding(held, self.index.block_size)
 
         def read() -> None:
             for number in range(len(self.index)):
                 start, end = self.index.span(number, self.image_size)
-                buf = pool.acquire(runner.abort, consumers=1)
+                buf = disk_pool.acquire(runner.abort, consumers=1)
                 view = buf.view[: end - start]
                 self._read_exactly(fd, view, start)
                 verdicts[number] = block_digest(view) == self.index.digests[number]
                 view.release()
                 buf.offset, buf.length = number, end - start
-                channel.put(buf)
-            channel.put(None)
+                to_judge.put(buf)
+            to_judge.put(None)
 
         def judge() -> None:
-            counters = self.counters
             whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            image = aligned_buffer(self.index.block_size)
-            try:
-                for buf in channel:
-                    number, data = buf.offset, buf.view[: buf.length]
-                    expected = self.index.digests[number]
-                    same = verdicts[number]
-                    if same:
-                        whole.update(data)
+            for disk in to_judge:
+                number, length = disk.offset, disk.length
+                if verdicts[number]:
+                    data = disk.view[:length]
+                    whole.update(data)
+                    if number in in_held:  # the held ranges' bytes, to be written last if anything is
+                        self._keep_held(writer, held, data, number)
                     data.release()
-                    pool.release(buf)
-                    if not same:  # the image's bytes stand in for the disk's in the digest of the whole
-                        wanted = memoryview(image)[: buf.length]
-                        if expected is None:
-                            wanted[:] = bytes(buf.length)
-                        else:  # with the blocks read ahead that differ too: one request over HTTP
-                            run = [number]
-                            while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
-                                run.append(run[-1] + 1)
-                            self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
-                            self._fetch(number, wanted)
-                        whole.update(wanted)
-                        wanted.release()
-                        differing.append(number)
-                    with self._lock:
-                        counters.bytes_compared += buf.length
-                        counters.blocks_compared += 1
-            finally:
-                with contextlib.suppress(BufferError):
-                    image.close()
+                    disk_pool.release(disk)
+                else:
+                    image = image_pool.acquire(runner.abort, consumers=1)
+                    image.offset, image.length = number, length
+                    wanted = image.view[:length]
+                    if self.index.digests[number] is None:
+                        wanted[:] = bytes(length)
+                    else:  # with the blocks read ahead that differ too: one request over HTTP
+                        run = [number]
+                        while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
+                            run.append(run[-1] + 1)
+                        self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
+                        self._fetch(number, wanted)
+                    whole.update(wanted)
+                    wanted.release()
+                    to_write.put((disk, image))
+                with self._lock:
+                    self.counters.bytes_compared += length
+                    self.counters.blocks_compared += 1
+            to_write.put(None)
             self._prove(whole.hexdigest())
+
+        def write() -> None:
+            begun = False
+            while (job := self._next_job(to_write, runner)) is not None:
+                disk, image = job
+                if not begun:
+                    begin_writing()
+                    begun = True
+                self._write_block(disk, image, writer, held)
+                written.append(disk.offset)
+                disk_pool.release(disk)
+                image_pool.release(image)
 
         runner.start("compare-read", read)
         runner.start("compare", judge)
+        runner.start("write", write)
         try:
             runner.wait(lambda: tick(self.counters))
         finally:
             runner.join()
-            pool.close()
+            disk_pool.close()
+            image_pool.close()
             os.close(fd)
             self.stages.extend(runner.stages)
-            self.seconds["compare"] = time.monotonic() - started
-        return differing
+        if written:
+            writer.flush()
+        self.seconds["compare+write"] = time.monotonic() - started
+        return sorted(written)
+
+    @staticmethod
+    def _next_job(jobs: queue.Queue[tuple[Buffer, Buffer] | None], runner: StageRunner) -> tuple[Buffer, Buffer] | None:
+        with waiting("input"):
+            while True:
+                if runner.abort.is_set():
+                    raise Aborted
+                try:
+                    return jobs.get(timeout=POLL)
+                except queue.Empty:
+                    continue
 
     def _prove(self, digest: str) -> None:
         """The disk's blocks that match the index, with the image's blocks where they differ, must
@@ -239,78 +274,35 @@ class DifferentialPass:
 
     # -- write --------------------------------------------------------------------------------
 
-    def write(self, blocks: Sequence[int], writer: WriteTarget, held: Sequence[tuple[int, int]],
-              tick: Callable[[DiffCounters], None]) -> None:
-        """Write the pieces of `blocks` that differ on the disk (all of the held ranges' pieces).
-
-        The blocks holding a held range are written first, in this thread (the held regions are
-        filled in memory, one writer at a time); the rest by WORKERS threads, in any order."""
-        started = time.monotonic()
-        in_held = blocks_holding(held, self.index.block_size)
-        scratch = _Scratch(self.index.block_size)
-        try:
-            for number in blocks:
-                if number in in_held:
-                    self._write_block(number, writer, held, scratch)
-        finally:
-            scratch.close()
-        rest = [n for n in blocks if n not in in_held]
-        self.blocks.prefetch([n for n in rest if self.index.digests[n] is not None])  # held since the compare
-        runner = StageRunner(self.cancel)
-        next_block = iter(rest)
-        take = threading.Lock()
-
-        def work() -> None:
-            own = _Scratch(self.index.block_size)
-            try:
-                while not runner.abort.is_set():
-                    with take:
-                        number = next(next_block, None)
-                    if number is None:
-                        return
-                    self._write_block(number, writer, (), own)
-            finally:
-                own.close()
-
-        for i in range(min(WORKERS, len(rest))):
-            runner.start(f"write-{i}", work)
-        try:
-            runner.wait(lambda: tick(self.counters))
-        finally:
-            runner.join()
-            self.stages.extend(runner.stages)
-        writer.flush()
-        self.seconds["write"] = time.monotonic() - started
-
-    def _write_block(self, number: int, writer: WriteTarget, held: Sequence[tuple[int, int]],
-                     scratch: _Scratch) -> None:
-        if self.cancel.is_set():
-            raise Cancelled("cancelled by the user")
+    def _keep_held(self, writer: WriteTarget, held: Sequence[tuple[int, int]], data: memoryview,
+                   number: int) -> None:
+        """Give `writer` the held ranges' part of block `number` (it keeps them in memory)."""
         start, end = self.index.span(number, self.image_size)
-        length = end - start
-        expected = self.index.digests[number]
-        image = memoryview(scratch.image)[:length]
-        disk = memoryview(scratch.disk)[:length]
+        for lo, hi in held:
+            lo, hi = max(lo, start), min(hi, end)
+            if lo < hi:
+                writer.pwrite(data[lo - start : hi - start], lo)
+
+    def _write_block(self, disk: Buffer, image: Buffer, writer: WriteTarget, held: Sequence[tuple[int, int]]) -> None:
+        """Write the pieces of the block where the disk differs from the image (held ranges: all)."""
+        start = disk.offset * self.index.block_size
+        zero = self.index.digests[disk.offset] is None
+        theirs, ours = disk.view[: disk.length], image.view[: image.length]
         try:
-            if expected is not None:
-                self._fetch(number, image)
-            else:
-                image[:] = bytes(length)
-            self._read_exactly(self.target.fd, disk, start)
-            for run_start, run_end in _differing_runs(image, disk, start, held):
-                piece = image[run_start - start : run_end - start]
-                if expected is None and self.use_zeroout:
+            for run_start, run_end in _differing_runs(ours, theirs, start, held):
+                if zero and self.use_zeroout:
                     writer.zeroout(run_start, run_end - run_start)
                     with self._lock:
                         self.counters.bytes_zeroed += run_end - run_start
                 else:
+                    piece = ours[run_start - start : run_end - start]
                     writer.pwrite(piece, run_start)
+                    piece.release()
                     with self._lock:
                         self.counters.bytes_written += run_end - run_start
-                piece.release()
         finally:
-            image.release()
-            disk.release()
+            theirs.release()
+            ours.release()
 
     def _fetch(self, number: int, into: memoryview) -> None:
         """Block `number`'s image bytes into `into`, checked against the index."""
@@ -406,19 +398,6 @@ class DifferentialPass:
 def blocks_holding(ranges: Sequence[tuple[int, int]], block_size: int) -> set[int]:
     """The numbers of the blocks that [start, end) ranges touch."""
     return {n for start, end in ranges for n in range(start // block_size, (end - 1) // block_size + 1)}
-
-
-class _Scratch:
-    """A worker's two aligned block buffers: the image's bytes and the disk's."""
-
-    def __init__(self, size: int) -> None:
-        self.image = aligned_buffer(size)
-        self.disk = aligned_buffer(size)
-
-    def close(self) -> None:
-        for buf in (self.image, self.disk):
-            with contextlib.suppress(BufferError):  # a view still alive after a failure: the GC frees it
-                buf.close()
 
 
 def _differing_runs(image: memoryview, disk: memoryview, base: int,

@@ -35,7 +35,7 @@ from bty_live.errors import (
 from bty_live.events import Event, EventSink, Kind, Phase, ProgressMeter, discard
 from bty_live.flash.copy import CopyResult, StreamConsumer, WritePass
 from bty_live.flash.deferred import DeferredRegion, DeferringTarget, commit, overlay, plan_regions, release
-from bty_live.flash.differential import DiffCounters, DifferentialPass, NotThisImage, blocks_holding
+from bty_live.flash.differential import DiffCounters, DifferentialPass, NotThisImage
 from bty_live.flash.ledger import LedgerRecord, PhaseTracker, append_record, make_record
 from bty_live.flash.plan import FlashPlan, VerifyMode
 from bty_live.flash.preflight import preflight_if_wanted
@@ -285,25 +285,25 @@ class _Run:
         def tick(c: DiffCounters) -> None:
             meter.update(c.source_bytes_read, c.bytes_compared, c.bytes_zeroed)
 
+        # as for a full write: the old partition tables go first (once something is to be written),
+        # the image's come last; their bytes are held from the start (from the disk where it matches)
+        self.deferred = plan_regions(size, target.info.logical_block_size)
+        held = [(r.offset, min(r.end, size)) for r in self.deferred]
         try:
-            try:
-                differing = diff.compare(tick)
-            except NotThisImage as exc:
-                self.diff_info = {**diff.result([]).to_dict(), "mode": "fell back", "reason": str(exc)}
-                self.profile.add(list(diff.stages))
-                self.info(Phase.WRITE, str(exc))
-                return None
-            written = differing
-            if differing:
-                # as for a full write: the old partition tables go first, the image's come last
-                target.wipe_signatures((size,))
-                self.deferred = plan_regions(size, target.info.logical_block_size)
-                held = [(r.offset, min(r.end, size)) for r in self.deferred]
-                written = sorted(set(differing) | blocks_holding(held, manifest.index.block_size))
-                diff.write(written, DeferringTarget(target, self.deferred), held, tick)
-            self.diff, self.diff_written = diff, written
+            written = diff.run(DeferringTarget(target, self.deferred), held,
+                               lambda: target.wipe_signatures((size,)), tick)
+        except NotThisImage as exc:
+            self.diff_info = {**diff.result([]).to_dict(), "mode": "fell back", "reason": str(exc)}
+            self.info(Phase.WRITE, str(exc))
+            release(self.deferred)
+            self.deferred = []
+            return None
         finally:
             blocks.close()
+        if not written:  # the disk holds the image: nothing to write last either
+            release(self.deferred)
+            self.deferred = []
+        self.diff, self.diff_written = diff, written
         result = diff.result(written)
         self.diff_info = result.to_dict()
         seconds = sum(result.seconds.values())
@@ -314,7 +314,7 @@ class _Run:
                           stages=result.stages)
         self.copy = copy
         meter.end(result.source_bytes_read, size, result.bytes_zeroed, digest=copy.digest,
-                  message=f"compared {format_size(result.bytes_compared)}: {len(differing)} of {len(manifest.index)} "
+                  message=f"compared {format_size(result.bytes_compared)}: {len(written)} of {len(manifest.index)} "
                           f"blocks differed; wrote {format_size(result.bytes_written)}, "
                           f"zero-filled {format_size(result.bytes_zeroed)}")
         return copy

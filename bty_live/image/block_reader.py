@@ -30,8 +30,7 @@ from bty_live.image.zstd_frames import Frame
 
 #: adjacent frames fetched in one HTTP request, at most
 COALESCE = 8
-#: compressed frames an HttpBlocks keeps between the comparison (which fetches them) and the
-#: write (which needs them again); beyond this, the oldest are fetched again when written
+#: frames fetched ahead (a run of adjacent ones) and not used yet: beyond this, the oldest are dropped
 CACHE_BYTES = 128 << 20
 
 
@@ -113,8 +112,7 @@ def stored_span(layout: BlockLayout, index: BlockIndex, image_size: int, block: 
 
 class HttpBlocks:
     """A block's stored bytes from an HTTP server, by bounded Range requests. `prefetch` fetches
-    a run of adjacent blocks in one request; what is fetched is kept (up to CACHE_BYTES) for the
-    write, which asks for the same blocks again."""
+    a run of adjacent blocks in one request and keeps them until `stored` takes them."""
 
     def __init__(self, source: HttpSource, layout: BlockLayout, index: BlockIndex, image_size: int) -> None:
         self.source = source
@@ -154,10 +152,13 @@ class HttpBlocks:
             self._cached -= len(dropped)
 
     def stored(self, block: int) -> bytes:
+        """The block's frame, fetched now or by an earlier prefetch (and then let go)."""
         with self._lock:
             if block not in self._cache:
                 self._prefetch([block])
-            return self._cache[block]
+            data = self._cache.pop(block)
+            self._cached -= len(data)
+            return data
 
     def close(self) -> None:
         self._cache.clear()
