@@ -39,6 +39,7 @@ from bty_live.errors import (
 )
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash.ledger import read_ledger
+from bty_live.image.source import _scan_zstd
 from bty_live.protocol.httpconn import Backoff
 from bty_live.protocol.wire import Action, AgentPlan
 from bty_live.server.images import ServedImage
@@ -142,6 +143,39 @@ def test_agent_flashes_a_loop_device_from_the_server_and_the_server_lists_the_re
     [record] = read_ledger(tmp_path / "images" / "ledger.jsonl").records
     assert record.result == "passed" and record.known_good and record.disk_path == loop.path
     assert record.image_blake3 == stored.image_blake3 and MAC in record.macs
+
+
+def test_a_machine_reflashed_with_a_newer_image_downloads_only_the_frames_that_differ(
+        tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    newer = tmp_path / "v2.img"
+    newer.write_bytes(raw_image.read_bytes())
+    with open(newer, "r+b") as f:  # a package update: 64 KiB rewritten inside one 8 MiB block
+        f.seek(33 * MiB)
+        f.write(os.urandom(64 << 10))
+    for raw, name in ((raw_image, "v1.img.zst"), (newer, "v2.img.zst")):
+        assert cli.main(["images", "pack", str(raw), "-o", str(images / name)]) == 0
+    loop = make_loop(IMAGE_SIZE)
+    with running_server(make_config(tmp_path, images)) as server:
+        assign(server, tmp_path, "v1.img.zst", f"path={loop.path}")
+        assert run_agent(server.url, Recorder()).state == AgentState.REBOOT  # a blank disk: written whole
+        proxy = CutProxy(server.socket.getsockname()[:2])
+        assign(server, tmp_path, "v2.img.zst", f"path={loop.path}")
+
+        outcome = run_agent(proxy.url, Recorder())
+
+        assert outcome.state == AgentState.REBOOT and device_equals_file(loop.path, newer)
+        stored = server.store.last_receipt(MAC)
+        assert stored is not None and stored.receipt["differential"]["mode"] == "differential"
+        assert stored.receipt["readback_check"] == "match"
+    frames = _scan_zstd(images / "v2.img.zst")
+    on_the_wire = sum(s.sent for s in proxy.seen if s.request_line.startswith("GET /images/v2.img.zst "))
+    # the head (frame 0), the frame of block 4, at most those of the partition tables' blocks
+    # (0 and 7, which the last flash's fix-ups may have changed), the seek table; not the rest
+    most = 2 * frames[0].length + frames[4].length + frames[7].length + 64 * 1024
+    assert on_the_wire <= most < (images / "v2.img.zst").stat().st_size, [(s.range, s.sent) for s in proxy.seen]
+    assert any(s.request_line.startswith("GET /images/v2.img.zst.toml ") for s in proxy.seen)
 
 
 def test_a_connection_cut_mid_transfer_resumes_and_the_disk_still_verifies(
