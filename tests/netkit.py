@@ -151,6 +151,11 @@ class CutProxy:
     def range_requests(self) -> list[str]:
         return [s.range for s in self.seen if s.range]
 
+    def resumes(self) -> list[str]:
+        """The open-ended Range requests ("bytes=N-"): a dropped download resumed. Bounded ones
+        ("bytes=N-M") read a head, a seek table or a differential flash's frames."""
+        return [r for r in self.range_requests() if r.endswith("-")]
+
     def close(self) -> None:
         """Stop listening: new connections are refused (shutdown wakes the blocked accept)."""
         with contextlib.suppress(OSError):

@@ -162,10 +162,9 @@ class DifferentialPass:
             for number in range(len(self.index)):
                 start, end = self.index.span(number, self.image_size)
                 buf = disk_pool.acquire(runner.abort, consumers=1)
-                view = buf.view[: end - start]
-                self._read_exactly(fd, view, start)
-                verdicts[number] = block_digest(view) == self.index.digests[number]
-                view.release()
+                with buf.view[: end - start] as view:
+                    self._read_exactly(fd, view, start)
+                    verdicts[number] = block_digest(view) == self.index.digests[number]
                 buf.offset, buf.length = number, end - start
                 to_judge.put(buf)
             to_judge.put(None)
@@ -175,26 +174,24 @@ class DifferentialPass:
             for disk in to_judge:
                 number, length = disk.offset, disk.length
                 if verdicts[number]:
-                    data = disk.view[:length]
-                    whole.update(data)
-                    if number in in_held:  # the held ranges' bytes, to be written last if anything is
-                        self._keep_held(writer, held, data, number)
-                    data.release()
+                    with disk.view[:length] as data:
+                        whole.update(data)
+                        if number in in_held:  # the held ranges' bytes, to be written last if anything is
+                            self._keep_held(writer, held, data, number)
                     disk_pool.release(disk)
                 else:
                     image = image_pool.acquire(runner.abort, consumers=1)
                     image.offset, image.length = number, length
-                    wanted = image.view[:length]
-                    if self.index.digests[number] is None:
-                        wanted[:] = bytes(length)
-                    else:  # with the blocks read ahead that differ too: one request over HTTP
-                        run = [number]
-                        while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
-                            run.append(run[-1] + 1)
-                        self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
-                        self._fetch(number, wanted)
-                    whole.update(wanted)
-                    wanted.release()
+                    with image.view[:length] as wanted:
+                        if self.index.digests[number] is None:
+                            wanted[:] = bytes(length)
+                        else:  # with the blocks read ahead that differ too: one request over HTTP
+                            run = [number]
+                            while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
+                                run.append(run[-1] + 1)
+                            self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
+                            self._fetch(number, wanted)
+                        whole.update(wanted)
                     to_write.put((disk, image))
                 with self._lock:
                     self.counters.bytes_compared += length
@@ -261,10 +258,9 @@ class DifferentialPass:
         try:
             for number in first:
                 start, end = self.index.span(number, self.image_size)
-                view = memoryview(buf)[: end - start]
-                self._read_exactly(fd, view, start)
-                differ += block_digest(view) != self.index.digests[number]
-                view.release()
+                with memoryview(buf) as whole, whole[: end - start] as view:  # released even when stopped
+                    self._read_exactly(fd, view, start)
+                    differ += block_digest(view) != self.index.digests[number]
         finally:
             buf.close()
         if differ > len(first) * FALL_BACK_SHARE:
@@ -287,22 +283,17 @@ class DifferentialPass:
         """Write the pieces of the block where the disk differs from the image (held ranges: all)."""
         start = disk.offset * self.index.block_size
         zero = self.index.digests[disk.offset] is None
-        theirs, ours = disk.view[: disk.length], image.view[: image.length]
-        try:
+        with disk.view[: disk.length] as theirs, image.view[: image.length] as ours:
             for run_start, run_end in _differing_runs(ours, theirs, start, held):
                 if zero and self.use_zeroout:
                     writer.zeroout(run_start, run_end - run_start)
                     with self._lock:
                         self.counters.bytes_zeroed += run_end - run_start
                 else:
-                    piece = ours[run_start - start : run_end - start]
-                    writer.pwrite(piece, run_start)
-                    piece.release()
+                    with ours[run_start - start : run_end - start] as piece:
+                        writer.pwrite(piece, run_start)
                     with self._lock:
                         self.counters.bytes_written += run_end - run_start
-        finally:
-            theirs.release()
-            ours.release()
 
     def _fetch(self, number: int, into: memoryview) -> None:
         """Block `number`'s image bytes into `into`, checked against the index."""
@@ -345,14 +336,13 @@ class DifferentialPass:
                 if self.cancel.is_set():
                     raise Cancelled("cancelled by the user")
                 start, end = self.index.span(number, self.image_size)
-                view = memoryview(buf)[: end - start]
-                self._read_exactly(fd, view, start)
-                for offset, data in overlay:
-                    lo, hi = max(start, offset), min(end, offset + len(data))
-                    if lo < hi:
-                        view[lo - start : hi - start] = data[lo - offset : hi - offset]
-                same = block_digest(view) == self.index.digests[number]
-                view.release()
+                with memoryview(buf) as whole, whole[: end - start] as view:  # released even when stopped
+                    self._read_exactly(fd, view, start)
+                    for offset, data in overlay:
+                        lo, hi = max(start, offset), min(end, offset + len(data))
+                        if lo < hi:
+                            view[lo - start : hi - start] = data[lo - offset : hi - offset]
+                    same = block_digest(view) == self.index.digests[number]
                 if not same:
                     raise VerifyError(
                         f"read-back of {self.target.path} at {format_size(start)} does not match what was written "

@@ -96,8 +96,8 @@ class FlashPlan:
         ]
         if self.differential:
             index = image.manifest.index if image.manifest else None
-            lines.append(f"write:   differential: the disk is compared with the image's block index "
-                         f"({len(index) if index else 0} blocks), only what differs is written (--full: all)")
+            lines.append(f"write:   differential: {len(index) if index else 0} blocks compared, those that differ "
+                         "written")
         else:
             lines.append(f"write:   whole image ({self.full_reason})")
         if image.table is not None:
@@ -176,15 +176,15 @@ def why_not_differential(image: ImageSource, options: FlashOptions) -> str | Non
         return "--full"
     manifest = image.manifest
     if manifest is None:
-        return "no manifest, so no block index to compare the disk with"
+        return "no manifest"
     index = manifest.index
     if index is None:
-        return "the manifest has no block index: rerun `bty images add` to compare the disk with it next time"
+        return "no block index: `bty images add` writes one"
     if not random_access(image.source):
-        return "the image is streamed, not a local file or an HTTP URL"
+        return "streamed: not a file or an HTTP URL"
     if image.given_blake3 is not None or image.file_digest is not None:
-        return "a digest of the whole stream is to be checked"
+        return "a digest of the whole stream is checked"
     if image.size is None or not index.covers(image.size) or image.size % DIRECT_IO_ALIGN:
-        return "the block index does not fit the image's size"
+        return "the block index does not fit the image"
     layout = block_layout(image.compression, image.frames, index, image.size)
     return layout if isinstance(layout, str) else None

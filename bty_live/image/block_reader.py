@@ -48,13 +48,14 @@ def block_layout(compression: Compression, frames: Sequence[Frame] | None, index
     if compression == Compression.RAW:
         return BlockLayout(compression, None)
     if compression != Compression.ZSTD:
-        return f"a {compression} file is decompressed front to back only (`bty images pack` makes it seekable)"
+        return f"{compression} is read front to back: `bty images pack` makes it seekable"
+    not_blocks = "its zstd frames are not the index's blocks: `bty images pack` makes them so"
     if frames is None or len(frames) != len(index):
-        return "the zstd file's frames are not the index's blocks (`bty images pack` makes them so)"
+        return not_blocks
     for number, frame in enumerate(frames):
         start, end = index.span(number, image_size)
         if frame.content_size != end - start:
-            return "the zstd file's frames are not the index's blocks (`bty images pack` makes them so)"
+            return not_blocks
     return BlockLayout(compression, tuple(frames))
 
 

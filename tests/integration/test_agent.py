@@ -188,7 +188,7 @@ def test_a_connection_cut_mid_transfer_resumes_and_the_disk_still_verifies(
 
     assert outcome.state == AgentState.REBOOT and proxy.cuts == 1
     assert device_equals_file(loop.path, raw_image)
-    [resume] = proxy.range_requests()
+    [resume] = proxy.resumes()
     assert 0 < int(resume.removeprefix("bytes=").rstrip("-")) <= 24 * MiB
     stored = server.store.last_receipt(MAC)
     assert stored is not None and stored.receipt["download"]["resumes"] == 1
@@ -321,8 +321,8 @@ def test_the_operator_cancelling_a_run_mid_write_stops_the_agent_wipes_the_disk_
         server: ServerThread, tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice]) -> None:
     proxy = CutProxy(server.socket.getsockname()[:2], rate=8 * MiB)  # 8 s of writing: time to cancel it
     loop = make_loop(IMAGE_SIZE)
-    with open(loop.path, "r+b") as disk, open(raw_image, "rb") as old_system:  # the disk holds a system
-        disk.write(old_system.read())
+    with open(loop.path, "r+b") as disk, open(raw_image, "rb") as old_system:  # the disk holds another system
+        disk.write(old_system.read(MiB) + os.urandom(IMAGE_SIZE - MiB))  # (not this image: written whole)
     assert not looks_blank(loop.path, IMAGE_SIZE)
     run = assign(server, tmp_path, "disk.img", f"path={loop.path}")
     recorder = Recorder()

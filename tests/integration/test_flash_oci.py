@@ -259,7 +259,7 @@ def test_a_connection_cut_mid_blob_resumes_and_the_target_is_byte_exact(
     assert bty_flash(f"oci://127.0.0.1:{proxy.port}/os/cut:v1", target, tmp_path) == 0
 
     assert proxy.cuts == 1 and equals(target, raw_image)
-    [resume] = proxy.range_requests()
+    [resume] = proxy.resumes()
     assert 0 < int(resume.removeprefix("bytes=").rstrip("-")) <= 6 * MiB
     receipt = receipt_of(tmp_path)
     assert receipt["image_path"] == f"oci://127.0.0.1:{proxy.port}/os/cut@{digest}"

@@ -172,7 +172,7 @@ def test_a_connection_cut_mid_transfer_resumes_and_the_disk_is_byte_exact(
     assert bty_flash(f"{proxy.url}/images/disk.img", loop, tmp_path) == 0
 
     assert proxy.cuts == 1 and device_equals_file(loop.path, raw_image)
-    [resume] = proxy.range_requests()
+    [resume] = proxy.resumes()
     assert 0 < int(resume.removeprefix("bytes=").rstrip("-")) <= 24 * MiB
     assert receipt_of(tmp_path)["download"] == {"url": f"{proxy.url}/images/disk.img", "resumes": 1,
                                                 "bytes": IMAGE_SIZE}

@@ -123,7 +123,11 @@ def test_images_are_served_with_range_etag_and_head(server: ServerThread, images
     status, payload, response = request(server.url, "HEAD", "/images/demo.img")
     assert (status, payload, response.getheader("Content-Length")) == (200, b"", str(IMAGE_BYTES))
     assert request(server.url, "GET", "/images/..%2Fstate%2Fbty-serve.sqlite3")[0] == 404
-    assert request(server.url, "GET", "/images/demo.img.toml")[0] == 404
+    # a served image's manifest (the agent's block index); no other file, no manifest of an unserved one
+    status, payload, _ = request(server.url, "GET", "/images/demo.img.toml")
+    assert status == 200 and payload == (images / "demo.img.toml").read_bytes()
+    assert request(server.url, "GET", "/images/bare.img.toml")[0] == 404
+    assert request(server.url, "GET", "/images/..%2Fdemo.img.toml")[0] == 404
 
 
 def test_image_list_says_which_images_can_be_assigned_and_why_not(server: ServerThread) -> None:
