@@ -4,6 +4,7 @@ images partition (`stick/unattended_capture.py`).
 
     bty.image=NAME|BLAKE3-PREFIX  bty.disk=SELECTOR  bty.verify=readback|stream|off
     bty.tune=TASK|off  bty.after=reboot|poweroff|shell|tui  bty.dry_run=1
+    bty.full=1 (write the whole image even when the disk could be compared with its block index)
     bty.capture=SELECTOR  bty.capture_name=NAME  bty.capture_trim=1  (with bty.after=, bty.dry_run=)
 
 Fail closed: an unknown `bty.` key (a typo such as `bty.dsik=`), a missing disk selector, a
@@ -50,9 +51,9 @@ class After(StrEnum):
     TUI = "tui"
 
 
-KEYS = ("image", "disk", "verify", "tune", "after", "dry_run", "capture", "capture_name", "capture_trim")
+KEYS = ("image", "disk", "verify", "tune", "after", "dry_run", "full", "capture", "capture_name", "capture_trim")
 #: the keys of a flash that mean nothing to a capture, and the other way round
-FLASH_ONLY = ("image", "disk", "verify", "tune")
+FLASH_ONLY = ("image", "disk", "verify", "tune", "full")
 CAPTURE_ONLY = ("capture_name", "capture_trim")
 #: a capture's name: a safe file name on any filesystem (exFAT included), room left for its suffixes
 CAPTURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
@@ -67,10 +68,15 @@ class UnattendedRequest:
     tune: str | None = None  # None: the manifest's task; "off": none; else a task file
     after: After = After.POWEROFF
     dry_run: bool = False
+    full: bool = False  # bty.full=1: no differential flash
 
     def key(self) -> str:
-        """What makes two requests the same, for the already-done marker."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """What makes two requests the same, for the already-done marker (`full` only when set, so
+        the markers of requests made before it existed still match)."""
+        data = asdict(self)
+        if not self.full:
+            del data["full"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,8 @@ def _flash_request(values: dict[str, str]) -> UnattendedRequest:
     except ValueError as exc:
         raise UsageError(f"bad value on the kernel command line: {exc}; fix it at the boot menu") from exc
     return UnattendedRequest(image=values["image"], disk=values["disk"], verify=verify,
-                             tune=values.get("tune"), after=after, dry_run=_dry_run(values))
+                             tune=values.get("tune"), after=after, dry_run=_dry_run(values),
+                             full=_flag("full", values.get("full", "0")))
 
 
 def _capture_request(values: dict[str, str]) -> CaptureRequest:
@@ -273,7 +280,8 @@ def run_unattended(
             f"{done.get('target')} at {done.get('finished_at')}; not flashing again. Remove the stick to boot "
             f"the flashed disk, or delete {marker} on the stick to flash again.")
         return 0  # never reboot or power off again from here: that is how loops start
-    options = FlashOptions(verify=request.verify, tune=request.tune, receipts_dir=images_dir / "receipts")
+    options = FlashOptions(verify=request.verify, tune=request.tune, receipts_dir=images_dir / "receipts",
+                           differential=not request.full)
     plan = prepare_plan(request.image, request.disk, options, images_dir)
     for line in plan.describe():
         say(f"bty unattended: {line}")

@@ -4,6 +4,7 @@ refuses without writing, and a flashed machine is not flashed again."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,13 @@ def test_the_command_line_keys_are_parsed_with_their_defaults() -> None:
     assert (request.image, request.disk) == ("demo", "serial=TARGET1")
     assert (request.verify, request.after, request.dry_run, request.tune) == (VerifyMode.READBACK, After.POWEROFF,
                                                                               False, None)
+    assert not request.full
     request = parse_cmdline("bty.image=demo bty.disk=tran=nvme,size>=100G bty.verify=stream bty.after=reboot "
-                            "bty.tune=off bty.dry_run=1")
+                            "bty.tune=off bty.dry_run=1 bty.full=1")
     assert isinstance(request, UnattendedRequest) and request.disk == "tran=nvme,size>=100G"
     assert (request.verify, request.after, request.tune, request.dry_run) == (VerifyMode.STREAM, After.REBOOT,
                                                                               "off", True)
+    assert request.full and request.key() != replace(request, full=False).key()
 
 
 @pytest.mark.parametrize("cmdline,problem", [
