@@ -1,10 +1,10 @@
 """How to capture: read -> (hash + zero count | compress frames on every core -> write), overlapped.
 
     read (O_DIRECT) --+--> hash  (blake3 of every byte; all-zero MiB counted)
-                      +--> pack  (FramePacker: 8 MiB frames compressed on all cores, written in order)
+                      +--> pack  (FramePacker: 2 MiB frames compressed on all cores, written in order)
 
 Both consumers read the same page-aligned buffer; it goes back to the pool when the hash has
-seen it and its frame is written. Memory is bounded by the pool (a few 8 MiB buffers per core),
+seen it and its frame is written. Memory is bounded by the pool (a few frame-sized buffers per core),
 never by the disk. The patches of --trim (the regenerated GPT) are laid over each buffer as it is
 read, so the hash and the image see the same bytes.
 

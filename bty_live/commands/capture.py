@@ -16,7 +16,7 @@ from bty_live.image.pack import DEFAULT_LEVEL
 from bty_live.render.events import JsonLines, make_renderer
 
 DESCRIPTION = """\
-Read DISK into OUT (a packed image: zstd made of independent 8 MiB frames, which bty flashes on
+Read DISK into OUT (a packed image: zstd made of independent 2 MiB frames, which bty flashes on
 every core) and write its manifest OUT.toml (name, size, blake3, sha256, os, arch, and where it
 was captured from): the reference image the rest of the workflow flashes.
 

@@ -69,8 +69,8 @@ What happens:
   3. write: decompress, blake3-hash and write with O_DIRECT in overlapping stages; all-zero
      ranges are zeroed by the device (BLKZEROOUT) instead of written, so holes read back as
      zeroes too. The disk is opened exclusively and its identity re-checked before the first write.
-     Differential (the default when the manifest has a block index and the image is a local
-     packed zstd or raw file, e.g. reflashing a CI machine): each 8 MiB block of the disk is read
+     Differential (the default when the manifest has a block index and the image is a packed
+     zstd or raw file, local or on an HTTP server, e.g. reflashing a CI machine): each 2 MiB block of the disk is read
      and compared with the index first, and only the blocks that differ are decompressed and
      written (the pieces of them that differ); a disk that holds something else is seen within
      its first 128 MiB of data and written whole. --full always writes the whole image.

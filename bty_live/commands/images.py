@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "pack",
         help="recompress an image as multi-frame zstd (fastest to flash) with a manifest",
         description="Recompress SOURCE (any format bty reads: raw, zstd, xz, gzip, bzip2, lz4, zip) as zstd "
-        "made of independent 8 MiB frames that declare their sizes: bty decompresses such frames on all cores, "
+        "made of independent 2 MiB frames that declare their sizes: bty decompresses such frames on all cores, "
         "which makes flashing faster than any single-stream decompressor. Any zstd tool still reads the result. "
         "Writes OUTPUT (default: SOURCE's name with .zst) and its manifest.",
     )

@@ -36,10 +36,11 @@ from bty_live.flash.profile import StageTime, since_start, waiting
 from bty_live.flash.target import ZEROOUT_PIECE, TargetInfo
 from bty_live.image.formats import ImageReader
 from bty_live.image.sources import RawStream
-from bty_live.image.zstd_frames import PACKED_FRAME_SIZE, Frame
+from bty_live.image.zstd_frames import Frame
 from bty_live.units import format_size, format_sizes
 
-CHUNK = PACKED_FRAME_SIZE
+#: the size of the copy's buffers; a packed image's frame (2 MiB, or 8 MiB in older ones) fits one
+CHUNK = 8 << 20
 ZERO_GRANULE = 1 << 20
 #: frames a parallel source may decompress at once (bounded by cores)
 MAX_WORKERS = 4

@@ -25,7 +25,7 @@ no weaker than a full flash's stream digest and read-back.
 A target that never held this image is found early: the first DECIDE_AFTER data blocks are
 compared before anything else, and when most differ the pass stops before fetching or writing
 anything (NotThisImage) and the engine runs a full flash; what the look cost is the read of
-those blocks (128 MiB), which a differential flash then reads again.
+those blocks (128 MiB at 2 MiB blocks), which a differential flash then reads again.
 
 What the last job wrote past the image's end (a grown partition's tail) is left as a full flash
 leaves it: the disk's last MiB (an old backup GPT) is wiped before the write, the partition-table
@@ -54,12 +54,15 @@ from bty_live.image.block_index import BlockIndex, block_digest
 from bty_live.image.block_reader import COALESCE, BlockSource
 from bty_live.units import format_size
 
-#: data blocks compared before judging whether the target holds this image at all
-DECIDE_AFTER = 16
+#: data blocks compared before judging whether the target holds this image at all (128 MiB of
+#: 2 MiB blocks: a package update may well touch several of the first blocks' filesystem metadata)
+DECIDE_AFTER = 64
 #: more than this share of those blocks differing: the target holds something else, flash it whole
 FALL_BACK_SHARE = 0.5
 #: a differing block is compared with its image bytes in pieces of this size; only differing pieces are written
 PIECE = 64 << 10
+#: bytes of the disk read at once (whole blocks)
+READ_SPAN = 8 << 20
 #: buffers the comparison reads the disk ahead into (a block that differs keeps its buffer until written)
 READ_BUFFERS = 6
 #: buffers of image blocks fetched and decompressed, waiting to be written
@@ -149,65 +152,51 @@ class DifferentialPass:
             os.close(fd)
             raise
         runner = StageRunner(self.cancel)
-        disk_pool = BufferPool(READ_BUFFERS, self.index.block_size)
+        block = self.index.block_size
+        per_read = max(1, READ_SPAN // block)  # blocks read at once: large reads keep a disk busy
+        disk_pool = BufferPool(READ_BUFFERS, per_read * block)
         image_pool = BufferPool(IMAGE_BUFFERS, self.index.block_size)
         to_judge = Channel(runner.abort)
-        to_write: queue.Queue[tuple[Buffer, Buffer] | None] = queue.Queue()
+        to_write: queue.Queue[tuple[Buffer, int, Buffer] | None] = queue.Queue()
         #: block -> whether it matches the index, set by the reader (ahead of the judge)
         verdicts: dict[int, bool] = {}
         written: list[int] = []
         in_held = blocks_holding(held, self.index.block_size)
 
         def read() -> None:
-            for number in range(len(self.index)):
-                start, end = self.index.span(number, self.image_size)
+            for first in range(0, len(self.index), per_read):
+                numbers = range(first, min(first + per_read, len(self.index)))
+                start, end = first * block, self.index.span(numbers[-1], self.image_size)[1]
                 buf = disk_pool.acquire(runner.abort, consumers=1)
                 with buf.view[: end - start] as view:
                     self._read_exactly(fd, view, start)
-                    verdicts[number] = block_digest(view) == self.index.digests[number]
-                buf.offset, buf.length = number, end - start
+                    for number in numbers:
+                        lo, hi = self.index.span(number, self.image_size)
+                        verdicts[number] = block_digest(view[lo - start : hi - start]) == self.index.digests[number]
+                buf.offset, buf.length = first, end - start  # offset: the first block's number
                 to_judge.put(buf)
             to_judge.put(None)
 
         def judge() -> None:
             whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
             for disk in to_judge:
-                number, length = disk.offset, disk.length
-                if verdicts[number]:
-                    with disk.view[:length] as data:
-                        whole.update(data)
-                        if number in in_held:  # the held ranges' bytes, to be written last if anything is
-                            self._keep_held(writer, held, data, number)
-                    disk_pool.release(disk)
-                else:
-                    image = image_pool.acquire(runner.abort, consumers=1)
-                    image.offset, image.length = number, length
-                    with image.view[:length] as wanted:
-                        if self.index.digests[number] is None:
-                            wanted[:] = bytes(length)
-                        else:  # with the blocks read ahead that differ too: one request over HTTP
-                            run = [number]
-                            while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
-                                run.append(run[-1] + 1)
-                            self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
-                            self._fetch(number, wanted)
-                        whole.update(wanted)
-                    to_write.put((disk, image))
-                with self._lock:
-                    self.counters.bytes_compared += length
-                    self.counters.blocks_compared += 1
+                first = disk.offset
+                for number in range(first, first + -(-disk.length // block)):
+                    self._judge_block(disk, number, verdicts, whole, image_pool, to_write, runner, writer, held,
+                                      in_held)
+                disk_pool.release(disk)  # the judge's hold; a block waiting to be written holds it too
             to_write.put(None)
             self._prove(whole.hexdigest())
 
         def write() -> None:
             begun = False
             while (job := self._next_job(to_write, runner)) is not None:
-                disk, image = job
+                disk, number, image = job
                 if not begun:
                     begin_writing()
                     begun = True
-                self._write_block(disk, image, writer, held)
-                written.append(disk.offset)
+                self._write_block(disk, number, image, writer, held)
+                written.append(number)
                 disk_pool.release(disk)
                 image_pool.release(image)
 
@@ -227,8 +216,43 @@ class DifferentialPass:
         self.seconds["compare+write"] = time.monotonic() - started
         return sorted(written)
 
+    def _judge_block(self, disk: Buffer, number: int, verdicts: dict[int, bool], whole: blake3.blake3,
+                     image_pool: BufferPool, to_write: queue.Queue[tuple[Buffer, int, Buffer] | None],
+                     runner: StageRunner, writer: WriteTarget, held: Sequence[tuple[int, int]],
+                     in_held: set[int]) -> None:
+        """Block `number` (in `disk`, a read of several blocks) into the digest of the whole
+        image: the disk's bytes when it matches, else the image's, fetched and queued to write."""
+        start, end = self.index.span(number, self.image_size)
+        at = start - disk.offset * self.index.block_size
+        length = end - start
+        if verdicts[number]:
+            with disk.view[at : at + length] as data:
+                whole.update(data)
+                if number in in_held:  # the held ranges' bytes, to be written last if anything is
+                    self._keep_held(writer, held, data, number)
+        else:
+            image = image_pool.acquire(runner.abort, consumers=1)
+            image.offset, image.length = number, length
+            with image.view[:length] as wanted:
+                if self.index.digests[number] is None:
+                    wanted[:] = bytes(length)
+                else:  # with the blocks read ahead that differ too: one request over HTTP
+                    run = [number]
+                    while verdicts.get(run[-1] + 1) is False and len(run) < COALESCE:
+                        run.append(run[-1] + 1)
+                    self.blocks.prefetch([n for n in run if self.index.digests[n] is not None])
+                    self._fetch(number, wanted)
+                whole.update(wanted)
+            with disk.lock:  # the write holds the disk's bytes until it has compared them
+                disk.pending += 1
+            to_write.put((disk, number, image))
+        with self._lock:
+            self.counters.bytes_compared += length
+            self.counters.blocks_compared += 1
+
     @staticmethod
-    def _next_job(jobs: queue.Queue[tuple[Buffer, Buffer] | None], runner: StageRunner) -> tuple[Buffer, Buffer] | None:
+    def _next_job(jobs: queue.Queue[tuple[Buffer, int, Buffer] | None],
+                  runner: StageRunner) -> tuple[Buffer, int, Buffer] | None:
         with waiting("input"):
             while True:
                 if runner.abort.is_set():
@@ -279,11 +303,13 @@ class DifferentialPass:
             if lo < hi:
                 writer.pwrite(data[lo - start : hi - start], lo)
 
-    def _write_block(self, disk: Buffer, image: Buffer, writer: WriteTarget, held: Sequence[tuple[int, int]]) -> None:
+    def _write_block(self, disk: Buffer, number: int, image: Buffer, writer: WriteTarget,
+                     held: Sequence[tuple[int, int]]) -> None:
         """Write the pieces of the block where the disk differs from the image (held ranges: all)."""
-        start = disk.offset * self.index.block_size
-        zero = self.index.digests[disk.offset] is None
-        with disk.view[: disk.length] as theirs, image.view[: image.length] as ours:
+        start = number * self.index.block_size
+        at = start - disk.offset * self.index.block_size
+        zero = self.index.digests[number] is None
+        with disk.view[at : at + image.length] as theirs, image.view[: image.length] as ours:
             for run_start, run_end in _differing_runs(ours, theirs, start, held):
                 if zero and self.use_zeroout:
                     writer.zeroout(run_start, run_end - run_start)

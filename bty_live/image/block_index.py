@@ -8,26 +8,34 @@ The manifest carries it (`[index]`, written by `bty images add`, `bty images pac
 `bty capture`), so it is exactly as trusted as the manifest's digest of the whole image:
 
     [index]
-    block_size = 8388608    # the packed image's frame size: block i is frame i
-    blocks = [ "9f2c...64 hex", "zero", ... ]   # "zero": the block is all zero bytes
+    block_size = 2097152    # the packed image's frame size: block i is frame i
+    blocks = [ "9f2c...32 hex", "zero", ... ]   # "zero": the block is all zero bytes
 
-The block size is the packed frame size (8 MiB). A finer table would not save reads: the disk
-is compared block by block anyway, and a block that differs is compared again piece by piece
-against its decompressed frame, so only the pieces that differ are written
-(bty_live.flash.differential). It would only save downloads, at 8x the index's size.
+The block size is the packed frame size (2 MiB; images packed with 8 MiB frames get an 8 MiB
+index): a block that differs is fetched as its whole frame, so the block size is what a reflash
+downloads per scattered change (the measurements are at PACKED_FRAME_SIZE). Writes do not
+depend on it: a block that differs is compared piece by piece with its decompressed frame, and
+only the pieces that differ are written (bty_live.flash.differential).
+
+A block's digest is the first 128 bits of its blake3 (32 hex digits; 64 are read too): it only
+decides which blocks to skip. What proves the disk is the manifest's full blake3 of the whole
+image, which a differential flash checks over the blocks in order (a block that matched by its
+digest but not by its bytes would fail that proof).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import blake3
 
-from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
+from bty_live.image.zstd_frames import PACKED_FRAME_SIZE, Frame
 
 BLOCK_SIZE = PACKED_FRAME_SIZE
+#: bytes of blake3 output kept per block
+DIGEST_BYTES = 16
 ZERO = "zero"
 _HEX = frozenset("0123456789abcdef")
 
@@ -58,6 +66,19 @@ class BlockIndex:
         return {"block_size": self.block_size, "blocks": [d if d is not None else ZERO for d in self.digests]}
 
 
+def index_block_size(frames: Sequence[Frame] | None) -> int:
+    """The block size an image's index should have: its frame size when it is a packed zstd
+    file (every frame but the last of one size, a multiple of 4 KiB), so that block i is frame i;
+    else BLOCK_SIZE."""
+    if not frames or len(frames) < 2:
+        return BLOCK_SIZE
+    size = frames[0].content_size
+    if not size or size % 4096 or any(f.content_size != size for f in frames[:-1]):
+        return BLOCK_SIZE
+    last = frames[-1].content_size
+    return size if last is not None and 0 < last <= size else BLOCK_SIZE
+
+
 def parse_index(data: object) -> BlockIndex:
     """The manifest's [index] table; a ValueError says what is wrong (the manifest parser adds
     the file and the fix)."""
@@ -72,10 +93,10 @@ def parse_index(data: object) -> BlockIndex:
     for number, item in enumerate(blocks):
         if item == ZERO:
             digests.append(None)
-        elif isinstance(item, str) and len(item) == 64 and set(item.lower()) <= _HEX:
-            digests.append(item.lower())
+        elif isinstance(item, str) and len(item) in (2 * DIGEST_BYTES, 64) and set(item.lower()) <= _HEX:
+            digests.append(item.lower()[: 2 * DIGEST_BYTES])
         else:
-            raise ValueError(f"block {number} is neither a 64-hex blake3 nor \"zero\"")
+            raise ValueError(f"block {number} is neither a blake3 (32 hex digits) nor \"zero\"")
     return BlockIndex(size, tuple(digests))
 
 
@@ -103,7 +124,7 @@ class BlockIndexer:
                 self._close_block()
 
     def _close_block(self) -> None:
-        self._digests.append(None if self._zero else self._hasher.hexdigest())
+        self._digests.append(None if self._zero else self._hasher.hexdigest(DIGEST_BYTES))
         self._hasher = blake3.blake3()
         self._filled = 0
         self._zero = True
@@ -134,7 +155,7 @@ def block_digest(data: bytes | bytearray | memoryview) -> str | None:
     view = memoryview(data).cast("B")
     if _all_zero(view):
         return None
-    return blake3.blake3(view).hexdigest()
+    return blake3.blake3(view).hexdigest(DIGEST_BYTES)
 
 
 def iter_blocks(index: BlockIndex, image_size: int) -> Iterator[tuple[int, int, int, str | None]]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import blake3
 
 from bty_live.errors import ImageError, SourceCorruptError
-from bty_live.image.block_index import BlockIndex, BlockIndexer
+from bty_live.image import zstd_frames
+from bty_live.image.block_index import BlockIndex, BlockIndexer, index_block_size
 from bty_live.image.bmap import find_bmap_sidecar
 from bty_live.image.formats import (
     SUFFIXES,
@@ -185,6 +186,18 @@ class Digests:
     index: BlockIndex  # a blake3 per block, for differential flashes
 
 
+def _frames_of(path: Path) -> list[zstd_frames.Frame] | None:
+    """A zstd file's data frames (their sizes decide the block index's), else None."""
+    try:
+        with open(path, "rb") as f:
+            if int.from_bytes(f.read(4), "little") != zstd_frames.ZSTD_MAGIC:
+                return None
+            f.seek(0)
+            return zstd_frames.scan_content_size(f, record=True).index
+    except (OSError, zstd_frames.FrameError):
+        return None
+
+
 def compute_digests(path: Path, progress: Callable[[int, int], None] | None = None) -> Digests:
     """Decompress the whole image once: its size, its blake3, its block index and the file's sha256.
 
@@ -192,7 +205,7 @@ def compute_digests(path: Path, progress: Callable[[int, int], None] | None = No
     """
     file_hash = hashlib.sha256()
     image_hash = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    indexer = BlockIndexer()
+    indexer = BlockIndexer(index_block_size(_frames_of(path)))
     buffer = bytearray(16 << 20)
     view = memoryview(buffer)
     size = 0

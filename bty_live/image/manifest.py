@@ -9,8 +9,8 @@
     size = 268435456            # bytes of the decompressed image
     blake3 = "9f2c...64 hex"    # of the decompressed image: what lands on the disk
     sha256 = "..."              # optional, of the file as shipped
-    [index]                     # optional: a blake3 per 8 MiB block (bty_live.image.block_index)
-    block_size = 8388608
+    [index]                     # optional: a blake3 per 2 MiB block (bty_live.image.block_index)
+    block_size = 2097152
     blocks = ["...", "zero", ...]
     [tune]                      # optional, used by post-flash tuning
     task = "demo.task.yaml"

@@ -36,8 +36,8 @@ NO_DIGEST = ("no digest to check: the disk is read back against what was downloa
 #: the receipt's stream_check of such an image
 UNVERIFIED = "unverified (no digest)"
 #: a manifest is a few hundred bytes; anything this large is not one
-#: a manifest is a few KiB, its block index ~70 bytes per 8 MiB of image (9 MiB for 1 TiB)
-MANIFEST_LIMIT = 16 << 20
+#: a manifest is a few KiB, its block index ~40 bytes per 2 MiB of image (20 MiB for 1 TiB)
+MANIFEST_LIMIT = 64 << 20
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -116,7 +116,7 @@ def fetch_manifest(url: str, options: UrlOptions, token: str | None = None) -> M
     finally:
         stream.close()
     if len(data) > MANIFEST_LIMIT:
-        raise ImageError(f"manifest {source.shown_url} is larger than 16 MiB: it is not a manifest; "
+        raise ImageError(f"manifest {source.shown_url} is larger than 64 MiB: it is not a manifest; "
                          "publish the one `bty images add` writes, or give --blake3")
     try:
         text = data.decode("utf-8")

@@ -25,7 +25,7 @@ SEEKABLE_MAGIC = 0x8F92EAB1
 FOOTER_SIZE = 9
 _CHECKSUM_FLAG = 0x80
 _RESERVED_BITS = 0x7C
-#: frames a table may list (4 GiB frames of 8 MiB: 2 PiB): a bound for a forged footer
+#: frames a table may list (2^28 frames of 2 MiB: 512 TiB): a bound for a forged footer
 MAX_FRAMES = 1 << 28
 
 

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 ZSTD_MAGIC = 0xFD2FB528
-#: the decompressed size of each frame of a packed image (`bty images pack`); the copy's buffers
-#: are this size, so one frame fills one buffer
-PACKED_FRAME_SIZE = 8 << 20
+#: the decompressed size of each frame of a packed image (`bty images pack`, `bty capture`): a
+#: differential reflash fetches whole frames, so smaller frames download less for scattered
+#: changes (measured, 1 GiB image, 24 scattered 64-512 KiB changes: 8 MiB frames 29 % of the file,
+#: 2 MiB 12 %, 1 MiB 7 %) at a slightly larger file (2 MiB: +0.8 %, 1 MiB: +1.6 %)
+PACKED_FRAME_SIZE = 2 << 20
 _SKIPPABLE_MASK = 0xFFFFFFF0
 _SKIPPABLE_MAGIC = 0x184D2A50
 
