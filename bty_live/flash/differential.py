@@ -79,7 +79,7 @@ class DiffCounters:
 
     bytes_compared: int = 0
     blocks_compared: int = 0
-    bytes_written: int = 0  # data pieces written (the held regions count when committed, by the engine)
+    bytes_written: int = 0  # pieces written to the disk (the held ranges count when the engine commits them)
     bytes_zeroed: int = 0
     source_bytes_read: int = 0
 
@@ -97,14 +97,15 @@ class DifferentialResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stages: tuple[StageTime, ...] = ()
 
-    def to_dict(self, held_bytes: int = 0) -> dict[str, Any]:
-        """The receipt's `differential` (`held_bytes`: the first and last MiB, written at the commit)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The receipt's `differential` (the engine adds the held ranges to bytes_written when it
+        commits them)."""
         written = len(self.differing) * self.block_size
         return {
             "mode": "differential", "reason": "", "block_size": self.block_size, "blocks": self.blocks,
             "blocks_written": len(self.differing), "bytes_compared": self.bytes_compared,
             "bytes_skipped": max(0, self.bytes_compared - written),
-            "bytes_written": self.bytes_written + held_bytes, "bytes_zeroed": self.bytes_zeroed,
+            "bytes_written": self.bytes_written, "bytes_zeroed": self.bytes_zeroed,
             "source_bytes_read": self.source_bytes_read,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -311,15 +312,16 @@ class DifferentialPass:
         zero = self.index.digests[number] is None
         with disk.view[at : at + image.length] as theirs, image.view[: image.length] as ours:
             for run_start, run_end in _differing_runs(ours, theirs, start, held):
+                to_disk = _outside(held, run_start, run_end)  # the held ranges' bytes go to memory
                 if zero and self.use_zeroout:
                     writer.zeroout(run_start, run_end - run_start)
                     with self._lock:
-                        self.counters.bytes_zeroed += run_end - run_start
+                        self.counters.bytes_zeroed += to_disk
                 else:
                     with ours[run_start - start : run_end - start] as piece:
                         writer.pwrite(piece, run_start)
                     with self._lock:
-                        self.counters.bytes_written += run_end - run_start
+                        self.counters.bytes_written += to_disk
 
     def _fetch(self, number: int, into: memoryview) -> None:
         """Block `number`'s image bytes into `into`, checked against the index."""
@@ -414,6 +416,11 @@ class DifferentialPass:
 def blocks_holding(ranges: Sequence[tuple[int, int]], block_size: int) -> set[int]:
     """The numbers of the blocks that [start, end) ranges touch."""
     return {n for start, end in ranges for n in range(start // block_size, (end - 1) // block_size + 1)}
+
+
+def _outside(ranges: Sequence[tuple[int, int]], start: int, end: int) -> int:
+    """Bytes of [start, end) outside `ranges` (which do not overlap each other)."""
+    return (end - start) - sum(max(0, min(end, hi) - max(start, lo)) for lo, hi in ranges)
 
 
 def _differing_runs(image: memoryview, disk: memoryview, base: int,

@@ -128,6 +128,7 @@ class _Run:
             stream_check = self._check_stream(copy)
             readback_check = self._readback(copy)
             self._commit_deferred(self.target)
+            copy = self.copy or copy  # a differential flash counts the held regions once committed
             fixups = self._fixups(self.target)
             tune = self._tune(copy)
             receipt = self._receipt(copy, stream_check, readback_check, fixups, tune)
@@ -432,6 +433,9 @@ class _Run:
         if not any(region.filled for region in self.deferred):  # a differential flash that wrote nothing
             return
         written = commit(target, self.deferred, check=check)
+        if self.diff is not None and self.copy is not None and self.diff_info is not None:
+            self.copy = replace(self.copy, written=self.copy.written + written)
+            self.diff_info["bytes_written"] += written
         self.info(Phase.VERIFY, f"wrote the partition-table regions last ({format_size(written)})"
                                 + (" and read them back: they match" if check else ""))
 
