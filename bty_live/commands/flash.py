@@ -72,8 +72,8 @@ What happens:
      Differential (the default when the manifest has a block index and the image is a packed
      zstd or raw file, local or on an HTTP server, e.g. reflashing a CI machine): each 2 MiB block of the disk is read
      and compared with the index first, and only the blocks that differ are decompressed and
-     written (the pieces of them that differ); a disk that holds something else is seen within
-     its first 128 MiB of data and written whole. --full always writes the whole image.
+     written (the pieces of them that differ); a disk that holds something else is seen from
+     64 blocks spread over it (128 MiB read) and written whole. --full always writes the whole image.
   4. verify: the stream digest must equal the manifest's; then (default) the disk is read back
      with O_DIRECT and must hash the same (--verify readback|stream|off). The read-back runs
      behind the write: every 256 MiB written, the disk is flushed and that window read back

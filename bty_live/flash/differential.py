@@ -22,8 +22,8 @@ the manifest's blake3 of the whole image, so the index itself need not be truste
 stale one is refused before the first write). This is the verification of a differential flash,
 no weaker than a full flash's stream digest and read-back.
 
-A target that never held this image is found early: the first DECIDE_AFTER data blocks are
-compared before anything else, and when most differ the pass stops before fetching or writing
+A target that never held this image is found early: DECIDE_AFTER data blocks spread over the
+image are compared before anything else, and when most differ the pass stops before fetching or writing
 anything (NotThisImage) and the engine runs a full flash; what the look cost is the read of
 those blocks (128 MiB at 2 MiB blocks), which a differential flash then reads again.
 
@@ -55,7 +55,7 @@ from bty_live.image.block_reader import COALESCE, BlockSource
 from bty_live.units import format_size
 
 #: data blocks compared before judging whether the target holds this image at all (128 MiB of
-#: 2 MiB blocks: a package update may well touch several of the first blocks' filesystem metadata)
+#: 2 MiB blocks, spread over the image)
 DECIDE_AFTER = 64
 #: more than this share of those blocks differing: the target holds something else, flash it whole
 FALL_BACK_SHARE = 0.5
@@ -274,10 +274,12 @@ class DifferentialPass:
                 "`bty images add` for the image, or flash it with --full")
 
     def _look_first(self, fd: int) -> None:
-        """Compare the first DECIDE_AFTER data blocks (all of a small image's) before anything
-        else: NotThisImage when most differ. Nothing is fetched for them yet, so a disk that
-        holds something else costs the read of those blocks, not a download."""
-        first = [n for n, digest in enumerate(self.index.digests) if digest is not None][:DECIDE_AFTER]
+        """Compare DECIDE_AFTER data blocks spread over the image (all of a small image's) before
+        anything else: NotThisImage when most differ. Spread, because an update's changes may
+        cluster (a filesystem's metadata at its start). Nothing is fetched for them, so a disk
+        that holds something else costs the read of those blocks, not a download."""
+        data = [n for n, digest in enumerate(self.index.digests) if digest is not None]
+        first = data[:: max(1, len(data) // DECIDE_AFTER)][:DECIDE_AFTER]
         buf = aligned_buffer(self.index.block_size)
         differ = 0
         try:
@@ -290,7 +292,7 @@ class DifferentialPass:
             buf.close()
         if differ > len(first) * FALL_BACK_SHARE:
             raise NotThisImage(
-                f"{differ} of the first {len(first)} data blocks on {self.target.path} differ from "
+                f"{differ} of {len(first)} data blocks compared on {self.target.path} differ from "
                 f"{self.image_name}: it does not hold this image, so it is written whole")
 
     # -- write --------------------------------------------------------------------------------
