@@ -242,12 +242,8 @@ def test_a_reflash_from_an_http_server_downloads_only_the_frames_that_differ(
     loop = make_loop(IMAGE_SIZE)
     flash(images / "v1.img.zst", loop, tmp_path, "--full")
     packed = (images / "v2.img.zst").stat().st_size
-    with serving_files(images) as server:
-        proxy = CutProxy(server.address)
-        try:
-            receipt = flash_url(f"{proxy.url}/images/v2.img.zst", loop, tmp_path)
-        finally:
-            proxy.close()
+
+    receipt, proxy = flash_from_a_server(images, "v2.img.zst", loop, tmp_path)
 
     assert device_equals_file(loop.path, v2)
     assert receipt["differential"]["mode"] == "differential" and receipt["readback_check"] == "match"
@@ -268,18 +264,25 @@ def test_a_disk_that_holds_something_else_downloads_no_frame_before_it_is_writte
         versions: tuple[Path, Path, Path], tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
     _, v2, images = versions
     loop = make_loop(IMAGE_SIZE, fill=b"\x5a")
-    with serving_files(images) as server:
-        proxy = CutProxy(server.address)
-        try:
-            receipt = flash_url(f"{proxy.url}/images/v2.img.zst", loop, tmp_path)
-        finally:
-            proxy.close()
+
+    receipt, proxy = flash_from_a_server(images, "v2.img.zst", loop, tmp_path)
 
     assert device_equals_file(loop.path, v2) and receipt["differential"]["mode"] == "fell back"
     image_gets = [s for s in proxy.seen if s.request_line.startswith("GET /images/v2.img.zst ")]
     # the head (frame 0, read to plan) and the seek table's two small requests: no frame fetched to compare
     frames = [s for s in image_gets if s.range and not s.range.startswith("bytes=0-") and s.sent > 4096]
     assert frames == [], [s.range for s in frames]
+
+
+def flash_from_a_server(images: Path, name: str, loop: LoopDevice, tmp_path: Path) -> tuple[dict, CutProxy]:
+    """`bty flash http://.../images/NAME` from a Range-capable file server, through a proxy that
+    counts the bytes of every answer; the receipt and the proxy."""
+    with serving_files(images) as server:
+        proxy = CutProxy(server.address)
+        try:
+            return flash_url(f"{proxy.url}/images/{name}", loop, tmp_path), proxy
+        finally:
+            proxy.close()
 
 
 def flash_url(url: str, loop: LoopDevice, tmp_path: Path) -> dict:
