@@ -353,6 +353,31 @@ def _decompressing(compression: Compression, wrapped: _CountingFile, read_size: 
     return wrapped
 
 
+class _OpenedOnFirstRead:
+    """A source's stream, opened on the first read: an ImageReader whose bytes another stage
+    reads itself (the parallel frames of a packed image over HTTP) starts no download it would
+    drop (the server would have sent megabytes by then)."""
+
+    def __init__(self, source: ByteSource) -> None:
+        self._source = source
+        self._stream: RawStream | None = None
+
+    def _opened(self) -> RawStream:
+        if self._stream is None:
+            self._stream = self._source.open()
+        return self._stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._opened().read(size)
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        return self._opened().readinto(buffer)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
 class ImageReader:
     """The decompressed byte stream of an image file, read into buffers the caller owns.
 
@@ -389,6 +414,8 @@ class ImageReader:
             disk = inspect_virtual_disk(source.path, self.compression.value)
             self.expected_size = expected_size or disk.virtual_size
             raw = self._tool = open_virtual_disk(disk)
+        elif source.path is None:  # a download starts with the first read, not before
+            raw = _OpenedOnFirstRead(source)
         else:
             raw = source.open()
         inner = zipped.compression if zipped else self.compression
