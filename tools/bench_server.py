@@ -622,7 +622,7 @@ def measure_reflash(out: Path, scenario: str, refl: ReflashImages, agents: int, 
     return result
 
 
-def spread(values: Sequence[int], unit: int, digits: int = 1) -> str:
+def spread(values: Sequence[int], unit: float, digits: int = 1) -> str:
     """One machine's figure, or the smallest-largest of several."""
     if not values:
         return "-"
@@ -641,17 +641,20 @@ def print_reflash(refl: ReflashImages, results: Sequence[ReflashResult]) -> None
           f"{refl.changed_frames_bytes / MIB:.1f} MiB ({refl.changed_frames_bytes / packed:.1%} of the file), "
           "what fetching only the blocks that differ costs")
     print()
-    print(f"{'scenario':<9}{'agents':>7}{'wall s':>8}{'v2 sent MiB':>13}{'of file':>9}{'GETs':>6}"
-          f"{'.toml KiB':>11}{'all MiB':>10}{'src read MiB':>14}{'server CPU s':>14}  {'mode':<14}status")
+    header = ["scenario", "agents", "wall s", "v2 sent MiB", "of file %", "GETs", ".toml KiB", "all MiB",
+              "src read MiB", "server CPU s", "mode", "status"]
+    rows = []
     for r in results:
-        modes = ",".join(sorted(set(r.modes))) or "-"
-        share = (f"{min(r.image_sent) / r.packed_size:.1%}" if min(r.image_sent) == max(r.image_sent) else
-                 f"≤{r.worst_share:.1%}") if r.image_sent else "-"
-        gets = spread([len(x) for x in r.image_requests], 1, 0)
-        print(f"{r.scenario:<9}{r.agents:>7}{r.wall:>8.2f}{spread(r.image_sent, MIB):>13}{share:>9}"
-              f"{gets:>6}{spread(r.manifest_sent, KIB):>11}{spread(r.all_sent, MIB):>10}"
-              f"{spread(r.source_bytes_read, MIB):>14}{r.server_cpu_s:>14.2f}  {modes:<14}"
-              f"{'ok' if r.ok else 'FAILED: ' + r.note}")
+        rows.append([r.scenario, str(r.agents), f"{r.wall:.2f}", spread(r.image_sent, MIB),
+                     spread(r.image_sent, r.packed_size / 100) if r.image_sent else "-",
+                     spread([len(x) for x in r.image_requests], 1, 0), spread(r.manifest_sent, KIB),
+                     spread(r.all_sent, MIB), spread(r.source_bytes_read, MIB), f"{r.server_cpu_s:.2f}",
+                     ",".join(sorted(set(r.modes))) or "-", "ok" if r.ok else "FAILED: " + r.note])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) if i in (0, len(widths) - 1) else cell.rjust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=False))]
+        print("  ".join(cells) + "  " + row[-1])
     print("\nper machine (a-b: the least and the most of the machines); v2 sent: the server's responses to "
           f"GET /images/{refl.v2_packed.name} (status line, headers, body), counted per request by a proxy in "
           "front of the server, one per agent; .toml: the manifest; all: every response (API, events, receipt)")
@@ -660,7 +663,8 @@ def print_reflash(refl: ReflashImages, results: Sequence[ReflashResult]) -> None
             continue
         verdict = "PASS" if r.ok and r.image_sent and r.worst_share < REFLASH_GOAL else "FAIL"
         print(f"goal: a reflash sends < {REFLASH_GOAL:.0%} of the packed file to each machine; {r.agents} agent(s): "
-              f"{r.worst_share:.1%} at most: {verdict}" + ("" if r.ok else " (the run FAILED)"))
+              f"{r.worst_share:.1%} at most: {verdict}" + ("" if r.ok else " (the run FAILED)")
+              + f" (v2's frames of the changed blocks alone: {refl.changed_frames_bytes / r.packed_size:.1%})")
 
 
 def run_reflash(args: argparse.Namespace, v1_raw: Path) -> list[ReflashResult]:
