@@ -70,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python tools/bench_server.py`: make `tools` importable
     sys.path.insert(0, str(REPO))
 
+from bty_live.image.manifest import load_manifest  # noqa: E402
 from bty_live.image.seek_table import FOOTER_SIZE, parse_seek_table, table_size  # noqa: E402
 from tools.benchkit.loop_targets import LoopTargets, target_matches  # noqa: E402
 from tools.mkdiskimage import KIB, MIB, build_disk_image, parse_size, read_partitions, to_partition  # noqa: E402
@@ -255,7 +256,6 @@ def print_table(results: Sequence[Result]) -> None:
 
 # -- reflash: what the server sends when machines that hold v1 are given v2 -----------------------
 
-BLOCK = 8 * MIB  # a block of the manifest's block index: one frame of a packed file
 CHANGE_ALIGN = 4 * KIB
 CHANGE_MIN, CHANGE_MAX = 64 * KIB, 512 * KIB
 #: a reflash should send less than this share of the packed file to each machine (issue 14)
@@ -381,6 +381,8 @@ class ReflashImages:
     v2_raw: Path  # v1 with the changes: what the disks must hold afterwards
     v2_packed: Path  # what is assigned
     changes: list[Change]
+    #: of v2's block index (its manifest): one frame of the packed file
+    block_size: int
     blocks: int  # of the image
     changed_blocks: list[int]
     #: compressed bytes of v2's frames of the changed blocks: what fetching only those frames costs
@@ -463,19 +465,22 @@ def pack(raw: Path, packed: Path) -> None:
     run([PY, "-m", "bty_live.cli", "images", "pack", str(raw), "-o", str(packed)])
 
 
+def index_block_size(packed: Path) -> int | None:
+    """The block size of the packed image's block index (its frame size), from its manifest."""
+    manifest = load_manifest(packed) if packed.exists() else None
+    return manifest.index.block_size if manifest is not None and manifest.index is not None else None
+
+
 def prepare_reflash(out: Path, v1_raw: Path, size: int, count: int, seed: int) -> ReflashImages:
     """v1 packed (kept, like the bench's other images), and v2 made anew: v1 with `count` ranges
     of its root partition's data rewritten with random bytes, packed too. v2's files are
     removed by ReflashImages.remove_v2 (the caller's finally)."""
     images = out / "images"
     stem = f"reflash-{size // MIB}M"
-    v1_packed = images / f"{stem}-v1.img.zst"
-    if not v1_packed.exists() or v1_packed.stat().st_mtime < v1_raw.stat().st_mtime:
-        pack(v1_raw, v1_packed)
     work = out / "reflash"
     work.mkdir(parents=True, exist_ok=True)
-    refl = ReflashImages(v1_raw=v1_raw, v1_packed=v1_packed, v2_raw=work / f"{stem}-v2.img",
-                         v2_packed=images / f"{stem}-v2.img.zst", changes=[], blocks=-(-size // BLOCK),
+    refl = ReflashImages(v1_raw=v1_raw, v1_packed=images / f"{stem}-v1.img.zst", v2_raw=work / f"{stem}-v2.img",
+                         v2_packed=images / f"{stem}-v2.img.zst", changes=[], block_size=0, blocks=0,
                          changed_blocks=[], changed_frames_bytes=0)
     refl.remove_v2()
     try:
@@ -490,8 +495,16 @@ def prepare_reflash(out: Path, v1_raw: Path, size: int, count: int, seed: int) -
                 f.seek(change.offset)
                 f.write(rng.randbytes(change.length))
         pack(refl.v2_raw, refl.v2_packed)
+        block_size = index_block_size(refl.v2_packed)
+        if not block_size:
+            raise RuntimeError(f"{manifest_of(refl.v2_packed).name} has no block index")
+        # v1 packed is kept; packed anew when v1 or bty's frame size changed
+        if (index_block_size(refl.v1_packed) != block_size
+                or refl.v1_packed.stat().st_mtime < v1_raw.stat().st_mtime):
+            pack(v1_raw, refl.v1_packed)
+        refl.block_size, refl.blocks = block_size, -(-size // block_size)
         refl.changed_blocks = sorted({block for c in refl.changes
-                                      for block in range(c.offset // BLOCK, (c.end - 1) // BLOCK + 1)})
+                                      for block in range(c.offset // block_size, (c.end - 1) // block_size + 1)})
         frames = packed_frames(refl.v2_packed)
         if len(frames) != refl.blocks:
             raise RuntimeError(f"{refl.v2_packed.name} has {len(frames)} frames for {refl.blocks} blocks")
@@ -635,7 +648,7 @@ def print_reflash(refl: ReflashImages, results: Sequence[ReflashResult]) -> None
     print()
     print(f"reflash: v2 = v1 with {len(refl.changes)} ranges of {CHANGE_MIN // KIB}-{CHANGE_MAX // KIB} KiB rewritten: "
           f"{refl.changed_bytes / MIB:.2f} MiB changed ({refl.changed_bytes:,} bytes) in {len(refl.changed_blocks)} "
-          f"of {refl.blocks} blocks of {BLOCK // MIB} MiB")
+          f"of {refl.blocks} blocks of {refl.block_size / MIB:g} MiB (v2's block index)")
     print(f"  {refl.v2_packed.name}: {packed / MIB:.1f} MiB ({refl.v1_packed.name}: "
           f"{refl.v1_packed.stat().st_size / MIB:.1f} MiB); v2's frames of the changed blocks: "
           f"{refl.changed_frames_bytes / MIB:.1f} MiB ({refl.changed_frames_bytes / packed:.1%} of the file), "
@@ -679,7 +692,8 @@ def run_reflash(args: argparse.Namespace, v1_raw: Path) -> list[ReflashResult]:
         (args.out / "reflash.json").write_text(json.dumps({
             "image_size": args.size, "v2_packed_size": refl.v2_packed.stat().st_size,
             "changes": [asdict(c) for c in refl.changes], "changed_bytes": refl.changed_bytes,
-            "changed_blocks": refl.changed_blocks, "changed_frames_bytes": refl.changed_frames_bytes,
+            "block_size": refl.block_size, "changed_blocks": refl.changed_blocks,
+            "changed_frames_bytes": refl.changed_frames_bytes,
             "goal_share": REFLASH_GOAL,
             "runs": [asdict(r) | {"worst_share": r.worst_share} for r in results]}, indent=2) + "\n")
     finally:
