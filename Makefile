@@ -31,7 +31,7 @@ bench: setup
 	$(PY) tools/bench_tui.py
 
 bench-server: setup
-	$(PY) tools/bench_server.py
+	$(PY) tools/bench_server.py --reflash
 	$(PY) tools/bench_ui.py
 
 # The main job: build the demo OS and the live stick, flash the demo onto a virtual NVMe disk
