@@ -34,6 +34,7 @@ fix-ups then follow their own rules (bty_live.flash.fixups).
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -63,8 +64,11 @@ FALL_BACK_SHARE = 0.5
 PIECE = 64 << 10
 #: bytes of the disk read at once (whole blocks)
 READ_SPAN = 8 << 20
-#: buffers the comparison reads the disk ahead into (a block that differs keeps its buffer until written)
-READ_BUFFERS = 6
+#: threads reading the disk for the comparison: a queue deeper than one read keeps a disk (and a
+#: loop device's file) busier, and each hashes what it read
+READERS = 2
+#: buffers each reader reads ahead into (a block that differs keeps its buffer until written)
+READ_BUFFERS = 3
 #: buffers of image blocks fetched and decompressed, waiting to be written
 IMAGE_BUFFERS = 3
 
@@ -155,37 +159,44 @@ class DifferentialPass:
         runner = StageRunner(self.cancel)
         block = self.index.block_size
         per_read = max(1, READ_SPAN // block)  # blocks read at once: large reads keep a disk busy
-        disk_pool = BufferPool(READ_BUFFERS, per_read * block)
+        spans = range(0, len(self.index), per_read)  # the first block of each read
+        # reader k reads spans k, k + READERS, ...: each with its own buffers, so that none can
+        # take the buffers the next span in order needs; the judge takes them in order
+        disk_pools = [BufferPool(READ_BUFFERS, per_read * block) for _ in range(READERS)]
         image_pool = BufferPool(IMAGE_BUFFERS, self.index.block_size)
-        to_judge = Channel(runner.abort)
+        to_judge = [Channel(runner.abort) for _ in range(READERS)]
+
+        def pool_of(disk: Buffer) -> BufferPool:
+            return disk_pools[disk.offset // per_read % READERS]
         to_write: queue.Queue[tuple[Buffer, int, Buffer] | None] = queue.Queue()
         #: block -> whether it matches the index, set by the reader (ahead of the judge)
         verdicts: dict[int, bool] = {}
         written: list[int] = []
         in_held = blocks_holding(held, self.index.block_size)
 
-        def read() -> None:
-            for first in range(0, len(self.index), per_read):
+        def read(k: int) -> None:
+            for first in spans[k::READERS]:
                 numbers = range(first, min(first + per_read, len(self.index)))
                 start, end = first * block, self.index.span(numbers[-1], self.image_size)[1]
-                buf = disk_pool.acquire(runner.abort, consumers=1)
+                buf = disk_pools[k].acquire(runner.abort, consumers=1)
                 with buf.view[: end - start] as view:
                     self._read_exactly(fd, view, start)
                     for number in numbers:
                         lo, hi = self.index.span(number, self.image_size)
                         verdicts[number] = block_digest(view[lo - start : hi - start]) == self.index.digests[number]
                 buf.offset, buf.length = first, end - start  # offset: the first block's number
-                to_judge.put(buf)
-            to_judge.put(None)
+                to_judge[k].put(buf)
+            to_judge[k].put(None)
 
         def judge() -> None:
-            whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            for disk in to_judge:
-                first = disk.offset
+            whole = blake3.blake3()
+            for index, first in enumerate(spans):
+                disk = to_judge[index % READERS].take()
+                assert disk is not None and disk.offset == first
                 for number in range(first, first + -(-disk.length // block)):
                     self._judge_block(disk, number, verdicts, whole, image_pool, to_write, runner, writer, held,
                                       in_held)
-                disk_pool.release(disk)  # the judge's hold; a block waiting to be written holds it too
+                pool_of(disk).release(disk)  # the judge's hold; a block waiting to be written holds it too
             to_write.put(None)
             self._prove(whole.hexdigest())
 
@@ -198,17 +209,19 @@ class DifferentialPass:
                     begun = True
                 self._write_block(disk, number, image, writer, held)
                 written.append(number)
-                disk_pool.release(disk)
+                pool_of(disk).release(disk)
                 image_pool.release(image)
 
-        runner.start("compare-read", read)
+        for k in range(READERS):
+            runner.start(f"compare-read-{k}", functools.partial(read, k))
         runner.start("compare", judge)
         runner.start("write", write)
         try:
             runner.wait(lambda: tick(self.counters))
         finally:
             runner.join()
-            disk_pool.close()
+            for pool in disk_pools:
+                pool.close()
             image_pool.close()
             os.close(fd)
             self.stages.extend(runner.stages)

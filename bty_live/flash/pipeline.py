@@ -96,12 +96,13 @@ class Channel:
                     continue
 
     def __iter__(self) -> Iterator[Buffer]:
-        while True:
-            with waiting("input"):
-                item = self._get()
-            if item is None:
-                return
+        while (item := self.take()) is not None:
             yield item
+
+    def take(self) -> Buffer | None:
+        """The next buffer, or None at the end."""
+        with waiting("input"):
+            return self._get()
 
     def _get(self) -> Buffer | None:
         while True:
