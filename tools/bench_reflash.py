@@ -37,7 +37,10 @@ Rows, interleaved (order rotated each round), --runs times each, medians:
   casync-seed  `casync -v extract --store=v2.castr --seed=DEV --seed-output=no --reflink=no v2.caibx DEV`:
                in place, the device holding v1 as the one seed (--seed-output=yes, casync's default,
                would add the same device as the seed; =no with an explicit --seed names it once);
-               TMPDIR points at a per-run scratch directory for casync's seed cache
+               TMPDIR points at a per-run scratch directory for casync's seed cache. casync indexes
+               the whole seed first (reads and chunks the device) and then writes every byte of
+               the image, taking each chunk from the seed when it can: it saves transfer from the
+               store, not writes to the disk
   zstd-dd      `zstd -dc v2.packed.img.zst | dd of=DEV bs=4M iflag=fullblock oflag=direct`
 Every run ends with the device and its backing file fsynced, timed (casync writes through the
 device's page cache; a plain loop device's writes sit in the backing file's page cache); then the
@@ -48,9 +51,13 @@ Measured per run: seconds; bytes the device wrote and read: the run's delta of
 kernel (6.x) a write-zeroes request (BLKZEROOUT, what bty sends for all-zero ranges) is counted as a
 write of its whole length, so a full bty write counts the zeroed half too, like dd's written zeroes);
 bytes read from the source: bty, its receipt's differential.source_bytes_read (no such key: the
-packed file's size); zstd | dd, the packed file; casync, the chunk files it must take from the store
-(the entries of v2.caibx whose chunk id is not among v1's, summed over their compressed .cacnk
-files; checked against casync -v's own count of store requests, printed beside it) plus v2.caibx.
+packed file's size); zstd | dd, the packed file; casync, the chunk files it opened in the store
+(compressed .cacnk files, summed once per open) plus v2.caibx. casync runs under
+`strace -f --seccomp-bpf -e trace=openat` for that: only openat stops the process, and casync
+opens a file per store chunk, a few per run. Without strace the figure is v2's index entries whose
+chunk id is not among v1's: a lower bound, since extracting in place overwrites seed chunks that
+casync then finds stale (it re-hashes every seed chunk) and takes from the store. casync -v's own
+counts (chunks from the seed and the store, seeding and decoding time) are printed beside it.
 bty's receipt "differential" (mode, reason, bytes compared/skipped/written/zeroed) is printed and
 kept; without it the run was a full flash.
 

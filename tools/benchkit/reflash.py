@@ -47,6 +47,11 @@ DIFF_VS_FULL = 1.5  # bty-diff at least this much faster than bty-full
 WRITTEN_LIMIT = 0.15  # bty-diff writes less than this share of the image
 
 CASYNC_STAT_RE = re.compile(r"^(Chunk requests fulfilled from|Bytes used from|Time spent) ([^:]+): (\S+)")
+CHUNK_OPEN_RE = re.compile(r'openat\([^"]*"([^"]*?([0-9a-f]{64})\.cacnk)"')
+#: casync runs under strace when it is installed, stopping only at openat (seccomp-bpf filter): the
+#: chunk files it opens in the store are what it read from it
+STRACE = ("strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=openat", "-e", "status=successful",
+          "-o", f"{SCRATCH}/openat.trace")
 
 
 # -- v2, its packed file, casync's index and store ---------------------------------------------
@@ -75,8 +80,11 @@ class ReflashImages:
     seed: int
     caibx: Path | None  # casync's blob index of v2 ...
     store: Path | None  # ... and its chunk store (`casync make`, default chunking and compression)
-    casync_fetch_chunks: int = 0  # index entries of v2 whose chunk is not among v1's: from the store
-    casync_fetch_bytes: int = 0  # their chunk files' sizes (compressed, as stored), summed
+    #: index entries of v2 whose chunk is not among v1's, and their chunk files' sizes (as stored,
+    #: compressed) summed: what casync must take from the store at least (a seed chunk that the
+    #: extraction in place overwrote before using it is taken from the store too)
+    casync_fetch_chunks: int = 0
+    casync_fetch_bytes: int = 0
     casync_chunks: int = 0  # index entries of v2
     build_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -384,10 +392,11 @@ def reflash_contenders(img: ReflashImages, bty: Path, has_full: bool) -> list[Co
                   else "bty flash (no --full yet: full), packed v2", (full,), "bty", fmt="packed"),
     ]
     if img.caibx is not None and img.store is not None:
+        traced = STRACE if shutil.which("strace") else ()
         rows.append(Contender(
             "casync-seed", "casync extract --seed=DEV onto DEV (v2.caibx)",
-            (("env", f"TMPDIR={SCRATCH}", "casync", "-v", "extract", f"--store={img.store}", f"--seed={TARGET}",
-              "--seed-output=no", "--reflink=no", str(img.caibx), TARGET),), "peer"))
+            (("env", f"TMPDIR={SCRATCH}", *traced, "casync", "-v", "extract", f"--store={img.store}",
+              f"--seed={TARGET}", "--seed-output=no", "--reflink=no", str(img.caibx), TARGET),), "peer"))
     rows.append(Contender("zstd-dd", "zstd -dc | dd oflag=direct, packed v2", (("zstd", "-dc", packed), PEER_DD),
                           "peer", fmt="packed"))
     return rows
@@ -399,13 +408,13 @@ class ReflashRun(RunResult):
     dev_written: int | None = None  # bytes the device wrote, write-zeroes included
     source_read: int | None = None  # bytes of the image's files the tool read (see source_note)
     differential: dict[str, Any] | None = None  # bty: the receipt's "differential", when there is one
-    casync: dict[str, str] | None = None  # casync -v's closing statistics
+    casync: dict[str, Any] | None = None  # casync -v's closing statistics, and the chunk files it opened
     prepare_s: float | None = None  # copying v1 onto the target before the run (not timed)
 
 
-def casync_stats(log_path: Path) -> dict[str, str]:
+def casync_stats(log_path: Path) -> dict[str, Any]:
     """casync -v's last lines: requests and bytes from the store and the seed, seeding and decoding time."""
-    stats = {}
+    stats: dict[str, Any] = {}
     try:
         lines = log_path.read_text(errors="replace").replace("\r", "\n").splitlines()
     except OSError:
@@ -415,6 +424,20 @@ def casync_stats(log_path: Path) -> dict[str, str]:
         if match:
             stats[f"{match.group(1)} {match.group(2)}".lower().replace(" ", "_")] = match.group(3)
     return stats
+
+
+def store_reads(trace: Path, img: ReflashImages) -> dict[str, Any]:
+    """The chunk files casync opened in the store (strace's openat log): how many, and their sizes
+    summed (one whole read of the file per open). Empty without a trace (strace not installed)."""
+    try:
+        text = trace.read_text(errors="replace")
+    except OSError:
+        return {}
+    ids = [match.group(2) for match in CHUNK_OPEN_RE.finditer(text)]
+    if img.store is None:
+        return {}
+    return {"store_chunk_files_opened": len(ids),
+            "store_bytes_opened": sum(chunk_file(img.store, bytes.fromhex(i)).stat().st_size for i in ids)}
 
 
 def measure(row: Row, run: int, img: ReflashImages, targets: SeededTargets, logs: Path, receipts: Path,
@@ -454,8 +477,10 @@ def measure(row: Row, run: int, img: ReflashImages, targets: SeededTargets, logs
             source = (result.differential or {}).get("source_bytes_read")
             result.source_read = source if isinstance(source, int) else packed_size
         elif contender.key == "casync-seed" and img.caibx is not None:
-            result.casync = casync_stats(log_path)
-            result.source_read = img.casync_fetch_bytes + img.caibx.stat().st_size
+            result.casync = casync_stats(log_path) | store_reads(scratch / "openat.trace", img)
+            opened = result.casync.get("store_bytes_opened")
+            result.source_read = (opened if isinstance(opened, int) else img.casync_fetch_bytes) \
+                + img.caibx.stat().st_size
         else:
             result.source_read = packed_size
         if ran.timed_out:
@@ -526,8 +551,9 @@ def by_key(rows: Sequence[Row], key: str) -> Row | None:
 
 
 SOURCE_NOTE = ("source MiB: bty, the receipt's differential.source_bytes_read (without it: the packed file's "
-               "size); zstd | dd: the packed file; casync: the compressed chunk files it had to take from the store "
-               "(v2's index entries whose chunk id is not among v1's, i.e. not in the seed) plus v2.caibx")
+               "size); zstd | dd: the packed file; casync: the chunk files (compressed, as stored) it opened in the "
+               "store, from strace's openat log, plus v2.caibx (without strace: v2's index entries whose chunk id is "
+               "not among v1's, a lower bound)")
 
 
 def print_table(heading: str, rows: Sequence[Row], img: ReflashImages) -> None:
@@ -561,8 +587,10 @@ def print_table(heading: str, rows: Sequence[Row], img: ReflashImages) -> None:
                   f"{stats.get('chunk_requests_fulfilled_from_local_seed', '?')} "
                   f"({stats.get('bytes_used_from_local_seed', '?')}), from the store "
                   f"{stats.get('chunk_requests_fulfilled_from_local_store', '?')} "
-                  f"({stats.get('bytes_used_from_local_store', '?')} uncompressed); the index diff predicted "
-                  f"{img.casync_fetch_chunks} chunks from the store, {img.casync_fetch_bytes / MIB:.2f} MiB as stored")
+                  f"({stats.get('bytes_used_from_local_store', '?')} uncompressed); chunk files opened in the store "
+                  f"{stats.get('store_chunk_files_opened', '? (no strace)')}, "
+                  f"{mib(stats.get('store_bytes_opened'), 2)} MiB as stored; v2's chunks not in v1: "
+                  f"{img.casync_fetch_chunks}, {img.casync_fetch_bytes / MIB:.2f} MiB as stored")
 
 
 def fmt(value: float | None, width: int, decimals: int = 2) -> str:
