@@ -13,11 +13,6 @@ bench-out/reflash/table.md`.
         [--changes 24] [--seed 14] [--markdown FILE] [--rebuild]
     .venv/bin/python tools/bench_reflash.py --size 512M --runs 1      # a quick look at the bench
 
-A quick look tests the bench, not bty: a 512M image has 28 non-zero 8 MiB blocks (~150 MiB of
-files), the 24 ranges fall in 11 of its first 16, and bty, which compares those first, takes the
-disk for another image and writes it whole (receipt mode "fell back"). The 2G image has 122, and
-the ranges touch 1 of its first 16 (seed 14).
-
 The images (cached; tools/benchkit/reflash.py):
   v1   tools/bench.py's image (tools/mkdiskimage.py: GPT, ESP, ext4 --fill full of this host's
        files) in bench-out/, packed too (`bty images pack`, for the record: the targets get v1 by
@@ -25,7 +20,7 @@ The images (cached; tools/benchkit/reflash.py):
   v2   v1 with --changes ranges (default 24) of 64-512 KiB (4 KiB multiples) overwritten with
        random bytes, at 4 KiB-aligned offsets inside the root filesystem's file data (every
        4 KiB page of a range is non-zero in v1), drawn with random.Random(--seed); the output
-       lists every range and the 8 MiB blocks it touches. Packed with `bty images pack` (which
+       lists every range and the blocks of v2's block index it touches. Packed with `bty images pack` (which
        writes the manifest; with a bty that has the differential flash, its block index), in
        bench-out/reflash/; repacked whenever the bty_live sources the measured bty imports change.
   casync: `casync make --store=v2.castr v2.caibx v2.img` once (not timed), and v1's index alone
@@ -64,7 +59,9 @@ chunk id is not among v1's: a lower bound, since extracting in place overwrites 
 casync then finds stale (it re-hashes every seed chunk) and takes from the store. casync -v's own
 counts (chunks from the seed and the store, seeding and decoding time) are printed beside it.
 bty's receipt "differential" (mode, reason, bytes compared/skipped/written/zeroed) is printed and
-kept; without it the run was a full flash.
+kept; without it the run was a full flash. "fell back" means bty took the disk for another image
+(it judges from the first data blocks it compares; with v2's changes dense there, as in a small
+image, it can) and wrote it whole.
 
 Goals (PASS/FAIL per setup): bty-diff >= 1.5x faster than bty-full; bty-diff faster than
 casync-seed; bty-diff writes < 15 % of the image (the device's write counter).

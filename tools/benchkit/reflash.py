@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ from tools.mkdiskimage import MIB, ROOT_X86_64_TYPE
 
 KIB = 1 << 10
 PAGE = 4096  # the changes are written at 4 KiB-aligned offsets, in whole 4 KiB pages
-DIFF_BLOCK = 8 * MIB  # the block bty's differential flash compares (its receipt's block_size says)
+#: the block bty's differential flash compares when v2's manifest does not say (its [index]
+#: block_size, the packed file's frame size, does: 2 MiB since main packs 2 MiB frames)
+DIFF_BLOCK = 8 * MIB
 SECTOR = 512  # /sys/block/*/stat counts 512-byte sectors, whatever the device's block size
 SCRATCH = "{scratch}"  # placeholder in a command for the run's scratch directory (casync's TMPDIR)
 
@@ -86,6 +89,7 @@ class ReflashImages:
     casync_fetch_chunks: int = 0
     casync_fetch_bytes: int = 0
     casync_chunks: int = 0  # index entries of v2
+    block_size: int = DIFF_BLOCK  # of v2's block index (the manifest's [index] block_size)
     build_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -94,7 +98,11 @@ class ReflashImages:
 
     @property
     def changed_blocks(self) -> list[int]:
-        return sorted({b for c in self.changes for b in c.blocks()})
+        return sorted({b for c in self.changes for b in c.blocks(self.block_size)})
+
+    @property
+    def blocks_text(self) -> str:
+        return f"{self.block_size / MIB:g} MiB"
 
 
 def root_partition(image: Path) -> tuple[int, int]:
@@ -297,7 +305,18 @@ def make_images(out: Path, v1: Path, v1_packed: Path | None, bty: Path, *, seed:
     return ReflashImages(v1=v1, v2=v2, v2_packed=packed, v2_manifest=manifest, v1_packed=v1_packed, size=size,
                          root=root, changes=tuple(changes), seed=seed, caibx=caibx if casync else None,
                          store=store if casync else None, casync_fetch_chunks=fetch_chunks,
-                         casync_fetch_bytes=fetch_bytes, casync_chunks=chunks, build_seconds=built)
+                         casync_fetch_bytes=fetch_bytes, casync_chunks=chunks,
+                         block_size=index_block_size(manifest), build_seconds=built)
+
+
+def index_block_size(manifest: Path) -> int:
+    """The block size of the manifest's block index ([index] block_size), else DIFF_BLOCK."""
+    try:
+        with open(manifest, "rb") as f:
+            value = tomllib.load(f).get("index", {}).get("block_size")
+    except (OSError, ValueError):
+        return DIFF_BLOCK
+    return value if isinstance(value, int) and value > 0 else DIFF_BLOCK
 
 
 def describe_changes(img: ReflashImages) -> list[str]:
@@ -306,13 +325,14 @@ def describe_changes(img: ReflashImages) -> list[str]:
     lines = [f"v2 = v1 with {len(img.changes)} ranges overwritten by random bytes (seed {img.seed}), "
              f"{img.changed_bytes / MIB:.2f} MiB in all, 4 KiB-aligned, inside the root partition's file data "
              f"(every 4 KiB page non-zero in v1); they touch {len(blocks)} of the image's "
-             f"{-(-img.size // DIFF_BLOCK)} 8 MiB blocks ({len(blocks) * DIFF_BLOCK / MIB:.0f} MiB):"]
+             f"{-(-img.size // img.block_size)} {img.blocks_text} blocks (v2's block index; "
+             f"{len(blocks) * img.block_size / MIB:.0f} MiB):"]
     root_start = img.root[0]
     for i, c in enumerate(img.changes, 1):
-        touched = ",".join(str(b) for b in c.blocks())
+        touched = ",".join(str(b) for b in c.blocks(img.block_size))
         lines.append(f"  {i:2d}. offset {c.offset:#012x} ({c.offset / MIB:9.3f} MiB; root "
                      f"+{(c.offset - root_start) / MIB:8.3f} MiB) length {c.length // KIB:4d} KiB  "
-                     f"8 MiB block {touched}")
+                     f"block {touched}")
     return lines
 
 
@@ -667,8 +687,9 @@ def images_json(img: ReflashImages) -> dict[str, Any]:
             "v2_packed_size": size(img.v2_packed), "v2_manifest": str(img.v2_manifest),
             "v1_packed": str(img.v1_packed) if img.v1_packed else None, "v1_packed_size": size(img.v1_packed),
             "root_partition": list(img.root), "seed": img.seed,
-            "changes": [{"offset": c.offset, "length": c.length, "blocks_8mib": list(c.blocks())} for c in img.changes],
-            "changed_bytes": img.changed_bytes, "changed_8mib_blocks": img.changed_blocks,
+            "changes": [{"offset": c.offset, "length": c.length, "blocks": list(c.blocks(img.block_size))}
+                        for c in img.changes],
+            "block_size": img.block_size, "changed_bytes": img.changed_bytes, "changed_blocks": img.changed_blocks,
             "casync": {"caibx": str(img.caibx), "caibx_size": size(img.caibx), "store": str(img.store),
                        "chunks": img.casync_chunks, "fetch_chunks": img.casync_fetch_chunks,
                        "fetch_bytes": img.casync_fetch_bytes} if img.caibx else None,
