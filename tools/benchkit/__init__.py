@@ -11,6 +11,8 @@
 * `runs`: running the rows, interleaved, and what each run measured (bty: its receipt too).
 * `report`: the tables, the PASS/FAIL checks against the goals, bty's stage timelines, results.json
   and the Markdown table.
+* `reflash`: the reflash scenario of tools/bench_reflash.py: v2 (v1 with scattered ranges changed),
+  its packed file and casync store, targets holding v1, the rows, their device I/O and the results.
 
 tools/bench_tui.py and tools/bench_server.py use the artifacts and loop targets too. Like the
 scripts, these modules import `tools.mkdiskimage`, so the repository must be on sys.path.
