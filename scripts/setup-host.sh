@@ -18,8 +18,9 @@ common=(
     python3 python3-venv python3-dev build-essential pkg-config
     util-linux fdisk gdisk parted e2fsprogs dosfstools mtools exfatprogs exfat-fuse
     zstd xz-utils gzip bzip2 lz4 zip bmap-tools coreutils procps psmisc time xfsprogs btrfs-progs
-    # the reflash benchmark's peer (casync extract seeded with the target disk)
-    casync
+    # the reflash benchmark's peer (casync extract seeded with the target disk), and strace,
+    # with which the benchmark counts the chunk files casync reads from its store
+    casync strace
     # virtual disks: qemu-img/qemu-nbd (qemu-utils, below) serve them, nbdcopy streams them into bty
     libnbd-bin
     # the reference OCI registry (distribution 2.8) the `bty flash oci://` tests start themselves;
