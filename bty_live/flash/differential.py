@@ -2,30 +2,32 @@
 reflashed before every CI job). Compare it with the manifest's block index and write only what
 differs.
 
-    compare  read each block of the target's image extent with O_DIRECT, blake3 it (a zero
-             block: memcmp against zeros) and compare it with the index; a block that differs is
-             fetched and checked against the index already, and the blocks that match with the
-             image's blocks where they differ are hashed in order: they must make the manifest's
-             blake3 of the whole image, before anything is written
-    write    for each block that differs, fetch its frame alone (block i is frame i of a packed
-             file: one pread, or one Range request for a run of adjacent frames over HTTP, kept
-             from the comparison), decompress it and check it against the index, compare it with the
-             disk piece by piece (PIECE), and write only the pieces that differ (a zero block:
-             zero them); the image's first and last MiB go through the engine's held regions
-             (bty_live.flash.deferred) like a full flash's, so a power cut mid-write leaves a disk
-             without a partition table
-    verify   flush, read back the blocks written with O_DIRECT, compare them with the index
+One overlapped pass:
+
+    read     two threads read the target's image extent with O_DIRECT, 8 MiB at a time, and
+             blake3 each block (a zero block: memcmp against zeros) against the index
+    judge    in order: a block that matches goes into the digest of the whole image as read; a
+             block that differs is fetched alone (block i is frame i of a packed file: a pread,
+             or one Range request for a run of adjacent differing frames over HTTP),
+             decompressed and checked against the index, and its image bytes go into the digest
+    write    a block that differs is compared with the disk piece by piece (PIECE), and only the
+             pieces that differ are written (a zero block: zeroed); the image's first and last
+             MiB go through the engine's held regions (bty_live.flash.deferred) like a full
+             flash's, so a power cut mid-write leaves a disk without a partition table
+
+then the digest of the whole image must be the manifest's blake3, and the blocks written are
+flushed and read back with O_DIRECT against the index.
 
 Every block of the image's extent then hashes to the index's digest: the blocks skipped were
 compared on the disk itself, the blocks written were read back; and those bytes in order make
 the manifest's blake3 of the whole image, so the index itself need not be trusted (an edited or
-stale one is refused before the first write). This is the verification of a differential flash,
-no weaker than a full flash's stream digest and read-back.
+stale one fails that proof, and a disk written to by then is wiped). This is the verification of
+a differential flash, no weaker than a full flash's stream digest and read-back.
 
 A target that never held this image is found early: DECIDE_AFTER data blocks spread over the
-image are compared before anything else, and when most differ the pass stops before fetching or writing
-anything (NotThisImage) and the engine runs a full flash; what the look cost is the read of
-those blocks (128 MiB at 2 MiB blocks), which a differential flash then reads again.
+image are compared before anything else, and when most differ the pass stops before fetching
+or writing anything (NotThisImage) and the engine runs a full flash; what the look cost is the
+read of those blocks (128 MiB at 2 MiB blocks), which a differential flash then reads again.
 
 What the last job wrote past the image's end (a grown partition's tail) is left as a full flash
 leaves it: the disk's last MiB (an old backup GPT) is wiped before the write, the partition-table
