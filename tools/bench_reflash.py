@@ -97,13 +97,12 @@ from tools.benchkit.reflash import (  # noqa: E402
     evaluate,
     make_images,
     markdown,
-    print_checks,
     print_table,
     reflash_contenders,
     run_rows,
     write_json,
 )
-from tools.benchkit.report import Check  # noqa: E402
+from tools.benchkit.report import Check, print_checks  # noqa: E402
 from tools.benchkit.runs import Row  # noqa: E402
 from tools.mkdiskimage import MIB, parse_size  # noqa: E402
 

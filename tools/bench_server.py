@@ -73,6 +73,7 @@ if str(REPO) not in sys.path:  # run as `python tools/bench_server.py`: make `to
 from bty_live.image.manifest import load_manifest  # noqa: E402
 from bty_live.image.seek_table import FOOTER_SIZE, parse_seek_table, table_size  # noqa: E402
 from tools.benchkit.loop_targets import LoopTargets, target_matches  # noqa: E402
+from tools.benchkit.reflash import data_extents as file_data_extents  # noqa: E402
 from tools.mkdiskimage import KIB, MIB, build_disk_image, parse_size, read_partitions, to_partition  # noqa: E402
 
 PY = sys.executable
@@ -411,23 +412,11 @@ def union_length(changes: Sequence[Change]) -> int:
 
 def data_extents(path: Path, start: int, end: int) -> list[tuple[int, int]]:
     """The [start, end) pieces of the sparse file that hold data (SEEK_DATA / SEEK_HOLE)."""
-    extents: list[tuple[int, int]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        position = start
-        while position < end:
-            try:
-                data = os.lseek(fd, position, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after position
-                break
-            if data >= end:
-                break
-            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-            extents.append((data, hole))
-            position = hole
+        return file_data_extents(fd, start, end) or [(start, end)]
     finally:
         os.close(fd)
-    return extents or [(start, end)]
 
 
 def pick_changes(extents: Sequence[tuple[int, int]], count: int, seed: int, limit: int) -> list[Change]:
@@ -526,13 +515,10 @@ class ImageTargets(LoopTargets):
             with open(backing, "r+b") as f:
                 f.truncate(self.size)
                 os.fsync(f.fileno())  # written back now, not during the timed run
-            device = subprocess.run(["losetup", "-f", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
-                                     str(backing)], check=True, capture_output=True, text=True).stdout.strip()
         except BaseException:
             backing.unlink(missing_ok=True)
             raise
-        self.attached[device] = backing
-        return device
+        return self.attach(backing)
 
 
 @dataclass

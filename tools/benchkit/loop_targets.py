@@ -46,8 +46,17 @@ class LoopTargets:
         backing.unlink(missing_ok=True)
         with open(backing, "wb") as f:
             f.truncate(self.size)
-        device = subprocess.run(["losetup", "-f", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
-                                 str(backing)], check=True, capture_output=True, text=True).stdout.strip()
+        return self.attach(backing)
+
+    def attach(self, backing: Path) -> str:
+        """Attach `backing` as a loop device of this setup and own both (the file is removed if
+        the attach fails)."""
+        try:
+            device = subprocess.run(["losetup", "-f", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
+                                     str(backing)], check=True, capture_output=True, text=True).stdout.strip()
+        except BaseException:
+            backing.unlink(missing_ok=True)
+            raise
         self.attached[device] = backing
         return device
 

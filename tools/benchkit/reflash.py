@@ -34,7 +34,7 @@ from tools.benchkit.loop_targets import LoopTargets, Setup, cmp_range
 from tools.benchkit.output import loud, step
 from tools.benchkit.procs import last_line, rss_note, run_pipeline, run_quiet
 from tools.benchkit.report import Check
-from tools.benchkit.runs import Row, RunResult, median_of, read_receipt
+from tools.benchkit.runs import Row, RunResult, median_of, read_receipt, receipt_timing
 from tools.mkdiskimage import MIB, ROOT_X86_64_TYPE
 
 KIB = 1 << 10
@@ -364,12 +364,10 @@ class SeededTargets(LoopTargets):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-            device = subprocess.run(["losetup", "-f", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
-                                     str(backing)], check=True, capture_output=True, text=True).stdout.strip()
         except BaseException:
             backing.unlink(missing_ok=True)
             raise
-        self.attached[device] = backing
+        device = self.attach(backing)
         self.prepare_s = time.perf_counter() - started
         return device
 
@@ -488,10 +486,7 @@ def measure(row: Row, run: int, img: ReflashImages, targets: SeededTargets, logs
         if contender.kind == "bty":
             result.receipt = str(receipt)
             data = read_receipt(receipt) or {}
-            phases = data.get("phases")
-            result.phases = {str(k): float(v) for k, v in phases.items() if isinstance(v, int | float)} \
-                if isinstance(phases, dict) else None
-            result.profile = data.get("profile") if isinstance(data.get("profile"), dict) else None
+            result.phases, result.profile = receipt_timing(data)
             diff = data.get("differential")
             result.differential = diff if isinstance(diff, dict) else None
             source = (result.differential or {}).get("source_bytes_read")
@@ -651,19 +646,6 @@ def evaluate(tag: str, rows: Sequence[Row], img: ReflashImages) -> list[Check]:
         checks.append(Check(f"[{tag}] {row.contender.key} leaves exactly v2 on the target", not wrong and not failed,
                             detail))
     return checks
-
-
-def print_checks(title: str, checks: Sequence[Check], rows: Sequence[Row]) -> None:
-    print(f"\ntargets, {title}:")
-    for check in checks:
-        print(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
-    for row in rows:
-        if row.unavailable:
-            print(f"  NOTE  {row.contender.label}: {row.unavailable}")
-        for result in row.runs:
-            if result.error:
-                print(f"  {'WRONG' if result.mismatch else 'ERROR'} {row.contender.label} run {result.run}: "
-                      f"{result.error}")
 
 
 def row_json(row: Row, img: ReflashImages, diff: Row | None) -> dict[str, Any]:

@@ -133,6 +133,15 @@ def read_receipt(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def receipt_timing(data: dict[str, Any]) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """A bty receipt's phases (seconds each) and profile, when it has them."""
+    phases = data.get("phases")
+    profile = data.get("profile")
+    return ({str(k): float(v) for k, v in phases.items() if isinstance(v, int | float)}
+            if isinstance(phases, dict) else None,
+            profile if isinstance(profile, dict) else None)
+
+
 def measure(row: Row, run: int, art: Artifacts, targets: LoopTargets, logs: Path, receipts: Path, tag: str,
             timeout: float) -> RunResult:
     contender = row.contender
@@ -161,11 +170,7 @@ def measure(row: Row, run: int, art: Artifacts, targets: LoopTargets, logs: Path
         if contender.kind == "bty":
             result.receipt = str(receipt)
             data = read_receipt(receipt) or {}
-            phases = data.get("phases")
-            result.phases = {str(k): float(v) for k, v in phases.items() if isinstance(v, int | float)} \
-                if isinstance(phases, dict) else None
-            profile = data.get("profile")
-            result.profile = profile if isinstance(profile, dict) else None
+            result.phases, result.profile = receipt_timing(data)
         if timed_out:
             result.error = f"timed out after {timeout:.0f} s"
         elif any(codes):
