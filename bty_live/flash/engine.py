@@ -290,6 +290,7 @@ class _Run:
         # the image's come last; their bytes are held from the start (from the disk where it matches)
         self.deferred = plan_regions(size, target.info.logical_block_size)
         held = [(r.offset, min(r.end, size)) for r in self.deferred]
+        self.diff_info = {"mode": "differential", "reason": ""}  # what a failed run's receipt says
         try:
             written = diff.run(DeferringTarget(target, self.deferred), held,
                                lambda: target.wipe_signatures((size,)), tick)

@@ -186,9 +186,12 @@ def test_a_corrupt_frame_among_those_to_write_fails_the_flash_and_wipes_what_was
     flash(images / "v1.img.zst", loop, tmp_path)
     plan = prepare_plan(str(broken / "v2.img.zst"), loop.path, FlashOptions())
 
-    with pytest.raises((SourceCorruptError, DigestMismatchError), match="v2.img.zst"):
+    with pytest.raises((SourceCorruptError, DigestMismatchError), match="v2.img.zst") as failed:
         engine.flash(plan)
     assert looks_blank(loop.path, IMAGE_SIZE)
+    receipt = failed.value.receipt
+    assert receipt is not None and receipt.result == "failed"
+    assert receipt.differential is not None and receipt.differential["mode"] == "differential"
 
 
 def test_an_index_that_does_not_describe_the_manifests_image_is_refused_before_any_write(
