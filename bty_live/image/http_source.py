@@ -480,6 +480,10 @@ class HttpStream:
                                   "request: serve images with `bty serve`")
         total = int(match.group(3))
         if validator is None:  # the first request of the source is a ranged one: it names the file
+            if self.source.size is not None and total != self.source.size:
+                served, announced = format_sizes(total, self.source.size)
+                raise ImageFetchError(f"image {url} is {served} on the server but the plan announced {announced}: "
+                                      f"the image changed after the plan was made; {wording.again}")
             self._first_answer(_Validator(total, etag, modified))
             return
         if (validator.total is not None and total != validator.total) or \

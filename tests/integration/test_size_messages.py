@@ -40,3 +40,9 @@ def test_sizes_that_read_differently_stay_short(server: ServerThread) -> None:
     source = HttpSource(f"{server.url}/images/blob.img", TOKEN, 2 * SIZE)
     with pytest.raises(ImageFetchError, match=r"is 16 MiB on the server but the plan announced 32 MiB:"):
         source.open()
+
+
+def test_a_ranged_first_request_checks_the_announced_size_too(server: ServerThread) -> None:
+    source = HttpSource(f"{server.url}/images/blob.img", TOKEN, SIZE + 1)
+    with pytest.raises(ImageFetchError, match=r"on the server but the plan announced .*changed after the plan"):
+        source.read_range(0, 512)  # a head read, or a differential flash's first frame
