@@ -138,14 +138,14 @@ class BlockIndexer:
 _ZEROS = bytearray(1 << 20)
 
 
-def _all_zero(view: memoryview, zeros: bytearray = _ZEROS) -> bool:
+def _all_zero(view: memoryview) -> bool:
     """A memcmp against zeros (bytearray == buffer compares with memcmp), a MiB at a time."""
-    step = len(zeros)
+    step = len(_ZEROS)
     for start in range(0, len(view), step):
         piece = view[start : start + step]
         if len(piece) < step:
             return bytearray(len(piece)) == piece
-        if zeros != piece:
+        if _ZEROS != piece:  # noqa: SIM300 - the bytearray on the left makes it a memcmp
             return False
     return True
 

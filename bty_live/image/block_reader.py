@@ -121,7 +121,6 @@ class HttpBlocks:
         self.index = index
         self.image_size = image_size
         self.bytes_read = 0  # bytes downloaded, for the receipt
-        self.requests = 0
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()  # the write's workers ask at once
@@ -140,7 +139,6 @@ class HttpBlocks:
             spans = [stored_span(self.layout, self.index, self.image_size, b) for b in run]
             start, end = spans[0][0], spans[-1][0] + spans[-1][1]
             data = self.source.read_range(start, end - start)
-            self.requests += 1
             self.bytes_read += len(data)
             for block, (offset, length) in zip(run, spans, strict=True):
                 self._keep(block, data[offset - start : offset - start + length])

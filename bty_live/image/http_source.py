@@ -176,8 +176,6 @@ class HttpSource:
         self.follow_redirects = follow_redirects
         #: the first answer's headers (lower-case names): e.g. a registry's Docker-Content-Digest
         self.response_headers: dict[str, str] = {}
-        #: bytes fetched by `read_range` (a differential flash's frames and seek table)
-        self.ranged_bytes = 0
 
     def open(self) -> HttpStream:
         return HttpStream(self)
@@ -199,7 +197,6 @@ class HttpSource:
             raise ImageFetchError(f"image {self.shown_url} ended at {format_size(offset + len(data))} while "
                                   f"{format_size(offset + length)} were asked for: it changed or shrank on the server; "
                                   f"{self.wording.again}")
-        self.ranged_bytes += length
         return data
 
     def __repr__(self) -> str:
