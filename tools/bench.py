@@ -53,7 +53,8 @@ Rows of each format (keys in results.json and for --only; suffix "" zst, -packed
                                bmaptool-noverify too for the two zstd files
   py-decompress                stage: the in-process decompressor bty uses, alone, output dropped
                                (zstandard; the frames of the packed file in parallel, as bty does;
-                               lzma for xz, gzip/zlib for gz)
+                               gzip/zlib for gz; none for xz: bty runs `xz -dc -T0`, the
+                               xz-null row)
   zstd-null, xz-null, ...      stage: `X -dc FILE > /dev/null`
   qcow2: bty-readback-qcow2, bty-stream-qcow2, qemu-img-qcow2 (convert onto the device),
   qemu-img-dd-qcow2 (convert to a file, then dd), nbdcopy-null-qcow2 (stage)

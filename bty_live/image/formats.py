@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import lzma
 import os
 import stat
 import zlib
@@ -343,7 +342,7 @@ def _decompressing(compression: Compression, wrapped: _CountingFile, read_size: 
         decompressor = zstandard.ZstdDecompressor(max_window_size=1 << 31)
         return decompressor.stream_reader(fileobj, read_size=read_size, read_across_frames=True, closefd=False)
     if compression == Compression.XZ:
-        return lzma.LZMAFile(fileobj)  # noqa: SIM115 - closed by ImageReader.close
+        return _XzDecoder(wrapped)
     if compression == Compression.GZIP:
         return gzip.GzipFile(fileobj=fileobj)
     if compression == Compression.BZIP2:
@@ -351,6 +350,36 @@ def _decompressing(compression: Compression, wrapped: _CountingFile, read_size: 
     if compression == Compression.LZ4:
         return _DataErrors(lz4.frame.LZ4FrameFile(fileobj), (RuntimeError,))  # concatenated frames read on
     return wrapped
+
+
+class _XzDecoder:
+    """An xz stream decoded by `xz -dc -T0`, fed the file's bytes through a pipe.
+
+    xz (5.4 on) decodes the blocks of a multi-block file, what `xz -T0` writes, on every core;
+    Python's lzma decodes on one. Measured on 2 cores, a 1 GiB image `xz -T0` made in 86 blocks
+    decodes in 4.1 s, against 8.4 s with lzma. xz's complaints come back as ImageReader expects
+    them: EOFError when the input ended early, StreamDataError for bad data."""
+
+    #: what xz says when its input ends before the stream does
+    TRUNCATED = "Unexpected end of input"
+
+    def __init__(self, wrapped: _CountingFile) -> None:
+        self._tool = ToolStream(["xz", "--decompress", "--stdout", "--threads=0"], feed=wrapped)
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self._tool.readinto(buffer)
+        if n == 0:
+            try:
+                self._tool.finish()
+            except ToolError as exc:
+                words = self._tool.failure()
+                if self.TRUNCATED in words:
+                    raise EOFError(words) from exc
+                raise StreamDataError(words.removeprefix("xz: (stdin): ")) from exc
+        return n
+
+    def close(self) -> None:
+        self._tool.close()
 
 
 class _OpenedOnFirstRead:
@@ -457,7 +486,7 @@ class ImageReader:
         while filled < total:
             try:
                 n = self._stream.readinto(view[filled:])
-            except (zstandard.ZstdError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstd_frames.FrameError,
+            except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, zstd_frames.FrameError,
                     StreamDataError, ZipDataError) as exc:
                 raise self._corrupt(str(exc)) from exc
             except EOFError as exc:

@@ -3,12 +3,13 @@ tool's output may also be read as a stream (ToolStream)."""
 
 from __future__ import annotations
 
-import io
+import fcntl
 import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from bty_live.errors import ToolError
 
@@ -44,21 +45,75 @@ def run(
     return proc
 
 
+#: F_SETPIPE_SZ: a pipe of 1 MiB (the unprivileged maximum) instead of 64 KiB, so a fast tool
+#: and its reader hand over 16 times fewer pieces
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
 class ToolStream:
     """The standard output of a running tool, read as a stream (e.g. `nbdcopy ... -` writing a
-    virtual disk's bytes). Its standard error is kept (the last lines) for the message when it
-    fails; `finish()` after the end of the output waits for the tool and raises ToolError when it
-    failed. `close()` stops it if it still runs."""
+    virtual disk's bytes, or `xz -dc` decompressing what `feed` gives it). Its standard error is
+    kept (the last lines) for the message when it fails; `finish()` after the end of the output
+    waits for the tool and raises ToolError when it failed. `close()` stops it if it still runs.
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    With `feed`, a thread copies that stream to the tool's standard input, so whoever counts or
+    hashes the file's bytes as they are read (bty_live.image.formats._CountingFile) still sees
+    them; an error reading it is raised by `finish()`, before the tool's own complaint about its
+    input ending early. The tool runs in its own session: Ctrl-C reaches bty, which stops the
+    flash and then the tool, instead of the tool dying first and its output looking cut short."""
+
+    def __init__(self, argv: Sequence[str], feed: Readable | None = None) -> None:
         if shutil.which(argv[0]) is None:
             raise ToolError(f"{argv[0]} is not installed; run `make setup` (or install it with apt)")
         self.argv = list(argv)
-        self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                                      start_new_session=True)
         self._stderr: list[bytes] = []
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_reader.start()
+        self._feed_error: BaseException | None = None
+        self._feeder: threading.Thread | None = None
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                try:
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+                except OSError:  # a lower pipe-max-size: the default pipe works, in smaller pieces
+                    pass
+        if feed is not None:
+            self._feeder = threading.Thread(target=self._feed, args=(feed,), name=f"{argv[0]}-feed", daemon=True)
+            self._feeder.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The tool's exit status once it has ended (negative: the signal that killed it)."""
+        return self._proc.returncode
+
+    def _feed(self, feed: Readable) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        buffer = memoryview(bytearray(_PIPE_SIZE))
+        try:
+            while n := feed.readinto(buffer):
+                stdin.write(buffer[:n])
+        except BrokenPipeError:  # the tool stopped reading: it failed (its words say why) or was closed
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader by finish()
+            self._feed_error = exc
+        finally:
+            try:
+                stdin.close()
+            except BrokenPipeError:
+                pass
 
     def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -70,12 +125,20 @@ class ToolStream:
 
     def readinto(self, buffer: memoryview, /) -> int:
         stdout = self._proc.stdout
-        assert isinstance(stdout, io.BufferedReader)
+        assert stdout is not None
         return stdout.readinto(buffer) or 0
 
     def read(self, size: int = -1, /) -> bytes:
-        assert self._proc.stdout is not None
-        return self._proc.stdout.read(size)
+        """Up to `size` bytes (all that is left when negative), short only at the end."""
+        stdout = self._proc.stdout
+        assert stdout is not None
+        if size < 0:
+            return stdout.readall()
+        pieces: list[bytes] = []
+        while size > 0 and (piece := stdout.read(size)):
+            pieces.append(piece)
+            size -= len(piece)
+        return b"".join(pieces)
 
     def finish(self, timeout: float = 60) -> None:
         """Wait for the tool to exit; ToolError with its last words unless it succeeded."""
@@ -85,6 +148,10 @@ class ToolStream:
             self.close()
             raise ToolError(f"{self.argv[0]} did not exit within {timeout:.0f} s after its output ended") from exc
         self._stderr_reader.join(timeout=5)
+        if self._feeder is not None:
+            self._feeder.join()
+            if self._feed_error is not None:
+                raise self._feed_error
         if code != 0:
             raise ToolError(f"{self.argv[0]} failed ({self.failure(code)})")
 
@@ -100,6 +167,8 @@ class ToolStream:
             self._proc.kill()
         self._proc.wait()
         self._stderr_reader.join(timeout=2)
+        if self._feeder is not None:
+            self._feeder.join(timeout=2)  # a feed blocked on the network ends with it (a daemon thread)
         for pipe in (self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -513,3 +513,45 @@ def test_the_plan_of_a_windows_iso_carries_the_warning(tmp_path: Path) -> None:
     hybrid = tmp_path / "live.iso"
     hybrid.write_bytes(iso_head(volume="Debian 12.5.0 amd64 n", hybrid=True) + bytes(4 << 20))
     assert load_image_source(describe_image(hybrid)).warnings == ()
+
+
+# -- xz is decoded by `xz -dc -T0`, fed through a pipe ----------------------------------------------
+
+def multi_block_xz(path: Path, data: bytes) -> Path:
+    """`data` as an xz file of several independent blocks, as `xz -T0` writes a large image."""
+    raw = path.with_suffix("")
+    raw.write_bytes(data)
+    with path.open("wb") as out:
+        subprocess.run(["xz", "-T2", "--block-size=1MiB", "-0", "-c", str(raw)], stdout=out, check=True)
+    return path
+
+
+def test_a_multi_block_xz_image_reads_whole_and_its_observer_sees_every_byte_of_the_file(tmp_path: Path) -> None:
+    image = multi_block_xz(tmp_path / "blocks.img.xz", DATA)
+    seen = hashlib.sha256()
+    out = bytearray()
+    view = memoryview(bytearray(1 << 20))
+    with ImageReader(image, observer=seen.update) as reader:
+        while n := reader.readinto(view):
+            out += view[:n]
+        reader.drain()
+        assert reader.bytes_in == image.stat().st_size
+    assert bytes(out) == DATA
+    assert seen.hexdigest() == hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def test_a_corrupt_xz_block_names_the_image_what_xz_said_and_the_fix(tmp_path: Path) -> None:
+    data = bytearray(multi_block_xz(tmp_path / "blocks.img.xz", DATA).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.img.xz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SourceCorruptError, match=r"image bad.img.xz is corrupt .*\(xz: .*\); re-copy it"):
+        read_all(bad)
+
+
+def test_an_xz_file_cut_short_is_truncated_not_corrupt(tmp_path: Path) -> None:
+    data = multi_block_xz(tmp_path / "blocks.img.xz", DATA).read_bytes()
+    cut = tmp_path / "cut.img.xz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(SourceCorruptError, match=r"image cut.img.xz is truncated: its xz stream ends after"):
+        read_all(cut)

@@ -3,10 +3,10 @@ built when missing.
 
 The formats (`formats` of prepare_artifacts; the single-frame zstd file is always built):
   zst     X.img.zst, `zstd -T0 -3`: one frame, which only one core can decompress
-  packed  X.packed.img.zst, `bty images pack`: independent 8 MiB frames (still plain zstd)
+  packed  X.packed.img.zst, `bty images pack`: independent 2 MiB frames (still plain zstd)
   xz      X.img.xz, `xz -T0 -3`: -3, not xz's default -6, to keep the build short (-6 takes
           several times as long for a few percent); with -T0 xz writes independent blocks, which
-          `xz -dc` (5.4 and later) decompresses on every core, while Python's lzma (bty) uses one
+          `xz -dc -T0` (5.4 and later; bty runs it too) decompresses on every core
   gz      X.img.gz, `pigz -6` when installed, else `gzip -6` (Debian's gzip is single-threaded;
           decompression is single-threaded either way)
   qcow2   X.qcow2, `qemu-img convert -O qcow2 -c`: compressed clusters, as cloud images ship

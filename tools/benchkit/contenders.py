@@ -53,7 +53,7 @@ def formats_of(art: Artifacts, chosen: Sequence[str]) -> list[Format]:
     files = {"zst": art.zst, "packed": art.packed, "xz": art.xz, "gz": art.gz, "qcow2": art.qcow2}
     tools: dict[str, tuple[tuple[str, ...], str | None, str]] = {
         "zst": (("zstd", "-dc"), "zst", "zstd"), "packed": (("zstd", "-dc"), "zst-frames", "zstd"),
-        "xz": (("xz", "-dc", "-T0"), "xz", "xz"), "gz": ((art.gz_tool, "-dc"), "gz", "gzip"),
+        "xz": (("xz", "-dc", "-T0"), None, "xz"), "gz": ((art.gz_tool, "-dc"), "gz", "gzip"),
         "qcow2": ((), None, "qemu-img")}
     out = []
     for key, suffix, label in FORMATS:
@@ -123,8 +123,7 @@ def contenders(art: Artifacts, bty: Path, formats: Sequence[Format]) -> list[Con
             rows.append(Contender(f"bmaptool-noverify{suffix}", f"bmaptool --no-verify, {variant}",
                                   ((*bmap[:2], "--no-verify", *bmap[2:]),), "peer", fmt=fmt.key))
         if fmt.py is not None:
-            what = {"zst": "zstandard", "zst-frames": "zstandard frames, threads", "xz": "python lzma",
-                    "gz": "python gzip"}[fmt.py]
+            what = {"zst": "zstandard", "zst-frames": "zstandard frames, threads", "gz": "python gzip"}[fmt.py]
             rows.append(Contender(f"py-decompress{suffix}", f"stage: {what}, {variant}",
                                   ((py, STAGES, "decompress", fmt.py, path, size),), "stage", needs_target=False,
                                   fmt=fmt.key, self_timed=True))
