@@ -3,6 +3,7 @@ tool's output may also be read as a stream (ToolStream)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import shutil
 import subprocess
@@ -81,10 +82,8 @@ class ToolStream:
         self._feeder: threading.Thread | None = None
         for pipe in (self._proc.stdin, self._proc.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):  # a lower pipe-max-size: the default pipe, in smaller pieces
                     fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
-                except OSError:  # a lower pipe-max-size: the default pipe works, in smaller pieces
-                    pass
         if feed is not None:
             self._feeder = threading.Thread(target=self._feed, args=(feed,), name=f"{argv[0]}-feed", daemon=True)
             self._feeder.start()
@@ -110,10 +109,8 @@ class ToolStream:
         except BaseException as exc:  # noqa: BLE001 - handed to the reader by finish()
             self._feed_error = exc
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stdin.close()
-            except BrokenPipeError:
-                pass
 
     def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
