@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import shutil
 import subprocess
 import threading
@@ -121,14 +122,15 @@ class ToolStream:
             return
 
     def readinto(self, buffer: memoryview, /) -> int:
+        """What the pipe holds, up to len(buffer) (a short count is not the end: 0 is)."""
         stdout = self._proc.stdout
-        assert stdout is not None
+        assert isinstance(stdout, io.FileIO)  # bufsize=0: the pipe itself
         return stdout.readinto(buffer) or 0
 
     def read(self, size: int = -1, /) -> bytes:
         """Up to `size` bytes (all that is left when negative), short only at the end."""
         stdout = self._proc.stdout
-        assert stdout is not None
+        assert isinstance(stdout, io.FileIO)
         if size < 0:
             return stdout.readall()
         pieces: list[bytes] = []
