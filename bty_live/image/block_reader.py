@@ -24,7 +24,7 @@ from bty_live.errors import BtyError, SourceCorruptError
 from bty_live.image.block_index import BlockIndex
 from bty_live.image.formats import Compression
 from bty_live.image.http_source import HttpSource
-from bty_live.image.seek_table import FOOTER_SIZE, SeekTableError, parse_seek_table, table_size
+from bty_live.image.seek_table import SeekTableError, read_seek_table
 from bty_live.image.sources import ByteSource
 from bty_live.image.zstd_frames import Frame
 
@@ -167,21 +167,14 @@ class HttpBlocks:
 def remote_frames(source: HttpSource) -> tuple[Frame, ...] | str:
     """The data frames of a packed zstd file on an HTTP server, from the seek table that ends
     it (two small Range requests); or why they cannot be known."""
-    size = source.size
-    if size is None or size < FOOTER_SIZE:
+    if source.size is None:
         return "the server did not say the file's size"
     try:
-        _, table = table_size(source.read_range(size - FOOTER_SIZE, FOOTER_SIZE))
-        if table > size:
-            raise SeekTableError("the zstd seek table is larger than the file")
-        frames = parse_seek_table(source.read_range(size - table, table))
+        return tuple(read_seek_table(source.read_range, source.size))
     except SeekTableError as exc:
         return str(exc)
     except BtyError as exc:  # e.g. a server that ignores Range requests
         return f"its frames cannot be fetched one by one ({exc})"
-    if sum(frame.length for frame in frames) != size - table:
-        return "the zstd seek table does not describe the file"
-    return tuple(frames)
 
 
 def block_source(source: ByteSource, layout: BlockLayout, index: BlockIndex, image_size: int) -> BlockSource:

@@ -16,7 +16,7 @@ with or without them. A differential flash over HTTP reads the table with two Ra
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bty_live.image.zstd_frames import Frame
 
@@ -70,4 +70,20 @@ def parse_seek_table(table: bytes) -> list[Frame]:
         compressed, decompressed = struct.unpack_from("<II", table, 8 + i * entry)
         frames.append(Frame(offset, compressed, decompressed))
         offset += compressed
+    return frames
+
+
+def read_seek_table(read_range: Callable[[int, int], bytes], size: int) -> list[Frame]:
+    """The data frames of a file of `size` bytes that ends with a seek table, read with two
+    calls of `read_range(offset, length)` (footer, then the table): a pread for a local file,
+    a Range request over HTTP. SeekTableError when there is none, or it does not describe the
+    file (its frames must fill the file up to the table)."""
+    if size < FOOTER_SIZE:
+        raise SeekTableError("the file is too short to end with a seek table")
+    _, table = table_size(read_range(size - FOOTER_SIZE, FOOTER_SIZE))
+    if table > size:
+        raise SeekTableError("the zstd seek table is larger than the file")
+    frames = parse_seek_table(read_range(size - table, table))
+    if sum(frame.length for frame in frames) != size - table:
+        raise SeekTableError("the zstd seek table does not describe the file")
     return frames

@@ -12,6 +12,7 @@ A streamed image (the agent's download, `bty flash URL`) is planned from its fir
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bty_live.image.manifest import Manifest
 from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
+from bty_live.image.seek_table import SeekTableError, read_seek_table
 from bty_live.image.sources import ByteSource, FileSource
 from bty_live.image.virtual_disk import inspect_virtual_disk
 from bty_live.units import format_size, format_sizes
@@ -147,12 +149,12 @@ def load_image_source(entry: CatalogEntry) -> ImageSource:
 
     frames = None
     if compression == Compression.ZSTD:
-        frames = _scan_zstd(path)
+        frames, told_by = _scan_zstd(path)
         declared = sum(f.content_size or 0 for f in frames)
         if all(f.content_size is not None for f in frames):
-            _check_manifest_size(path, declared, size, "zstd frame headers")
+            _check_manifest_size(path, declared, size, told_by)
             if size is None:
-                size, size_source = declared, "zstd frame headers"
+                size, size_source = declared, told_by
     elif compression in _SIZE_METADATA:
         told_by = _SIZE_METADATA[compression]
         metadata_size = _declared_size(path, compression)
@@ -222,8 +224,19 @@ def _check_manifest_size(path: Path, actual: int, manifest_size: int | None, tol
     )
 
 
-def _scan_zstd(path: Path) -> list[zstd_frames.Frame]:
+def _scan_zstd(path: Path) -> tuple[list[zstd_frames.Frame], str]:
+    """The data frames of a zstd file, and what told them: the seek table a packed file ends
+    with (two preads), else a walk of every frame's and block's header (which also finds a file
+    cut short, before the disk is touched). The walk reads a little of every 128 KiB: ~35 ms
+    per 512 MiB image packed in 2 MiB frames, with the file in the page cache, all of the file
+    without."""
     with open(path, "rb") as f:
+        fd = f.fileno()
+        try:
+            return read_seek_table(lambda offset, length: os.pread(fd, length, offset),
+                                   os.fstat(fd).st_size), "zstd seek table"
+        except SeekTableError:
+            pass  # not packed by bty (or cut short, which the walk says)
         try:
             summary = zstd_frames.scan_content_size(f, record=True)
         except zstd_frames.FrameError as exc:
@@ -234,7 +247,7 @@ def _scan_zstd(path: Path) -> list[zstd_frames.Frame]:
             f"image {path.name} is truncated: its last zstd frame is cut short after "
             f"{format_size(path.stat().st_size)}; re-copy it"
         )
-    return summary.index
+    return summary.index, "zstd frame headers"
 
 
 def read_head(source: ByteSource | Path, compression: Compression, size: int | None) -> bytes:

@@ -178,7 +178,7 @@ def test_a_corrupt_frame_among_those_to_write_fails_the_flash_and_wipes_what_was
     for name in ("v2.img.zst", "v2.img.zst.toml"):
         shutil.copy(images / name, broken / name)
     # the block of the second change differs from v1: it is fetched, after the first change's was written
-    frame = _scan_zstd(broken / "v2.img.zst")[CHANGED[1] // BLOCK]
+    frame = _scan_zstd(broken / "v2.img.zst")[0][CHANGED[1] // BLOCK]
     with open(broken / "v2.img.zst", "r+b") as f:
         f.seek(frame.offset + frame.length // 2)
         f.write(b"\xde\xad\xbe\xef")
@@ -251,7 +251,7 @@ def test_a_reflash_from_an_http_server_downloads_only_the_frames_that_differ(
     assert device_equals_file(loop.path, v2)
     assert receipt["differential"]["mode"] == "differential" and receipt["readback_check"] == "match"
     on_the_wire = sum(s.sent for s in proxy.seen if s.request_line.startswith("GET /images/v2.img.zst "))
-    frames = _scan_zstd(images / "v2.img.zst")
+    frames, _ = _scan_zstd(images / "v2.img.zst")
     # the head (frame 0: the partition table), the seek table, and the frames of the data blocks
     # that differ (the emptied ones are zero: nothing to fetch) or hold the partition tables
     data_changed = {n for n in differing_blocks(v1, v2) if not EMPTIED[0] <= n * BLOCK < EMPTIED[1]}

@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from bty_live import cli
-from bty_live.errors import ImageError
+from bty_live.errors import ImageError, SourceCorruptError
 from bty_live.flash.differential import PIECE, _differing_runs, blocks_holding
 from bty_live.flash.plan import FlashOptions, why_not_differential
 from bty_live.image.block_index import BLOCK_SIZE, BlockIndex, BlockIndexer
@@ -114,3 +114,28 @@ def test_a_packed_image_ends_with_a_seek_table_that_zstd_passes_over(raw: Path, 
     assert subprocess.run(["zstd", "-dc", str(packed)], capture_output=True, check=True).stdout == raw.read_bytes()
     with pytest.raises(SeekTableError, match="does not end with a zstd seek table"):
         table_size(raw.read_bytes()[-FOOTER_SIZE:])
+
+
+def test_a_packed_image_is_planned_from_its_seek_table_and_a_cut_or_forged_one_from_a_walk(
+        raw: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "packed.img.zst"
+    assert cli.main(["images", "pack", str(raw), "-o", str(packed)]) == 0
+    (tmp_path / "packed.img.zst.toml").unlink()  # the size must come from the file itself
+    with open(packed, "rb") as f:
+        walked = scan_content_size(f, record=True).index
+
+    image = load_image_source(describe_image(packed))
+    assert image.size_source == "zstd seek table"
+    assert list(image.frames or ()) == walked and image.size == raw.stat().st_size
+
+    data = packed.read_bytes()
+    _, table = table_size(data[-FOOTER_SIZE:])
+    forged = bytearray(data)
+    forged[-table + 8: -table + 12] = (1).to_bytes(4, "little")  # "frame 0 is 1 byte": they no longer fill the file
+    packed.write_bytes(bytes(forged))
+    image = load_image_source(describe_image(packed))
+    assert image.size_source == "zstd frame headers" and list(image.frames or ()) == walked
+
+    packed.write_bytes(data[: len(data) - table - 1000])  # cut inside the last frame
+    with pytest.raises(SourceCorruptError, match="packed.img.zst is truncated: its last zstd frame is cut short"):
+        load_image_source(describe_image(packed))
