@@ -555,3 +555,22 @@ def test_an_xz_file_cut_short_is_truncated_not_corrupt(tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(SourceCorruptError, match=r"image cut.img.xz is truncated: its xz stream ends after"):
         read_all(cut)
+
+
+def test_the_frame_walk_by_preads_agrees_with_the_stream_tracker_wherever_the_file_is_cut(tmp_path: Path) -> None:
+    """scan_content_size jumps from block header to block header; FrameTracker.feed sees every
+    byte. On a many-block frame followed by a skippable frame and a second frame, cut anywhere,
+    both must give the same frames, size and verdict."""
+    cctx = zstandard.ZstdCompressor(level=1, write_checksum=True)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"12345"
+    whole = cctx.compress(DATA) + skippable + cctx.compress(DATA[:300000])
+    cuts = [3, 100, *range(1000, len(whole), len(whole) // 37), len(whole) - 4, len(whole) - 1, len(whole)]
+    for cut in cuts:
+        path = tmp_path / "cut.img.zst"
+        path.write_bytes(whole[:cut])
+        tracker = zstd_frames.FrameTracker(record=True)
+        tracker.feed(whole[:cut])
+        with open(path, "rb") as f:
+            walked = zstd_frames.scan_content_size(f, record=True)
+        assert walked == tracker.summary(), cut
+    assert walked.complete and walked.frames == 2 and walked.content_size == len(DATA) + 300000
