@@ -38,7 +38,7 @@ a realistic image made by tools/mkdiskimage.py (GPT, ESP, ext4 half full of this
 a bmap (`bmaptool create`), and the compressed files of --formats, each with its bty manifest
 (`bty images add`):
   zst     X.img.zst from `zstd -T0 -3`: one frame, which only one core can decompress
-  packed  X.packed.img.zst from `bty images pack`: independent 8 MiB frames (still plain zstd)
+  packed  X.packed.img.zst from `bty images pack`: independent 2 MiB frames (still plain zstd)
   xz      X.img.xz from `xz -T0 -3` (-3, not -6: a much shorter build for a slightly larger file)
   gz      X.img.gz from `pigz -6` when installed, else `gzip -6` (Debian's gzip: one thread)
   qcow2   X.qcow2 from `qemu-img convert -O qcow2 -c` (compressed clusters, as cloud images ship)

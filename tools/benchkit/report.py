@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bty_live.image.zstd_frames import PACKED_FRAME_SIZE
 from tools.benchkit.artifacts import Artifacts
 from tools.benchkit.contenders import Format
 from tools.benchkit.procs import rss_note
@@ -24,7 +25,7 @@ WRITE_PHASE_SLACK = 1.15  # the write phase may take this much longer than the s
 TIMELINE_WIDTH = 60
 
 #: how each format's file is made, for the Markdown table's setup column
-BUILT_WITH = {"zst": "`zstd -T0 -3` (one frame)", "packed": "`bty images pack` (8 MiB frames)",
+BUILT_WITH = {"zst": "`zstd -T0 -3` (one frame)", "packed": f"`bty images pack` ({PACKED_FRAME_SIZE >> 20} MiB frames)",
               "xz": "`xz -T0 -3`", "qcow2": "`qemu-img convert -O qcow2 -c`"}
 
 
