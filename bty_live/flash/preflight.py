@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bty_live.disk.model import Disk
 from bty_live.errors import TargetRefusedError
-from bty_live.flash.target import BlockTarget, aligned_buffer
+from bty_live.flash.target import BlockTarget, aligned_buffer, close_buffer
 from bty_live.units import format_size
 
 MARKER_SIZE = 4096
@@ -103,7 +103,7 @@ def check_markers(target: BlockTarget, offsets: list[int], read: ReadFn | None =
         return misses
     finally:
         view.release()
-        buf.close()
+        close_buffer(buf)
 
 
 def estimated_capacity(misses: list[Miss]) -> int:
