@@ -74,6 +74,11 @@ def bytes_written(loop: LoopDevice) -> int:
     return int(fields[6]) * 512
 
 
+def bytes_read(loop: LoopDevice) -> int:
+    """The device's own count of sectors read, in bytes."""
+    return int(Path(f"/sys/block/{loop.name}/stat").read_text().split()[2]) * 512
+
+
 def flash(image: Path, loop: LoopDevice, tmp_path: Path, *extra: str) -> dict:
     receipt = tmp_path / f"receipt-{len(list(tmp_path.glob('receipt-*')))}.json"
     assert cli.main(["flash", str(image), loop.path, "--yes", "--receipt", str(receipt), *extra]) == 0
@@ -134,6 +139,21 @@ def test_a_disk_that_holds_something_else_is_written_whole_after_a_short_look(
     assert diff["mode"] == "fell back" and "does not hold this image" in diff["reason"]
     assert diff["bytes_compared"] < IMAGE_SIZE  # it stopped comparing once it knew
     assert receipt["bytes_written"] + receipt["bytes_zeroed"] >= IMAGE_SIZE - 2 * MiB
+
+
+def test_a_blank_disk_is_known_after_the_first_blocks_looked_at_all_differ(
+        versions: tuple[Path, Path, Path], tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    _, v2, images = versions
+    loop = make_loop(IMAGE_SIZE)
+    before = bytes_read(loop)
+
+    receipt = flash(images / "v2.img.zst", loop, tmp_path, "--verify", "stream")  # no read-back: only the look reads
+
+    diff = receipt["differential"]
+    assert diff["mode"] == "fell back"
+    assert f"{differential.ALL_DIFFER_AFTER} of {differential.ALL_DIFFER_AFTER} data blocks" in diff["reason"]
+    assert bytes_read(loop) - before <= (differential.ALL_DIFFER_AFTER + 4) * BLOCK  # + the probes, fix-ups
+    assert device_equals_file(loop.path, v2)
 
 
 def test_full_writes_the_whole_image_and_an_older_manifest_without_an_index_too(
