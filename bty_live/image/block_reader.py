@@ -18,15 +18,17 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bty_live.errors import BtyError, SourceCorruptError
 from bty_live.image.block_index import BlockIndex
 from bty_live.image.formats import Compression
-from bty_live.image.http_source import HttpSource
 from bty_live.image.seek_table import SeekTableError, read_seek_table
-from bty_live.image.sources import ByteSource
+from bty_live.image.sources import ByteSource, as_http_source
 from bty_live.image.zstd_frames import Frame
+
+if TYPE_CHECKING:
+    from bty_live.image.http_source import HttpSource
 
 #: adjacent frames fetched in one HTTP request, at most
 COALESCE = 8
@@ -181,10 +183,10 @@ def block_source(source: ByteSource, layout: BlockLayout, index: BlockIndex, ima
     """Random access to the blocks of the image `source` streams: a local file or an HTTP URL."""
     if source.path is not None:
         return LocalBlocks(source.path, layout, index, image_size)
-    if isinstance(source, HttpSource):
-        return HttpBlocks(source, layout, index, image_size)
+    if (http := as_http_source(source)) is not None:
+        return HttpBlocks(http, layout, index, image_size)
     raise ValueError(f"{source.name} allows no random access")
 
 
 def random_access(source: ByteSource) -> bool:
-    return source.path is not None or isinstance(source, HttpSource)
+    return source.path is not None or as_http_source(source) is not None

@@ -42,6 +42,7 @@ from bty_live.errors import ImageFetchError, NotFoundError, TokenRefusedError
 from bty_live.image.sources import ByteSource
 from bty_live.protocol.httpconn import (
     Backoff,
+    Wording,
     certificate_error,
     connect,
     describe_os_error,
@@ -83,22 +84,6 @@ class ResumeNotice:
     attempts: int
     #: why the connection dropped ("connection reset", "timed out", ...)
     reason: str
-
-
-@dataclass(frozen=True)
-class Wording:
-    """What a failed download's message tells the reader to do: the agent's image comes from its
-    server's plan (assign the machine again), `bty flash URL`'s from the user (check the URL).
-    Templates take {url} (shown without its query string) and {status}."""
-
-    #: after a failure that may pass
-    again: str
-    #: HTTP 404
-    not_found: str
-    #: the first answer is not 200
-    unexpected: str
-    #: HTTP 401/403; None: the server refused bty's token (TokenRefusedError)
-    refused: str | None = None
 
 
 #: the PXE agent's: the image URL comes from `bty serve`, which checks the shared token

@@ -43,16 +43,19 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bty_live.errors import DigestMismatchError, ImageError, UsageError
 from bty_live.image.catalog import image_stem
 from bty_live.image.formats import claimed_compression
-from bty_live.image.http_source import HttpSource, Wording
 from bty_live.image.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
 from bty_live.image.remote import UrlOptions
 from bty_live.image.source import FileDigest, ImageSource, streamed_image_source
+from bty_live.protocol.httpconn import Wording
 from bty_live.protocol.registry_auth import RegistryAuth, stored_credential
+
+if TYPE_CHECKING:
+    from bty_live.image.http_source import HttpSource
 
 SCHEMES = ("oci://", "oci+http://", "oci+https://")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -237,6 +240,8 @@ def sha256_digest(data: bytes) -> str:
 def fetch_manifest(ref: OciReference, auth: RegistryAuth, options: UrlOptions) -> tuple[bytes, str]:
     """The manifest's bytes and the digest they are pinned to (their sha256), checked against the
     reference's digest and the registry's Docker-Content-Digest."""
+    from bty_live.image.http_source import HttpSource  # the HTTP stack, only when a registry is asked
+
     source = HttpSource(ref.api("manifests", ref.digest or ref.tag or DEFAULT_TAG), None, None,
                         name=ref.repository, cafile=options.cafile, backoff=options.backoff,
                         wording=manifest_wording(ref), user_agent="bty", headers={"Accept": ACCEPT}, auth=auth,
@@ -323,6 +328,8 @@ def fetch_bty_manifest(ref: OciReference, layer: Layer, auth: RegistryAuth, opti
                        pinned: str) -> Manifest:
     """bty's manifest from its layer, checked against the layer's digest."""
     shown = f"{layer.title} in {pinned}"
+    from bty_live.image.http_source import HttpSource  # the HTTP stack, only when a registry is asked
+
     source = HttpSource(ref.api("blobs", layer.digest), None, None, name=str(layer.title), cafile=options.cafile,
                         backoff=options.backoff, wording=blob_wording(ref, pinned, str(layer.title)),
                         user_agent="bty", auth=auth, follow_redirects=True)
@@ -356,6 +363,8 @@ def load_oci_image_source(spec: str, options: UrlOptions) -> ImageSource:
             raise DigestMismatchError(f"manifest {manifest_layer.title} in {pinned} describes another file than "
                                       f"layer {title} (sha256 {manifest.sha256[:16]}... != {layer.digest[7:23]}...); "
                                       "nothing was written: push the image with its own manifest")
+    from bty_live.image.http_source import HttpSource  # the HTTP stack, only when a registry is asked
+
     source = HttpSource(ref.api("blobs", layer.digest), None, layer.size, name=title, cafile=options.cafile,
                         backoff=options.backoff, wording=blob_wording(ref, pinned, title), user_agent="bty",
                         auth=auth, follow_redirects=True)

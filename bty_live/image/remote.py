@@ -25,10 +25,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from bty_live.errors import ImageError, NotFoundError, UsageError
 from bty_live.image.catalog import image_stem
-from bty_live.image.http_source import HttpSource, Wording
 from bty_live.image.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
 from bty_live.image.source import ImageSource, streamed_image_source
-from bty_live.protocol.httpconn import Backoff, shown_url
+from bty_live.protocol.httpconn import Backoff, Wording, shown_url
 
 #: what the plan, the engine and the receipt say of a URL image with no digest to check
 NO_DIGEST = ("no digest to check: the disk is read back against what was downloaded, not against a known "
@@ -105,6 +104,8 @@ def fetch_manifest(url: str, options: UrlOptions, token: str | None = None) -> M
     """The manifest beside the image at `url`, or None when the server has none (404); any other
     failure (refused, unreachable, not a manifest) raises. `token`: `bty serve`'s, for its images."""
     wording = PRESIGNED_MANIFEST_WORDING if urlsplit(url).query else MANIFEST_WORDING
+    from bty_live.image.http_source import HttpSource  # the HTTP stack, only for a URL
+
     source = HttpSource(manifest_url_for(url), token, None, cafile=options.cafile, backoff=options.backoff,
                         wording=wording, user_agent="bty")
     try:
@@ -134,6 +135,8 @@ def load_url_image_source(url: str, options: UrlOptions) -> ImageSource:
         raise UsageError(f"image URL {shown_url(url)} names no host or no file; give the URL of the image "
                          "(https://HOST/PATH/disk.img.zst)")
     manifest = None if options.blake3 else fetch_manifest(url, options)
+    from bty_live.image.http_source import HttpSource  # the HTTP stack, only for a URL
+
     source = HttpSource(url, None, None, name=file_name, cafile=options.cafile, backoff=options.backoff,
                         wording=IMAGE_WORDING, user_agent="bty")
     name = manifest.name if manifest else image_stem(Path(file_name))

@@ -31,13 +31,12 @@ from bty_live.image.formats import (
     zip_image_size,
 )
 from bty_live.image.fsprobe import ForwardReader
-from bty_live.image.http_source import HttpSource
 from bty_live.image.manifest import Manifest
 from bty_live.image.optical import optical_only_warning
 from bty_live.image.partition_table import parse_partition_table
 from bty_live.image.partitions import PartitionTable
 from bty_live.image.seek_table import SeekTableError, read_seek_table
-from bty_live.image.sources import ByteSource, FileSource
+from bty_live.image.sources import ByteSource, FileSource, as_http_source
 from bty_live.image.virtual_disk import inspect_virtual_disk
 from bty_live.units import format_size, format_sizes
 
@@ -110,8 +109,8 @@ class ImageSource:
             return self.reference
         if self.source.path is not None:
             return str(self.source.path)
-        if isinstance(self.source, HttpSource):
-            return self.source.shown_url  # never the query string: a presigned URL's credentials
+        if (http := as_http_source(self.source)) is not None:
+            return http.shown_url  # never the query string: a presigned URL's credentials
         return self.source.name
 
     @property
@@ -129,9 +128,9 @@ class ImageSource:
     def download(self, file_bytes: int) -> dict[str, Any] | None:
         """For the receipt of an image streamed over HTTP: its URL (without the query string),
         how often a dropped connection was resumed, and the bytes of the file the flash read."""
-        if not isinstance(self.source, HttpSource):
+        if (http := as_http_source(self.source)) is None:
             return None
-        return {"url": self.source.shown_url, "resumes": self.source.resumes, "bytes": file_bytes}
+        return {"url": http.shown_url, "resumes": http.resumes, "bytes": file_bytes}
 
     @property
     def has_gpt(self) -> bool:
@@ -308,7 +307,7 @@ def streamed_image_source(
     be walked ahead of time, so zstd truncation is caught at its end (and the disk then wiped),
     frames are decompressed one after another, and an image of unknown size that turns out
     larger than the disk is stopped there (and the disk wiped)."""
-    http = source if isinstance(source, HttpSource) else None
+    http = as_http_source(source)
     stream = (http.head(512) if http else source).open()  # over HTTP, only the bytes asked for travel
     try:
         first = stream.read(512)

@@ -5,17 +5,40 @@ then needs nothing beyond Python, the image stream reads straight into the engin
 (`readinto`), every read has a timeout, and each resume is a fresh connection whose status and
 headers are checked by hand. TLS uses `ssl.create_default_context()`: certificates and host
 names are verified, against the system's CAs or a given CA file.
+
+`http.client` and `ssl` (with `email`, ~20 ms of imports) are imported by the functions that
+connect, not with this module: a flash from a local file, which imports this module for
+`shown_url` and `Backoff`, does not wait for them before its first byte is written.
 """
 
 from __future__ import annotations
 
-import http.client
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from bty_live.errors import NetworkError, ServerRejectedError
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a failed download's message tells the reader to do: the agent's image comes from its
+    server's plan (assign the machine again), `bty flash URL`'s from the user (check the URL).
+    Templates take {url} (shown without its query string) and {status}."""
+
+    #: after a failure that may pass
+    again: str
+    #: HTTP 404
+    not_found: str
+    #: the first answer is not 200
+    unexpected: str
+    #: HTTP 401/403; None: the server refused bty's token (TokenRefusedError)
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,8 @@ def shown_url(url: str) -> str:
 
 def tls_context(cafile: Path | None) -> ssl.SSLContext:
     """Verify certificates and host names, with the system's CAs or `cafile`."""
+    import ssl
+
     try:
         return ssl.create_default_context(cafile=str(cafile) if cafile else None)
     except (OSError, ssl.SSLError) as exc:
@@ -66,6 +91,8 @@ def tls_context(cafile: Path | None) -> ssl.SSLContext:
 
 def connect(parts: SplitResult, timeout: float, cafile: Path | None = None) -> http.client.HTTPConnection:
     """A connection (not yet opened) to the URL's host; HTTPS verifies the certificate."""
+    import http.client
+
     host = parts.hostname or ""
     if parts.scheme == "https":
         return http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=tls_context(cafile))
@@ -79,6 +106,9 @@ def request_target(parts: SplitResult) -> str:
 
 def describe_os_error(exc: BaseException) -> str:
     """A short cause for a connection failure: 'connection refused', 'timed out', ..."""
+    import http.client
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted: {exc.verify_message}"
     if isinstance(exc, TimeoutError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
 import os
 import re
@@ -185,6 +184,8 @@ class RegistryAuth:
         return _token_of(body, realm)
 
     def _get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        import http.client  # with the connection: see bty_live.protocol.httpconn
+
         parts = urlsplit(url)
         conn = connect(parts, self.timeout, self.cafile)
         try:
