@@ -161,6 +161,12 @@ class ToolStream:
             return f"killed by signal {-code}" + (f": {words[-1]}" if words else "")
         return words[-1] if words else f"exit status {code}"
 
+    def __enter__(self) -> ToolStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()

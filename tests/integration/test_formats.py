@@ -133,11 +133,16 @@ def test_truncated_xz_gzip_bzip2_and_lz4_are_errors(files: dict[str, Path], tmp_
         read_all(truncated)
 
 
-def test_corrupt_zstd_names_the_image_and_the_fix(files: dict[str, Path], tmp_path: Path) -> None:
-    data = bytearray(files["zst"].read_bytes())
+def with_middle_byte_flipped(source: Path, out: Path) -> Path:
+    """A copy of `source` at `out` with the byte in its middle inverted."""
+    data = bytearray(source.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    bad = tmp_path / "bad.img.zst"
-    bad.write_bytes(bytes(data))
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_corrupt_zstd_names_the_image_and_the_fix(files: dict[str, Path], tmp_path: Path) -> None:
+    bad = with_middle_byte_flipped(files["zst"], tmp_path / "bad.img.zst")
     with pytest.raises(SourceCorruptError, match=r"image bad.img.zst is (corrupt|truncated).*re-copy it"):
         read_all(bad)
 
@@ -541,10 +546,7 @@ def test_a_multi_block_xz_image_reads_whole_and_its_observer_sees_every_byte_of_
 
 
 def test_a_corrupt_xz_block_names_the_image_what_xz_said_and_the_fix(tmp_path: Path) -> None:
-    data = bytearray(multi_block_xz(tmp_path / "blocks.img.xz", DATA).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    bad = tmp_path / "bad.img.xz"
-    bad.write_bytes(bytes(data))
+    bad = with_middle_byte_flipped(multi_block_xz(tmp_path / "blocks.img.xz", DATA), tmp_path / "bad.img.xz")
     with pytest.raises(SourceCorruptError, match=r"image bad.img.xz is corrupt .*\(xz: .*\); re-copy it"):
         read_all(bad)
 

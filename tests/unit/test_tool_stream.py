@@ -35,40 +35,28 @@ class FailingFeed:
 
 def test_what_is_fed_reaches_the_tool_and_its_output_comes_back_whole() -> None:
     data = os.urandom(3 << 20)  # larger than the pipes: the feed and the reader run together
-    tool = ToolStream(["cat"], feed=io.BytesIO(data))
-    try:
+    with ToolStream(["cat"], feed=io.BytesIO(data)) as tool:
         assert read_out(tool) == data
         tool.finish()
-    finally:
-        tool.close()
 
 
 def test_an_error_reading_the_feed_is_raised_as_itself_not_as_the_tools_complaint() -> None:
-    tool = ToolStream(["xz", "-dc"], feed=FailingFeed(b"\xfd7zXZ\x00" + bytes(100)))
-    try:
+    with ToolStream(["xz", "-dc"], feed=FailingFeed(b"\xfd7zXZ\x00" + bytes(100))) as tool:
         read_out(tool)
         with pytest.raises(OSError, match="Input/output error"):
             tool.finish()
-    finally:
-        tool.close()
 
 
 def test_a_failing_tool_raises_tool_error_with_its_last_words() -> None:
-    tool = ToolStream(["xz", "-dc"], feed=io.BytesIO(b"not xz at all"))
-    try:
+    with ToolStream(["xz", "-dc"], feed=io.BytesIO(b"not xz at all")) as tool:
         read_out(tool)
         with pytest.raises(ToolError, match="xz failed .*File format not recognized"):
             tool.finish()
-    finally:
-        tool.close()
 
 
 def test_the_tool_runs_in_its_own_session_so_a_terminals_ctrl_c_reaches_bty_first() -> None:
-    tool = ToolStream(["sleep", "30"])
-    try:
+    with ToolStream(["sleep", "30"]) as tool:
         assert os.getsid(tool.pid) == tool.pid != os.getsid(0)
-    finally:
-        tool.close()
 
 
 def test_closing_a_running_tool_stops_it_and_its_feed() -> None:
