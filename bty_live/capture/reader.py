@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 
 from bty_live.errors import TargetIOError, TargetRefusedError, TargetVanishedError
-from bty_live.flash.target import BlockTarget, TargetInfo
+from bty_live.flash.target import BlockTarget, TargetInfo, pread_exactly
 from bty_live.system import sysfs
 from bty_live.units import format_size
 
@@ -61,18 +61,9 @@ class DiskReader:
     def read_exactly(self, view: memoryview, offset: int, length: int) -> None:
         """Fill `view` (aligned, a whole number of blocks) from `offset`; at least `length`
         bytes must arrive, or the disk is smaller than it said or went away."""
-        done = 0
-        while done < length:
-            try:
-                n = os.preadv(self.fd, [view[done:]], offset + done)
-            except OSError as exc:
-                raise self._io_error(offset + done, exc) from exc
-            if n <= 0:
-                raise TargetIOError(
-                    f"disk {self.path} ended at {format_size(offset + done)} while it said it holds "
-                    f"{format_size(self.size)}; it was removed or resized: capture it again"
-                )
-            done += n
+        pread_exactly(self.fd, view, offset, length, self._io_error, lambda at: TargetIOError(
+            f"disk {self.path} ended at {format_size(at)} while it said it holds {format_size(self.size)}; "
+            "it was removed or resized: capture it again"))
 
     def _io_error(self, offset: int, exc: OSError) -> TargetIOError:
         gone = exc.errno in (errno.ENODEV, errno.ENXIO) or (

@@ -54,7 +54,7 @@ from bty_live.errors import Cancelled, DigestMismatchError, SourceCorruptError, 
 from bty_live.flash.copy import WriteTarget
 from bty_live.flash.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
 from bty_live.flash.profile import StageTime, waiting
-from bty_live.flash.target import BlockTarget, aligned_buffer, close_buffer
+from bty_live.flash.target import BlockTarget, aligned_buffer, close_buffer, pread_exactly
 from bty_live.image.block_index import BlockIndex, block_digest
 from bty_live.image.block_reader import COALESCE, BlockSource
 from bty_live.units import format_size
@@ -428,16 +428,10 @@ class DifferentialPass:
             raise self.target.io_error("opening for the comparison", 0, exc) from exc
 
     def _read_exactly(self, fd: int, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            try:
-                n = os.preadv(fd, [view[done:]], offset + done)
-            except OSError as exc:
-                raise self.target.io_error("reading", offset + done, exc) from exc
-            if n <= 0:
-                raise TargetIOError(f"target {self.target.path} ended at {format_size(offset + done)} while it was "
-                                    "compared with the image; check the disk's size")
-            done += n
+        pread_exactly(fd, view, offset, len(view),
+                      lambda at, exc: self.target.io_error("reading", at, exc),
+                      lambda at: TargetIOError(f"target {self.target.path} ended at {format_size(at)} while it was "
+                                               "compared with the image; check the disk's size"))
 
 
 def blocks_holding(ranges: Sequence[tuple[int, int]], block_size: int) -> set[int]:

@@ -13,6 +13,7 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bty_live.disk.file_target import FILE_SECTOR, file_targets_allowed
@@ -40,6 +41,22 @@ WIPE_SPAN = 1 << 20
 def aligned_buffer(size: int) -> mmap.mmap:
     """Anonymous memory is page aligned, which O_DIRECT needs. Free it with close_buffer."""
     return mmap.mmap(-1, size)
+
+
+def pread_exactly(fd: int, view: memoryview, offset: int, length: int,
+                  io_error: Callable[[int, OSError], Exception], ended: Callable[[int], Exception]) -> None:
+    """preadv into `view` from `offset` until at least `length` bytes have arrived (a device may
+    return fewer per call). The caller words the failures: `io_error(at, exc)` for a read that
+    fails, `ended(at)` for a device that ends before `length`."""
+    done = 0
+    while done < length:
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise io_error(offset + done, exc) from exc
+        if n <= 0:
+            raise ended(offset + done)
+        done += n
 
 
 def close_buffer(buf: mmap.mmap) -> None:
