@@ -12,7 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.reactive import var
 from textual.scrollbar import ScrollBarRender
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
 from bty_live.tui.progress import FlashProgress
 from bty_live.tui.text import progress_parts
@@ -33,6 +33,19 @@ class TitleBar(Static):
         if detail:
             text.append(f"   {detail}")  # cut at the screen's edge (.title), never wrapped out of sight
         super().__init__(text, classes="title")
+
+
+class NameEntry(Input):
+    """A name typed on a form (the flash's confirmation, the capture's image name): focused when
+    its screen mounts, with a still cursor (no animations: a blinking one repaints forever, over
+    a serial console too). Subclasses bind their own Enter to "submit", not a priority binding on
+    the screen, so the name is read only once every key typed before Enter has reached the field:
+    a paste, expect or a serial console sends "loop1\r" in one burst, and a screen-level Enter
+    would run first."""
+
+    def on_mount(self) -> None:
+        self.cursor_blink = False
+        self.focus()
 
 
 class Choices(OptionList):

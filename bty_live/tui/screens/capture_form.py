@@ -17,7 +17,7 @@ from textual.widgets import Checkbox, Input, Static
 
 from bty_live.disk.model import Disk
 from bty_live.tui.capture_name import MAX_NAME, name_problem, output_for
-from bty_live.tui.widgets import KeyHints, TitleBar
+from bty_live.tui.widgets import KeyHints, NameEntry, TitleBar
 from bty_live.units import format_size
 
 
@@ -33,9 +33,8 @@ class ImageName(Validator):
         return self.failure(problem, value) if problem else self.success()
 
 
-class NameField(Input):
-    """The name. Its own Enter submits once every key typed before it reached the field (as on
-    the flash's confirmation)."""
+class NameField(NameEntry):
+    """The image's name; Enter goes on."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "submit", "Continue", key_display="Enter"),
@@ -100,10 +99,7 @@ class CaptureFormScreen(Screen[None]):
         yield KeyHints()
 
     def on_mount(self) -> None:
-        name = self.query_one("#name", Input)
-        name.cursor_blink = False  # no animations: a blinking cursor repaints forever
-        name.focus()
-        self._show_name(name.value)
+        self._show_name(self.query_one("#name", Input).value)
 
     @on(Input.Changed, "#name")
     def _changed(self, event: Input.Changed) -> None:

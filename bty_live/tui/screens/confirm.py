@@ -14,13 +14,11 @@ from textual.widgets import Input, Static
 
 from bty_live.flash.plan import FlashPlan
 from bty_live.tui.text import confirm_prompt, destroy_preview
-from bty_live.tui.widgets import KeyHints, TitleBar
+from bty_live.tui.widgets import KeyHints, NameEntry, TitleBar
 
 
-class NameInput(Input):
-    """The name field. Its own Enter (not a priority binding on the screen) submits, so the name is
-    compared only once every key typed before Enter has reached the field: a paste, expect or a
-    serial console sends "loop1\r" in one burst, and a screen-level Enter would run first."""
+class NameInput(NameEntry):
+    """The disk's name, typed to confirm; Enter erases and writes."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "submit", "Erase and write", key_display="Enter"),
@@ -57,11 +55,6 @@ class ConfirmScreen(Screen[None]):
         yield NameInput(id="name", max_length=64)
         yield Static("", id="hint")
         yield KeyHints()
-
-    def on_mount(self) -> None:
-        name = self.query_one("#name", Input)
-        name.cursor_blink = False  # no animations: a blinking cursor repaints forever
-        name.focus()
 
     def disk_changed(self) -> None:
         """The app saw a hot-plug event for this disk: what was previewed may be wrong now."""
