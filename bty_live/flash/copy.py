@@ -31,7 +31,7 @@ import blake3
 import zstandard
 
 from bty_live.errors import DigestMismatchError, SourceCorruptError, TargetRefusedError
-from bty_live.flash.pipeline import POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
+from bty_live.flash.pipeline import FLUSH_WINDOW, POLL, Aborted, Buffer, BufferPool, Channel, StageRunner
 from bty_live.flash.profile import StageTime, since_start, waiting
 from bty_live.flash.target import ZEROOUT_PIECE, TargetInfo
 from bty_live.image.formats import ImageReader
@@ -46,8 +46,6 @@ ZERO_GRANULE = 1 << 20
 MAX_WORKERS = 4
 
 _ZEROS = bytearray(ZERO_GRANULE)
-#: with flush_behind, the target is flushed each time this much more has been written
-FLUSH_WINDOW = 256 << 20
 
 
 @dataclass

@@ -20,6 +20,11 @@ from bty_live.flash.profile import StageTime, stage_clock, waiting
 from bty_live.signals import interrupt_signal
 
 POLL = 0.05  # seconds a blocked stage waits before re-checking the abort flag
+#: how far a write runs ahead of its flushes: the flush thread of a write without a read-back
+#: (flash/copy.py) and the read-back behind the write (flash/readback.py) flush the target each
+#: time this much more has been written (measured, 1 GiB plain loop: the write-out then overlaps
+#: the decompression instead of all coming at the final flush)
+FLUSH_WINDOW = 256 << 20
 
 
 class Aborted(Exception):

@@ -5,7 +5,7 @@ not what the kernel remembers having written. A reader thread fills page-aligned
 a hasher thread digests the previous ones.
 
 The pass can run behind the write (the default for a flash): the writer releases each range it
-has written, and every WINDOW the reader flushes the device (so what it reads is what the disk
+has written, and every FLUSH_WINDOW the reader flushes the device (so what it reads is what the disk
 keeps, not what its volatile cache holds) and reads that window back while the next one is
 being written. On a device that reads and writes at once, the verified flash then costs little
 more than the unverified one. The last window is read when the engine says the write is over
@@ -23,15 +23,13 @@ from dataclasses import dataclass
 import blake3
 
 from bty_live.errors import TargetIOError, TargetVanishedError
-from bty_live.flash.pipeline import POLL, Aborted, BufferPool, Channel, StageRunner
+from bty_live.flash.pipeline import FLUSH_WINDOW, POLL, Aborted, BufferPool, Channel, StageRunner
 from bty_live.flash.profile import StageTime, waiting
 from bty_live.units import format_size
 
 #: large reads keep a real disk's queue busy; 4 x 16 MiB bounds the memory
 CHUNK = 16 << 20
 BUFFERS = 4
-#: behind a write, read back once this much more has been written (a flush each time)
-WINDOW = 256 << 20
 
 #: the regions laid over what the disk holds, as (offset, bytes): asked again for every chunk
 #: read, because behind a write the engine's held regions fill up as the write goes
@@ -69,7 +67,7 @@ class ReadbackPass:
         self.counters = ReadCounters()
         self.runner = StageRunner(cancel)
         self._overlay = overlay
-        self._window = WINDOW if window is None else window
+        self._window = FLUSH_WINDOW if window is None else window
         self._pool = BufferPool(BUFFERS, CHUNK)
         self._channel = Channel(self.runner.abort)
         self._hasher = blake3.blake3()

@@ -44,7 +44,7 @@ def images(tmp_path: Path, raw_image: Path) -> Path:
 @pytest.fixture
 def small_window(monkeypatch: pytest.MonkeyPatch) -> int:
     """Read back every 8 MiB, so a 64 MiB image is read back in windows during its write."""
-    monkeypatch.setattr(readback, "WINDOW", 8 * MiB)
+    monkeypatch.setattr(readback, "FLUSH_WINDOW", 8 * MiB)
     return 8 * MiB
 
 
