@@ -104,7 +104,9 @@ class ToolStream:
         buffer = memoryview(bytearray(_PIPE_SIZE))
         try:
             while n := feed.readinto(buffer):
-                stdin.write(buffer[:n])
+                piece = buffer[:n]
+                while piece:  # a raw pipe may take part of it (a signal in the middle of the write)
+                    piece = piece[stdin.write(piece) or 0 :]
         except BrokenPipeError:  # the tool stopped reading: it failed (its words say why) or was closed
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the reader by finish()
@@ -148,7 +150,7 @@ class ToolStream:
             raise ToolError(f"{self.argv[0]} did not exit within {timeout:.0f} s after its output ended") from exc
         self._stderr_reader.join(timeout=5)
         if self._feeder is not None:
-            self._feeder.join()
+            self._feeder.join(timeout)  # ended with the tool's input, or on its broken pipe
             if self._feed_error is not None:
                 raise self._feed_error
         if code != 0:
