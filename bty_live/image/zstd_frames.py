@@ -51,6 +51,16 @@ class FrameSummary:
     index: list[Frame] | None = None
 
 
+def _block_header(header: bytes) -> tuple[bool, int | None]:
+    """A block header's 3 bytes: (last block?, payload bytes that follow: 1 for an RLE block;
+    None for the reserved block type)."""
+    value = int.from_bytes(header, "little")
+    block_type = (value >> 1) & 3
+    if block_type == 3:
+        return bool(value & 1), None
+    return bool(value & 1), 1 if block_type == 1 else value >> 3
+
+
 class FrameTracker:
     """Incremental zstd frame walker. Call `feed()` with every compressed byte, in order."""
 
@@ -95,11 +105,10 @@ class FrameTracker:
             return
         pos = self.offset
         while pos + 3 <= size:
-            value = int.from_bytes(os.pread(fd, 3, pos), "little")
-            block_type = (value >> 1) & 3
-            if value & 1 or block_type == 3:  # the last block, or a reserved type: feed() says which
+            last, payload = _block_header(os.pread(fd, 3, pos))
+            if last or payload is None:  # the last block, or a reserved type: feed() says which
                 break
-            pos += 3 + (1 if block_type == 1 else value >> 3)
+            pos += 3 + payload
         self.offset = pos
 
     def skipped(self, count: int) -> None:
@@ -165,11 +174,10 @@ class FrameTracker:
             self._frame_size(size)
             self._state, self._need = _BLOCK_HEADER, 3
         elif self._state == _BLOCK_HEADER:
-            value = int.from_bytes(header, "little")
-            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
-            if block_type == 3:
+            last, payload = _block_header(header)
+            if payload is None:
                 raise FrameError(f"reserved block type in zstd stream at byte {self.offset}")
-            self._skip = 1 if block_type == 1 else block_size
+            self._skip = payload
             if last:
                 if self._checksum:
                     self._skip += 4
