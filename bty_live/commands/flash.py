@@ -66,18 +66,24 @@ What happens:
      (never the boot medium, the disk holding the images, a mounted, held, swapping, read-only
      or too-small disk). --dry-run stops here and shows what the disk holds now.
   2. confirm: type the disk's name (skipped with --yes).
-  3. write: decompress, blake3-hash and write with O_DIRECT in overlapping stages; all-zero
+  3. write: decompress and write with O_DIRECT in overlapping stages (and blake3-hash the
+     stream, unless the read-back is to be compared with the manifest: step 4); all-zero
      ranges are zeroed by the device (BLKZEROOUT) instead of written, so holes read back as
      zeroes too. The disk is opened exclusively and its identity re-checked before the first write.
      Differential (the default when the manifest has a block index and the image is a packed
      zstd or raw file, local or on an HTTP server, e.g. reflashing a CI machine): each 2 MiB block of the disk is read
      and compared with the index first, and only the blocks that differ are decompressed and
      written (the pieces of them that differ); a disk that holds something else is seen from
-     64 blocks spread over it (128 MiB read) and written whole. --full always writes the whole image.
-  4. verify: the stream digest must equal the manifest's; then (default) the disk is read back
-     with O_DIRECT and must hash the same (--verify readback|stream|off). The read-back runs
-     behind the write: every 256 MiB written, the disk is flushed and that window read back
-     while the next one is written (--readback-after: one pass after the whole write).
+     up to 64 blocks spread over it (16 MiB read when the first 8 all differ) and written whole.
+     --full always writes the whole image.
+  4. verify (default: readback): the disk is read back with O_DIRECT and its blake3 must equal
+     the manifest's (or --blake3), which proves the image and the write at once; when it does
+     not, the image is hashed again alone to say which of the two is wrong. Without a digest
+     to match (no manifest), the read-back must equal the stream's blake3. A download keeps
+     its stream check too. --verify stream: the stream's blake3 against the manifest's, no
+     read-back; off: no comparison. The read-back runs behind the write: every 256 MiB
+     written, the disk is flushed and that window read back while the next one is written
+     (--readback-after: one pass after the whole write).
   5. fix-ups: a GPT image on a larger disk gets its backup GPT moved to the disk's end;
      --grow extends the last partition to the end of the disk (not its filesystem).
   6. tune: when the manifest names a CIJOE task (or --tune TASK), the written system's root
@@ -111,8 +117,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--images", metavar="DIR", help="images directory (default: $BTY_IMAGES, the stick's "
                         "images partition, else ./images)")
     parser.add_argument("--verify", choices=[m.value for m in VerifyMode], default=VerifyMode.READBACK.value,
-                        help="readback (default): stream digest + O_DIRECT read-back; stream: digest of the "
-                        "decompressed stream only; off: no comparison")
+                        help="readback (default): the disk read back with O_DIRECT against the manifest's blake3 "
+                        "(else against the stream's); stream: digest of the decompressed stream only; "
+                        "off: no comparison")
     parser.add_argument("--readback-after", action="store_true",
                         help="read the disk back in one pass after the whole write, instead of window by window "
                         "behind it (each window flushed first)")

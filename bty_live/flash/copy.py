@@ -12,9 +12,12 @@ cannot be decompressed in parallel; a multi-frame one can, and that is what beat
 `zstd -dc | dd` on a small machine.
 
 Hashing and writing read the same buffer at the same time; it goes back to the pool when both
-are done. Zero runs are found at ZERO_GRANULE granularity with a memcmp against a zero buffer
-(tens of GB/s) and merged across buffers into long extents, so a mostly empty disk image costs
-a few ioctls instead of gigabytes of writes. The target reads back exactly as the image, holes
+are done. The hash stage is left out when the read-back alone proves the disk against the
+manifest's blake3 (bty_live.flash.engine).
+
+Zero runs are found at ZERO_GRANULE granularity with a memcmp against a zero buffer (tens of
+GB/s) and merged across buffers into long extents, so a mostly empty disk image costs a few
+ioctls instead of gigabytes of writes. The target reads back exactly as the image, holes
 included: unlike a sparse copy, nothing stale is left in the gaps.
 """
 
@@ -127,6 +130,7 @@ class WritePass:
         workers: int | None = None,
         on_written: Callable[[int], None] | None = None,
         flush_behind: bool = False,
+        hash_stream: bool = True,
     ) -> None:
         """`on_written(end)` is called by the writer each time every byte of the image before
         `end` has been handed to the target (pwrite or BLKZEROOUT returned): the read-back
@@ -135,7 +139,14 @@ class WritePass:
         `flush_behind`: a thread flushes the target every FLUSH_WINDOW written, so what a
         page-cached target (a loop device over a file) holds is written out while the rest is
         decompressed, not all at the final flush. The read-back behind the write flushes each
-        window itself."""
+        window itself.
+
+        `hash_stream=False`: no blake3 of the stream (CopyResult.digest is ""), when a read-back
+        of the disk compared with the manifest's blake3 proves the image and the write at once
+        (bty_live.flash.engine): on two cores the second blake3 pass competes with the
+        decompressor."""
+        if extra_consumer is not None and not hash_stream:
+            raise ValueError("an extra consumer of the stream needs the hash stage")
         self.reader = reader
         self.target = target
         self.expected_size = expected_size
@@ -148,7 +159,8 @@ class WritePass:
         self.runner = StageRunner(cancel)
         # one thread: blake3's own thread pool keeps spinning after each update and slows the
         # decompressors more than it speeds the hash (measured: 0.53 s vs 1.00 s for 2 GiB)
-        self._hasher = blake3.blake3()
+        self._hasher = blake3.blake3() if hash_stream else None
+        self._consumers = 2 if hash_stream else 1  # the stages that take every buffer
         buffers = 6 if self.frames is None else self.workers * 2 + 4
         self._pool = BufferPool(buffers, CHUNK)
         self._to_hash = Channel(self.runner.abort)
@@ -173,7 +185,8 @@ class WritePass:
             self.runner.start("decompress", self._decompress_sequential)
         else:
             _ParallelFrames(self).start()
-        self.runner.start("hash", self._hash)
+        if self._hasher is not None:
+            self.runner.start("hash", self._hash)
         self.runner.start("write", self._write)
         if self._flush_behind:
             self.runner.start("flush", self._flush_windows)
@@ -186,7 +199,7 @@ class WritePass:
             size=self._size,
             written=self.counters.written,
             zeroed=self.counters.zeroed,
-            digest=self._hasher.hexdigest(),
+            digest=self._hasher.hexdigest() if self._hasher is not None else "",
             seconds=time.monotonic() - started,
             parallel_frames=self.frames is not None,
             stages=tuple(self.runner.stages),
@@ -198,12 +211,12 @@ class WritePass:
     def _decompress_sequential(self) -> None:
         offset = 0
         while True:
-            buf = self._pool.acquire(self.runner.abort, consumers=2)
+            buf = self._pool.acquire(self.runner.abort, consumers=self._consumers)
             n = self.reader.readinto(buf.view)
             self.counters.bytes_in = self.reader.bytes_in
             if n == 0:
-                self._pool.release(buf)
-                self._pool.release(buf)
+                for _ in range(self._consumers):
+                    self._pool.release(buf)
                 break
             self._check_size(offset + n)
             buf.offset, buf.length = offset, n
@@ -214,7 +227,8 @@ class WritePass:
         self._end_of_stream(offset)
 
     def _emit(self, buf: Buffer) -> None:
-        self._to_hash.put(buf)
+        if self._hasher is not None:
+            self._to_hash.put(buf)
         self._to_write.put(buf)
 
     def _end_of_stream(self, size: int) -> None:
@@ -223,7 +237,8 @@ class WritePass:
             ends, whole = format_sizes(size, self.expected_size)
             raise SourceCorruptError(f"image {self.name} is truncated: it ends at {ends} of {whole}; re-copy it")
         # end markers only after a complete stream: on an error the abort flag stops the others
-        self._to_hash.put(None)
+        if self._hasher is not None:
+            self._to_hash.put(None)
         self._to_write.put(None)
 
     def _check_size(self, end: int) -> None:
@@ -244,9 +259,11 @@ class WritePass:
 
     def _hash(self) -> None:
         extra = self.extra_consumer
+        hasher = self._hasher
+        assert hasher is not None
         for buf in self._to_hash:
             data = buf.view[: buf.length]
-            self._hasher.update(data)
+            hasher.update(data)
             if extra is not None:
                 extra.feed(buf.offset, data)
             data.release()
@@ -374,7 +391,7 @@ class _ParallelFrames:
             for seq, frame in enumerate(self.frames):
                 size = frame.content_size or 0
                 owner._check_size(offset + size)
-                buf = owner._pool.acquire(owner.runner.abort, consumers=2)
+                buf = owner._pool.acquire(owner.runner.abort, consumers=owner._consumers)
                 if frame.offset > position:
                     _read_exactly(stream, frame.offset - position, owner.name)
                 data = _read_exactly(stream, frame.length, owner.name)

@@ -125,8 +125,12 @@ class _Run:
             if copy is None:
                 copy = self._write(self.target)
             self._check_file()
-            stream_check = self._check_stream(copy)
-            readback_check = self._readback(copy)
+            if copy.digest:
+                stream_check = self._check_stream(copy)
+                readback_check = self._readback(copy)
+            else:  # the stream was not hashed: the read-back is compared with the manifest
+                copy = self._prove_by_readback(copy)
+                stream_check = readback_check = "match"
             self._commit_deferred(self.target)
             copy = self.copy or copy  # a differential flash counts the held regions once committed
             fixups = self._fixups(self.target)
@@ -237,6 +241,7 @@ class _Run:
         zeroout = plan.options.zeroout  # --no-zeroout, else what pays on this target
         if zeroout is None:
             zeroout = zeroout_pays(target.info, read_back=plan.options.verify == VerifyMode.READBACK)
+        hash_stream = extra is not None or not self._readback_proves_image()
         with ImageReader(image.source, image.compression, expected_size=image.size,
                          observer=file_hasher.update if file_hasher else None) as reader:
             copy = WritePass(
@@ -249,6 +254,7 @@ class _Run:
                 cancel=self.cancel,
                 on_written=self.readback.release if self.readback is not None else None,
                 flush_behind=self.readback is None,
+                hash_stream=hash_stream,
             )
             result = copy.run(lambda c: meter.update(c.bytes_in, c.bytes_out, c.zeroed))
             if file_hasher is not None:
@@ -258,7 +264,7 @@ class _Run:
         self.copy = result
         self.profile.first_write = result.first_write
         self.profile.add(list(result.stages))
-        meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest,
+        meter.end(result.bytes_in, result.size, result.zeroed, digest=result.digest or None,
                   message=f"wrote {format_size(result.written)}, zero-filled {format_size(result.zeroed)}")
         return result
 
@@ -358,22 +364,37 @@ class _Run:
             self.info(Phase.VERIFY, f"every block of the image's extent on {plan.target.path} is compared with the "
                                     f"manifest's block index (blake3 {expected[:16]}... of the whole image)")
             return "match"
-        given = plan.image.digest_source == "--blake3"
-        if copy.digest != expected and given:
-            raise DigestMismatchError(
-                f"image {plan.image.file_name} does not match the digest given with --blake3: blake3 "
-                f"{copy.digest[:16]}... != {expected[:16]}...; check the digest, or whether "
-                f"{plan.image.location} serves another image"
-            )
         if copy.digest != expected:
-            raise DigestMismatchError(
-                f"image {plan.image.file_name} does not match its manifest: blake3 {copy.digest[:16]}... "
-                f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
-                "or rerun `bty images add` if you changed it on purpose"
-            )
-        self.info(Phase.VERIFY, f"stream blake3 matches the {'digest given with --blake3' if given else 'manifest'} "
-                                f"({expected[:16]}...)")
+            raise self._image_mismatch(copy.digest, expected)
+        self.info(Phase.VERIFY, f"stream blake3 matches the {self._expected_from()} ({expected[:16]}...)")
         return "match"
+
+    def _expected_from(self) -> str:
+        return "digest given with --blake3" if self.plan.image.digest_source == "--blake3" else "manifest"
+
+    def _image_mismatch(self, digest: str, expected: str) -> DigestMismatchError:
+        image = self.plan.image
+        if image.digest_source == "--blake3":
+            return DigestMismatchError(
+                f"image {image.file_name} does not match the digest given with --blake3: blake3 "
+                f"{digest[:16]}... != {expected[:16]}...; check the digest, or whether "
+                f"{image.location} serves another image"
+            )
+        return DigestMismatchError(
+            f"image {image.file_name} does not match its manifest: blake3 {digest[:16]}... "
+            f"!= {expected[:16]}...; the image is damaged or the manifest is stale: re-copy the image, "
+            "or rerun `bty images add` if you changed it on purpose"
+        )
+
+    def _readback_proves_image(self) -> bool:
+        """Whether the write pass may leave the stream unhashed: a read-back of the disk compared
+        with the manifest's blake3 (or --blake3) proves the image and the write at once, and on
+        two cores the second blake3 pass slows the decompressor. A download keeps its stream
+        hash: the network, not the CPU, sets its pace, and telling a bad download from a bad disk
+        afterwards would mean fetching it again."""
+        plan = self.plan
+        return (plan.options.verify == VerifyMode.READBACK and plan.image.expected_blake3 is not None
+                and plan.image.path is not None)
 
     def _readback_behind(self, target: BlockTarget) -> ReadbackPass | None:
         """The read-back that follows the write window by window, when the plan wants one."""
@@ -387,9 +408,8 @@ class _Run:
         if self.plan.options.verify != VerifyMode.READBACK:
             return "skipped"
         assert self.target is not None
-        started = time.monotonic()
-        meter = ProgressMeter(self.sink, Phase.VERIFY, copy.size)
         if self.diff is not None:
+            started = time.monotonic()
             total = len(self.diff_written) * self.diff.index.block_size
             meter = ProgressMeter(self.sink, Phase.VERIFY, total)
             meter.start(f"reading back the {len(self.diff_written)} blocks written to {self.target.path}"
@@ -400,18 +420,29 @@ class _Run:
             if self.diff_info is not None:
                 self.diff_info["seconds"]["verify"] = round(self.phases["verify"], 3)
             return "match"
+        digest = self._read_back_whole(copy.size)
+        if digest != copy.digest:
+            raise self._disk_mismatch(digest, copy.digest)
+        return "match"
+
+    def _read_back_whole(self, size: int) -> str:
+        """blake3 of the image's extent of the target, as the disk returns it (the held regions
+        from memory); the rest of it read now when the read-back ran behind the write."""
+        assert self.target is not None
+        started = time.monotonic()
+        meter = ProgressMeter(self.sink, Phase.VERIFY, size)
         if self.readback is not None:
             done = self.readback.counters.bytes_hashed
-            meter.start(f"reading back {format_size(copy.size)} from {self.target.path} "
+            meter.start(f"reading back {format_size(size)} from {self.target.path} "
                         f"({format_size(done)} already, behind the write)")
-            self.readback.finish(copy.size)
+            self.readback.finish(size)
             result = self.readback.wait(lambda c: meter.update(0, c.bytes_hashed))
         else:
             self.target.drop_cache()
-            meter.start(f"reading back {format_size(copy.size)} from {self.target.path}")
+            meter.start(f"reading back {format_size(size)} from {self.target.path}")
             result = readback_digest(
                 self.target.path,
-                copy.size,
+                size,
                 tick=lambda c: meter.update(0, c.bytes_hashed),
                 cancel=self.cancel,
                 overlay=overlay(self.deferred),
@@ -419,13 +450,45 @@ class _Run:
         self.phases["verify"] = time.monotonic() - started  # behind the write: what it added after it
         self.profile.add(list(result.stages))
         meter.end(0, result.size, digest=result.digest)
-        if result.digest != copy.digest:
-            raise VerifyError(
-                f"read-back of {self.target.path} does not match what was written (blake3 {result.digest[:16]}... "
-                f"!= {copy.digest[:16]}...): the disk returned different bytes; it may be failing or "
-                "counterfeit: try another disk"
-            )
-        return "match"
+        return result.digest
+
+    def _disk_mismatch(self, digest: str, written: str) -> VerifyError:
+        assert self.target is not None
+        return VerifyError(
+            f"read-back of {self.target.path} does not match what was written (blake3 {digest[:16]}... "
+            f"!= {written[:16]}...): the disk returned different bytes; it may be failing or "
+            "counterfeit: try another disk"
+        )
+
+    def _prove_by_readback(self, copy: CopyResult) -> CopyResult:
+        """The write pass did not hash the stream (_readback_proves_image): the disk's blake3
+        against the manifest's proves the image and the write at once. When they differ, the
+        image is hashed again alone (bty_live.flash.image_check) to say which of the two is wrong."""
+        image = self.plan.image
+        expected = image.expected_blake3
+        assert expected is not None and self.plan.options.verify == VerifyMode.READBACK
+        digest = self._read_back_whole(copy.size)
+        if digest != expected:
+            image_digest = self._hash_image_again()
+            if image_digest != expected:
+                raise self._image_mismatch(image_digest, expected)
+            raise self._disk_mismatch(digest, expected)
+        self.info(Phase.VERIFY, f"read-back blake3 matches the {self._expected_from()} ({expected[:16]}...): the "
+                                "image and the write are proven at once")
+        self.copy = replace(copy, digest=expected)
+        return self.copy
+
+    def _hash_image_again(self) -> str:
+        from bty_live.flash.image_check import image_blake3
+
+        image = self.plan.image
+        meter = ProgressMeter(self.sink, Phase.VERIFY, image.size)
+        meter.start(f"the read-back of {self.plan.target.path} differs from the {self._expected_from()}: reading "
+                    f"{image.file_name} again to tell whether the image or the disk is wrong")
+        digest = image_blake3(image.source, image.compression, expected_size=image.size, cancel=self.cancel,
+                              tick=meter.update)
+        meter.end(0, image.size or 0, digest=digest)
+        return digest
 
     def _commit_deferred(self, target: BlockTarget) -> None:
         """Everything else has landed (and is verified, as the plan asks): now the first and last

@@ -25,7 +25,7 @@ DIRECT_IO_ALIGN = 4096
 
 
 class VerifyMode(StrEnum):
-    READBACK = "readback"  # stream digest, then an O_DIRECT read-back of the target
+    READBACK = "readback"  # an O_DIRECT read-back of the target against the manifest's or the stream's blake3
     STREAM = "stream"  # digest of the decompressed stream only
     OFF = "off"  # no digest comparison at all (the stream is still hashed for the receipt)
 

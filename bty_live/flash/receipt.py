@@ -35,7 +35,9 @@ class Receipt:
     bytes_written: int
     bytes_zeroed: int
     verify_mode: str
-    #: the decompressed stream's blake3 against the expected one: "match", "no manifest" (a file),
+    #: the decompressed stream's blake3 against the expected one: "match" (also when the read-back,
+    #: compared with the manifest's blake3, proved the image and the write at once and the stream
+    #: was not hashed), "no manifest" (a file),
     #: "unverified (no digest)" (a URL), "no blake3 (the file's digest is checked)" (an OCI layer
     #: without bty's manifest: file_check tells), "skipped", "not reached"
     stream_check: str

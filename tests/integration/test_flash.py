@@ -116,8 +116,11 @@ def test_json_mode_prints_events_then_the_receipt(images: Path, make_loop: Calla
     assert (Phase.WRITE, Kind.START) in phases and (Phase.WRITE, Kind.END) in phases
     assert (Phase.VERIFY, Kind.END) in phases and (Phase.DONE, Kind.END) in phases
     write_end = next(e for e in events if e.phase == Phase.WRITE and e.kind == Kind.END)
-    assert write_end.bytes_out == IMAGE_SIZE and write_end.total == IMAGE_SIZE and write_end.digest
-    assert lines[-1]["receipt"]["image_name"] == "disk"
+    assert write_end.bytes_out == IMAGE_SIZE and write_end.total == IMAGE_SIZE
+    receipt = lines[-1]["receipt"]
+    assert receipt["image_name"] == "disk"
+    done = next(e for e in events if e.phase == Phase.DONE and e.kind == Kind.END)
+    assert done.digest == receipt["image_blake3"] == load_manifest(images / "disk.img").blake3  # type: ignore[union-attr]
 
 
 # -- refusals: nothing written -----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The read-back behind the write: the disk is read back a window at a time while the rest is
 written, only what the writer has released and a flush has covered, and the verdict is the same
-as the read-back after the write: the bytes on the disk, hashed, against the stream's digest.
+as the read-back after the write: the bytes on the disk, hashed, against the manifest's blake3
+(which then proves the image too: the stream is not hashed) or, without one, the stream's.
 
 Plus the choices the write path makes per target (zeroing or writing zero ranges) and the
 profile every receipt carries (where the time went)."""
@@ -18,7 +19,7 @@ import blake3
 import pytest
 
 from bty_live import cli
-from bty_live.errors import VerifyError
+from bty_live.errors import DigestMismatchError, VerifyError
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash import engine, readback
 from bty_live.flash.plan import FlashOptions
@@ -160,12 +161,16 @@ def test_zero_ranges_are_zeroed_by_the_device_unless_reading_back_a_page_cached_
 # -- the profile -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("verify", "names"), [
-    ("readback", {"decompress", "hash", "write", "readback-read", "readback-hash"}),
-    ("stream", {"decompress", "hash", "write", "flush"}),  # no read-back: a thread flushes behind the write
-])
-def test_the_receipt_says_where_the_time_went(images: Path, tmp_path: Path, make_loop: Callable[..., LoopDevice],
-                                              verify: str, names: set[str]) -> None:
+@pytest.mark.parametrize(("verify", "manifest", "names"), [
+    # the read-back compared with the manifest's blake3 proves the image too: the stream is not hashed
+    ("readback", True, {"decompress", "write", "readback-read", "readback-hash"}),
+    # nothing else knows the image's blake3: the stream's is what the read-back is compared with
+    ("readback", False, {"decompress", "hash", "write", "readback-read", "readback-hash"}),
+    ("stream", True, {"decompress", "hash", "write", "flush"}),  # no read-back: a thread flushes behind the write
+], ids=["readback-manifest", "readback-no-manifest", "stream"])
+def test_the_receipt_says_where_the_time_went(tmp_path: Path, raw_image: Path, make_loop: Callable[..., LoopDevice],
+                                              verify: str, manifest: bool, names: set[str]) -> None:
+    images = images_dir_with(tmp_path, raw_image, manifest=manifest)
     loop = make_loop(IMAGE_SIZE)
     assert cli.main(["flash", str(images / "disk.img"), loop.path, "--yes", "--verify", verify,
                      "--receipt", str(tmp_path / "r.json")]) == 0
@@ -178,3 +183,52 @@ def test_the_receipt_says_where_the_time_went(images: Path, tmp_path: Path, make
         assert stage["busy"] + stage["wait_input"] + stage["wait_output"] == pytest.approx(span, abs=2e-3)
     # the first byte lands after the process started and the write stage did, before it ended
     assert 0 < stages["write"]["start"] <= profile["first_write"] <= stages["write"]["end"]
+
+
+# -- the read-back against the manifest: one proof of the image and the write ------------------
+
+
+def test_with_a_manifest_the_read_back_proves_the_image_and_the_write_at_once(
+        images: Path, raw_image: Path, tmp_path: Path, make_loop: Callable[..., LoopDevice]) -> None:
+    loop = make_loop(IMAGE_SIZE, fill=b"\xa5")
+    plan = prepare_plan(str(images / "disk.img"), loop.path, FlashOptions())
+    events: list[Event] = []
+
+    receipt = engine.flash(plan, events.append).receipt
+
+    expected = blake3.blake3(raw_image.read_bytes()).hexdigest()
+    assert device_equals_file(loop.path, raw_image)
+    assert (receipt.stream_check, receipt.readback_check) == ("match", "match")
+    assert receipt.image_blake3 == receipt.manifest_blake3 == expected
+    assert any("the image and the write are proven at once" in (e.message or "") for e in events)
+    [done] = [e for e in events if e.phase == Phase.DONE and e.kind == Kind.END]
+    assert done.digest == expected
+
+
+@pytest.mark.parametrize(("culprit", "error", "words"), [
+    ("disk", VerifyError, "does not match what was written"),
+    ("image", DigestMismatchError, "does not match its manifest"),
+])
+def test_a_read_back_that_differs_from_the_manifest_names_the_image_or_the_disk(
+        images: Path, make_loop: Callable[..., LoopDevice], culprit: str, error: type[Exception], words: str) -> None:
+    """The stream was not hashed: the image is hashed again alone to tell whose fault it is."""
+    image = images / "disk.img"
+    if culprit == "image":  # damaged after `bty images add`: the manifest no longer describes it
+        with open(image, "r+b") as f:
+            f.seek(40 * MiB)
+            f.write(b"\x00\x01bit rot")
+    loop = make_loop(IMAGE_SIZE)
+    plan = prepare_plan(str(image), loop.path, FlashOptions(readback_behind=False))
+    events: list[Event] = []
+
+    def record_and_rot_the_disk(event: Event) -> None:
+        events.append(event)
+        if culprit == "disk" and event.phase == Phase.VERIFY and event.kind == Kind.START:
+            with open(loop.backing_file, "r+b") as f:
+                f.seek(40 * MiB)
+                f.write(b"\x00\x01bit rot")
+
+    with pytest.raises(error, match=words):
+        engine.flash(plan, record_and_rot_the_disk)
+    assert any("again to tell whether the image or the disk is wrong" in (e.message or "") for e in events)
+    assert looks_blank(loop.path, IMAGE_SIZE)
