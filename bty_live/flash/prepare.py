@@ -95,8 +95,8 @@ def tune_request_for(image: ImageSource, disk: Disk, options: FlashOptions,
                      images_dir: Path | None) -> tuple[TuneRequest | None, str | None]:
     """The tuning task for this flash (--tune / bty.tune= over the manifest's), read now so a
     broken task fails before anything is written."""
-    # Here, not at the top: the task reader pulls in YAML, which the TUI's first screen (which
-    # imports this module) does not need; on the stick every import delays that screen.
+    # Here, not at the top: the TUI's first screen imports this module, and on the stick every
+    # import delays that screen (the task reader loads YAML only when it reads a task).
     from bty_live.tune.task import choose_task, load_task, task_digest
 
     choice = choose_task(options.tune, image.manifest, images_dir)
