@@ -470,6 +470,7 @@ class _Run:
         digest = self._read_back_whole(copy.size)
         if digest != expected:
             image_digest = self._hash_image_again()
+            self.copy = replace(copy, digest=image_digest)  # what the failed receipt names
             if image_digest != expected:
                 raise self._image_mismatch(image_digest, expected)
             raise self._disk_mismatch(digest, expected)

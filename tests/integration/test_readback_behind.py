@@ -19,11 +19,12 @@ import blake3
 import pytest
 
 from bty_live import cli
-from bty_live.errors import DigestMismatchError, VerifyError
+from bty_live.errors import BtyError, DigestMismatchError, VerifyError
 from bty_live.events import Event, Kind, Phase
 from bty_live.flash import engine, readback
 from bty_live.flash.plan import FlashOptions
 from bty_live.flash.prepare import prepare_plan
+from bty_live.flash.receipt import Receipt
 from tests.conftest import LoopDevice
 from tests.imagekit import MiB, build_gpt_image, compress, device_equals_file, images_dir_with, looks_blank
 
@@ -210,7 +211,7 @@ def test_with_a_manifest_the_read_back_proves_the_image_and_the_write_at_once(
     ("image", DigestMismatchError, "does not match its manifest"),
 ])
 def test_a_read_back_that_differs_from_the_manifest_names_the_image_or_the_disk(
-        images: Path, make_loop: Callable[..., LoopDevice], culprit: str, error: type[Exception], words: str) -> None:
+        images: Path, make_loop: Callable[..., LoopDevice], culprit: str, error: type[BtyError], words: str) -> None:
     """The stream was not hashed: the image is hashed again alone to tell whose fault it is."""
     image = images / "disk.img"
     if culprit == "image":  # damaged after `bty images add`: the manifest no longer describes it
@@ -228,7 +229,10 @@ def test_a_read_back_that_differs_from_the_manifest_names_the_image_or_the_disk(
                 f.seek(40 * MiB)
                 f.write(b"\x00\x01bit rot")
 
-    with pytest.raises(error, match=words):
+    with pytest.raises(error, match=words) as raised:
         engine.flash(plan, record_and_rot_the_disk)
     assert any("again to tell whether the image or the disk is wrong" in (e.message or "") for e in events)
     assert looks_blank(loop.path, IMAGE_SIZE)
+    receipt = raised.value.receipt  # the failed run's: it names the image's actual blake3
+    assert isinstance(receipt, Receipt) and receipt.result == "failed"
+    assert receipt.image_blake3 == blake3.blake3(image.read_bytes()).hexdigest()
